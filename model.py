@@ -1,0 +1,194 @@
+"""The keras.io convolutional VAE: a functional encoder and decoder inside a subclassed Model.
+
+The network is the tutorial's, layer for layer. One change: the decoder's last
+layer outputs logits instead of sigmoid probabilities, so the losses can be
+computed stably (see losses.py); `VAE.call` and `VAE.decode` apply the mean of
+the configured likelihood, which for the Bernoulli is the same sigmoid.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+import losses
+import schedules
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_PIXELS = 28 * 28
+
+
+@keras.saving.register_keras_serializable(package="vae_kl")
+class Sampling(layers.Layer):
+    """Draws z = μ + σ·ε with ε ~ N(0, I), the reparameterisation trick."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs  # (batch, latent_dim) each
+        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+def build_encoder(latent_dim, seed=None):
+    """Image (batch, 28, 28, 1) -> [z_mean, z_log_var, z], each (batch, latent_dim)."""
+    inputs = keras.Input(shape=IMAGE_SHAPE)
+    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, 14, 14, 32)
+    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 7, 7, 64)
+    x = layers.Flatten()(x)
+    x = layers.Dense(16, activation="relu")(x)
+    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    z = Sampling(seed=seed, name="z")([z_mean, z_log_var])
+    return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
+
+
+def build_decoder(latent_dim):
+    """Latent code (batch, latent_dim) -> logits (batch, 28, 28, 1)."""
+    inputs = keras.Input(shape=(latent_dim,))
+    x = layers.Dense(7 * 7 * 64, activation="relu")(inputs)
+    x = layers.Reshape((7, 7, 64))(x)
+    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 14, 14, 64)
+    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 28, 28, 32)
+    logits = layers.Conv2DTranspose(1, 3, padding="same", name="logits")(x)  # (batch, 28, 28, 1)
+    return keras.Model(inputs, logits, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="vae_kl")
+class VAE(keras.Model):
+    """A VAE whose objective is rec_scale·Σ NLL + λ·m(step)·kl_scale·Σ KL (see losses.py).
+
+    Args:
+        latent_dim: size of z.
+        likelihood: "bernoulli", "gaussian" or "continuous_bernoulli".
+        reconstruction_reduction, kl_reduction: "sum" or "mean" (see losses.training_objective).
+        kl_weight: λ, the final weight on the KL term.
+        free_bits: τ in nats per latent dimension (0 disables it).
+        gaussian_sigma: a fixed σ, "learned" (one trainable log σ) or "optimal" (σ² = batch MSE).
+        kl_schedule, warmup_steps, total_steps, kl_cycles, kl_ramp_ratio: see schedules.kl_multiplier.
+        dynamic_binarize: resample binary pixels from the grey levels at every training step.
+        seed: seed of the sampling and binarization noise.
+    """
+
+    def __init__(self, latent_dim=2, likelihood="bernoulli", reconstruction_reduction="sum",
+                 kl_reduction="sum", kl_weight=1.0, free_bits=0.0, gaussian_sigma="learned",
+                 kl_schedule="constant", warmup_steps=0, total_steps=1, kl_cycles=1,
+                 kl_ramp_ratio=0.5, dynamic_binarize=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = latent_dim
+        self.likelihood = likelihood
+        self.reconstruction_reduction = reconstruction_reduction
+        self.kl_reduction = kl_reduction
+        self.kl_weight = float(kl_weight)
+        self.free_bits = float(free_bits)
+        self.gaussian_sigma = gaussian_sigma
+        self.kl_schedule = kl_schedule
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.kl_cycles = int(kl_cycles)
+        self.kl_ramp_ratio = float(kl_ramp_ratio)
+        self.dynamic_binarize = bool(dynamic_binarize)
+        self.seed = seed
+        self.encoder = build_encoder(latent_dim, seed=seed)
+        self.decoder = build_decoder(latent_dim)
+        self.binarize_seed = keras.random.SeedGenerator(None if seed is None else seed + 1)
+        self.log_sigma = None
+        if likelihood == "gaussian" and gaussian_sigma == "learned":
+            self.log_sigma = self.add_weight(shape=(), initializer="zeros", name="log_sigma")
+        names = ["loss", "reconstruction", "kl", "neg_elbo"]
+        if likelihood == "gaussian":
+            names.append("sigma")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        """Reconstruct images from their posterior means: (batch, 28, 28, 1) -> same shape."""
+        z_mean, _, _ = self.encoder(inputs, training=training)
+        return self.decode(z_mean)
+
+    def decode(self, z):
+        """Latent codes (batch, latent_dim) -> mean images (batch, 28, 28, 1)."""
+        return losses.decoder_mean(self.decoder(z), self.likelihood)
+
+    def reseed(self, epoch):
+        """Make this epoch's noise a function of (seed, epoch) only, so a resumed run draws the same."""
+        base = 0 if self.seed is None else self.seed
+        for generator, offset in ((self.encoder.get_layer("z").seed_generator, 0), (self.binarize_seed, 1)):
+            state = generator.state
+            state.assign(np.array([base + 2 * offset + 1, 1_000_003 * (epoch + 1)], dtype=state.dtype))
+
+    def pixel_log_sigma(self, x, logits):
+        """log σ of the gaussian likelihood for this batch (a scalar); None for the other likelihoods."""
+        if self.likelihood != "gaussian":
+            return None
+        if self.gaussian_sigma == "learned":
+            return self.log_sigma
+        if self.gaussian_sigma == "optimal":
+            return losses.optimal_log_sigma(x, ops.sigmoid(logits))
+        return ops.convert_to_tensor(np.log(float(self.gaussian_sigma)), dtype="float32")
+
+    def kl_weight_in_force(self):
+        """λ times the schedule's multiplier at the optimizer's current step."""
+        step = self.optimizer.iterations if self.optimizer is not None else 0
+        return self.kl_weight * schedules.kl_multiplier(
+            step, self.kl_schedule, self.warmup_steps, self.total_steps, self.kl_cycles, self.kl_ramp_ratio)
+
+    def compute_terms(self, x, training):
+        """Forward pass and every loss term for a batch of images x (batch, 28, 28, 1)."""
+        z_mean, z_log_var, z = self.encoder(x, training=training)  # (batch, latent_dim) each
+        logits = self.decoder(z, training=training)
+        log_sigma = self.pixel_log_sigma(x, logits)
+        nll = losses.reconstruction_nll(x, logits, self.likelihood, log_sigma)
+        reconstruction = losses.sum_over_pixels(nll)  # (batch,) nats per digit
+        kl_per_dim = losses.gaussian_kl(z_mean, z_log_var)  # (batch, latent_dim)
+        loss = losses.training_objective(reconstruction, kl_per_dim, NUM_PIXELS, self.reconstruction_reduction,
+                                         self.kl_reduction, self.kl_weight_in_force(), self.free_bits)
+        kl = ops.sum(kl_per_dim, axis=1)  # (batch,) true KL, whatever free bits did to the loss
+        terms = {"loss": loss, "reconstruction": ops.mean(reconstruction), "kl": ops.mean(kl),
+                 "neg_elbo": ops.mean(reconstruction + kl)}
+        if log_sigma is not None:
+            terms["sigma"] = ops.exp(log_sigma)
+        return terms
+
+    def _unpack(self, data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def _report(self, terms, batch_size):
+        # Weight by batch size so a short last batch counts per digit, not per batch.
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name], sample_weight=batch_size)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        x = self._unpack(data)
+        if self.dynamic_binarize:
+            noise = keras.random.uniform(ops.shape(x), seed=self.binarize_seed)
+            x = ops.cast(noise < x, x.dtype)
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True)
+        grads = tape.gradient(terms["loss"], self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        return self._report(terms, ops.shape(x)[0])
+
+    def test_step(self, data):
+        x = self._unpack(data)
+        return self._report(self.compute_terms(x, training=False), ops.shape(x)[0])
+
+    def get_config(self):
+        return {**super().get_config(), "latent_dim": self.latent_dim, "likelihood": self.likelihood,
+                "reconstruction_reduction": self.reconstruction_reduction, "kl_reduction": self.kl_reduction,
+                "kl_weight": self.kl_weight, "free_bits": self.free_bits, "gaussian_sigma": self.gaussian_sigma,
+                "kl_schedule": self.kl_schedule, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "kl_cycles": self.kl_cycles,
+                "kl_ramp_ratio": self.kl_ramp_ratio, "dynamic_binarize": self.dynamic_binarize,
+                "seed": self.seed}

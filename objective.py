@@ -1,0 +1,104 @@
+"""What a configured loss means in ELBO terms: effective β, β_norm and warnings that teach.
+
+The training loss per digit is rec_scale·Σ_pixels NLL + λ·kl_scale·Σ_j KL_j
+(losses.training_objective). Factoring out rec_scale gives
+rec_scale·[Σ NLL + β·KL] with β = λ·kl_scale/rec_scale. Gradient descent does
+not care about the overall positive factor rec_scale (Adam almost entirely
+ignores it), so the run optimises a β-VAE objective with this β. β = 1 is the
+ELBO (Kingma & Welling 2014); β_norm = β·J/D is the normalised β of Higgins
+et al. (2017), with J latent dimensions and D pixels.
+"""
+
+import math
+
+import schedules
+
+
+def scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):
+    """(rec_scale, kl_scale): 1 for a sum, 1/D or 1/J for a mean."""
+    rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
+    kl_scale = 1.0 / latent_dim if kl_reduction == "mean" else 1.0
+    return rec_scale, kl_scale
+
+
+def resolve_kl_weight(kl_weight, kl_weight_norm, reconstruction_reduction, kl_reduction, latent_dim, num_pixels):
+    """The λ to put on the KL term: kl_weight as given, or the λ that makes β = β_norm·D/J."""
+    if kl_weight_norm is None:
+        return 1.0 if kl_weight is None else float(kl_weight)
+    rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
+    beta = kl_weight_norm * num_pixels / latent_dim
+    return beta * rec_scale / kl_scale
+
+
+def _fraction(scale):
+    return "1" if scale == 1 else f"1/{round(1 / scale)}"
+
+
+def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_pixels,
+             likelihood="bernoulli", gaussian_sigma=None):
+    """The objective as a multiple of a β-VAE objective. Returns a dict written to summary.json.
+
+    Args:
+        kl_weight: the resolved λ (see resolve_kl_weight).
+        gaussian_sigma: a fixed σ (float) for the SSE-equivalent β, else None.
+    """
+    rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
+    beta = kl_weight * kl_scale / rec_scale
+    nll = {"bernoulli": "Σ BCE", "gaussian": "Σ Gaussian NLL", "continuous_bernoulli": "Σ CB NLL"}[likelihood]
+    formula = f"loss = {_fraction(rec_scale)}·[{nll} + {beta:g}·KL]"
+    if math.isclose(beta, 1.0):
+        meaning = "the negative ELBO (β = 1)"
+    elif beta > 1:
+        meaning = f"a β-VAE objective that weights the KL {beta:g}× more than the ELBO does"
+    else:
+        meaning = f"a β-VAE objective that weights the KL at {beta:g}× the ELBO's weight"
+    result = {"formula": formula, "meaning": meaning, "effective_beta": beta,
+              "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight}
+    if likelihood == "gaussian" and isinstance(gaussian_sigma, (int, float)):
+        # SSE/(2σ²) + β·KL = (1/(2σ²))·[SSE + 2σ²β·KL] up to a constant.
+        result["sse_equivalent_beta"] = 2.0 * gaussian_sigma ** 2 * beta
+    return result
+
+
+def statement(description, latent_dim, num_pixels):
+    """One human line for start-up: the formula, β and β_norm."""
+    line = (f"Objective: {description['formula']}, i.e. {description['meaning']}. "
+            f"Effective β = {description['effective_beta']:g}, β_norm = β·J/D = "
+            f"{description['effective_beta']:g}·{latent_dim}/{num_pixels} = {description['beta_norm']:.4g}.")
+    if "sse_equivalent_beta" in description:
+        line += (f" With fixed σ this equals plain MSE-sum + {description['sse_equivalent_beta']:.4g}·KL "
+                 f"up to a constant.")
+    return line
+
+
+def teaching_warnings(loss, binarize, latent_dim, num_pixels, total_steps, warmup_steps):
+    """One-line warnings for settings that commonly surprise people.
+
+    Args:
+        loss: the config's LossConfig (read only).
+        binarize: data.binarize.
+        total_steps, warmup_steps: the run's length and the schedule's warm-up, in steps.
+    """
+    notes = []
+    kl_weight = resolve_kl_weight(loss.kl_weight, loss.kl_weight_norm, loss.reconstruction_reduction,
+                                  loss.kl_reduction, latent_dim, num_pixels)
+    beta = describe(loss.reconstruction_reduction, loss.kl_reduction, kl_weight, latent_dim,
+                    num_pixels)["effective_beta"]
+    if loss.reconstruction_reduction == "mean" and loss.kl_reduction == "sum":
+        notes.append(f"WARNING: the reconstruction is averaged over {num_pixels} pixels but the KL is summed, "
+                     f"so the KL counts {beta:g}× more than in the ELBO; expect posterior collapse "
+                     f"(every reconstruction the same image). Use reduction sum, or λ = 1/{num_pixels}.")
+    elif beta >= 10:
+        notes.append(f"WARNING: effective β = {beta:g}; a latent code this penalised often collapses.")
+    if loss.likelihood == "bernoulli" and binarize == "none":
+        notes.append("NOTE: binary cross-entropy on grey-level pixels is not a normalised likelihood; its nats "
+                     "are comparable between runs here, not with binarized-MNIST papers (data.binarize).")
+    full = schedules.first_full_weight_step(loss.kl_schedule, warmup_steps, total_steps, loss.kl_cycles,
+                                            loss.kl_ramp_ratio)
+    if full is None:
+        notes.append(f"WARNING: kl_schedule '{loss.kl_schedule}' never reaches its final weight within the "
+                     f"{total_steps} training steps; lengthen training or shorten kl_warmup.")
+    if loss.free_bits > 0:
+        notes.append(f"NOTE: free bits: the objective sees max(KL_j, {loss.free_bits:g}) per dimension; "
+                     f"reported KLs are the true ones.")
+    return notes
