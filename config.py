@@ -134,8 +134,13 @@ def _coerce(key, value, kind, rules):
             try:
                 return _coerce(key, value, option, rules)
             except ConfigError as error:
-                errors.append(str(error))
-        expected = " or ".join(_expected(o) for o in options if o is not type(None))
+                errors.append((option, error))
+        # Report the specific error of the option the value looks like (a range error for a number,
+        # a did-you-mean for a word); the generic "expects A or B" only when none fits.
+        for option, error in errors:
+            if len(errors) == 1 or _looks_like(value, option):
+                raise error
+        expected = " or ".join(_expected(o) for o, _ in errors)
         raise ConfigError(f"{key} expects {expected}, received {_describe(value)}.")
     if origin is Literal:
         choices = typing.get_args(kind)
@@ -171,10 +176,16 @@ def _coerce(key, value, kind, rules):
     raise TypeError(f"unsupported annotation {kind!r} for {key}")  # A bug in this file, not user input.
 
 
+def _looks_like(value, kind):
+    if typing.get_origin(kind) is Literal:
+        return isinstance(value, str)
+    return kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _expected(kind):
     if typing.get_origin(kind) is Literal:
         return "one of " + ", ".join(typing.get_args(kind))
-    return {int: "an integer", float: "a positive number", str: "a string", bool: "true/false"}.get(
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
         kind, str(kind))
 
 

@@ -25,10 +25,12 @@ _CB_MEAN_TAYLOR_LOGIT = 0.25
 def bernoulli_nll(x, logits):
     """Binary cross-entropy per pixel, from logits: -[x log p + (1-x) log(1-p)], p = sigmoid(logits).
 
-    Uses max(l, 0) - l·x + log(1 + exp(-|l|)), which never overflows.
+    Uses softplus(l) - l·x, which never overflows (softplus is evaluated stably)
+    and, unlike max(l, 0) - l·x + log(1 + exp(-|l|)), has the exact gradient
+    sigmoid(l) - x even at l = 0, where max and |·| have kinks.
     Returns the same shape as `x`; no reduction.
     """
-    return ops.relu(logits) - logits * x + ops.softplus(-ops.abs(logits))
+    return ops.softplus(logits) - logits * x
 
 
 def gaussian_nll(x, mean, log_sigma):

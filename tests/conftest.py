@@ -1,0 +1,36 @@
+"""Shared test set-up: import the project from the repository root, quietly, on the CPU."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+
+def run_cli(script, *args, cwd=ROOT, timeout=600):
+    """Run one of the project's scripts in a fresh Python process; returns CompletedProcess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# Settings that make a run take seconds: real embedded digits, few of them, cheap evaluation.
+QUICK = ["data.source=mnist_embedded", "data.limit=600", "train.epochs=1", "train.batch_size=64",
+         "evaluation.iwae_k=2", "evaluation.max_examples=200", "output.per_epoch_images=false"]
+
+
+def quick_sets(output_dir, *extra):
+    """--set arguments for a quick run writing into output_dir."""
+    args = []
+    for item in [*QUICK, f"output.dir={output_dir}", *extra]:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture
+def quick():
+    return quick_sets

@@ -1,0 +1,134 @@
+"""The network: the tutorial's shapes and sizes, its train/test steps, seeding, and save/load."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import model
+from conftest import ROOT
+
+RNG = np.random.default_rng(1)
+
+
+def images(n=16):
+    return RNG.uniform(size=(n, 28, 28, 1)).astype("float32")
+
+
+def conv_params(k, c_in, c_out):
+    return k * k * c_in * c_out + c_out
+
+
+def test_parameter_counts_equal_the_tutorials():
+    encoder_expected = (conv_params(3, 1, 32) + conv_params(3, 32, 64) + (7 * 7 * 64 * 16 + 16) + 2 * (16 * 2 + 2))
+    decoder_expected = ((2 * 7 * 7 * 64 + 7 * 7 * 64) + conv_params(3, 64, 64) + conv_params(3, 64, 32)
+                        + conv_params(3, 32, 1))
+    vae = model.VAE(latent_dim=2)
+    assert vae.encoder.count_params() == encoder_expected == 69076
+    assert vae.decoder.count_params() == decoder_expected == 65089
+
+
+def test_shapes():
+    vae = model.VAE(latent_dim=3)
+    z_mean, z_log_var, z = vae.encoder(images(4))
+    assert z_mean.shape == z_log_var.shape == z.shape == (4, 3)
+    assert vae.decoder(z).shape == (4, 28, 28, 1)
+    out = np.asarray(vae(images(4)))
+    assert out.shape == (4, 28, 28, 1) and out.min() >= 0 and out.max() <= 1
+
+
+def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
+    layer = model.Sampling(seed=7)
+    mu, log_var = np.zeros((5, 2), "float32"), np.zeros((5, 2), "float32")
+    first, second = np.asarray(layer([mu, log_var])), np.asarray(layer([mu, log_var]))
+    assert not np.allclose(first, second)  # The generator advances: fresh noise each call.
+    assert np.allclose(first, np.asarray(model.Sampling(seed=7)([mu, log_var])))
+    vae, x = model.VAE(seed=3), images(2)
+    draws = []
+    for epoch in (4, 4, 5):
+        vae.reseed(epoch)
+        draws.append(np.asarray(vae.encoder(x)[2]))
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.allclose(draws[0], draws[2])
+
+
+def compiled(**kwargs):
+    vae = model.VAE(seed=0, **kwargs)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return vae
+
+
+def test_train_and_test_steps_report_the_same_trackers():
+    vae = compiled()
+    x = images(64)
+    history = vae.fit(x, epochs=1, batch_size=16, verbose=0, validation_data=(x,))
+    keys = {"loss", "reconstruction", "kl", "neg_elbo"}
+    assert keys | {f"val_{k}" for k in keys} <= set(history.history)
+    assert [m.name for m in vae.metrics] == ["loss", "reconstruction", "kl", "neg_elbo"]
+    result = vae.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    assert math.isclose(result["neg_elbo"], result["reconstruction"] + result["kl"], rel_tol=1e-5)
+    assert math.isclose(result["loss"], result["neg_elbo"], rel_tol=1e-5)  # β = 1: the objective is -ELBO.
+
+
+def test_mean_reduction_objective_is_the_elbo_terms_rescaled():
+    vae = compiled(reconstruction_reduction="mean", kl_weight=0.5)
+    result = vae.evaluate(images(32), batch_size=8, verbose=0, return_dict=True)
+    assert math.isclose(result["loss"], result["reconstruction"] / 784 + 0.5 * result["kl"], rel_tol=1e-5)
+
+
+def test_training_reduces_the_objective():
+    vae = compiled()
+    x = (images(256) > 0.7).astype("float32")
+    history = vae.fit(x, epochs=3, batch_size=32, verbose=0).history["loss"]
+    assert history[-1] < history[0]
+
+
+def test_learned_sigma_is_a_trainable_weight_and_is_reported():
+    vae = compiled(likelihood="gaussian", gaussian_sigma="learned")
+    assert any("log_sigma" in w.path for w in vae.trainable_weights)
+    result = vae.evaluate(images(16), verbose=0, return_dict=True)
+    assert math.isclose(result["sigma"], 1.0, rel_tol=1e-6)  # exp(0) before training.
+
+
+def test_free_bits_leave_the_reported_kl_true():
+    plain, floored = compiled(), compiled(free_bits=5.0)
+    floored.set_weights(plain.get_weights())
+    x = images(16)
+    for vae in (plain, floored):
+        vae.reseed(0)
+    a = plain.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    b = floored.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    assert math.isclose(a["kl"], b["kl"], rel_tol=1e-5)
+    assert b["loss"] > a["loss"]  # The floor raises the objective, not the reported KL.
+
+
+def test_config_round_trip():
+    vae = model.VAE(latent_dim=4, likelihood="continuous_bernoulli", kl_weight=0.3, kl_schedule="cyclical",
+                    total_steps=100, kl_cycles=2, free_bits=0.1, seed=5)
+    clone = model.VAE.from_config(vae.get_config())
+    assert clone.get_config() == vae.get_config()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"likelihood": "gaussian", "gaussian_sigma": "learned"},
+                                    {"likelihood": "continuous_bernoulli", "latent_dim": 3}])
+def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs(tmp_path, kwargs):
+    vae = compiled(**kwargs)
+    x = images(8)
+    vae.fit(x, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "model.keras")
+    vae.save(path)
+    np.save(tmp_path / "x.npy", x)
+    script = (f"import sys, json, numpy as np; sys.path.insert(0, {ROOT!r}); import keras, model; "
+              f"vae = keras.saving.load_model({path!r}, safe_mode=True); x = np.load({str(tmp_path / 'x.npy')!r}); "
+              f"np.save({str(tmp_path / 'out.npy')!r}, np.asarray(vae(x))); "
+              f"print(json.dumps(vae.get_config()['likelihood']))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == vae.likelihood
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.asarray(vae(x)), atol=1e-6)
+    assert os.path.getsize(path) > 0
