@@ -141,15 +141,16 @@ def make_recorder(setup, run_dir, history):
                 return
             row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
                    "seconds": time.time() - self.started}
-            history.append(row)
-            runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)
-            runs.save_checkpoint(run_dir, self.model, {"epochs_completed": epoch + 1, "history": history})
-            update_summary(run_dir, epochs_completed=epoch + 1)
             if cfg.output.per_epoch_images:
                 x = digits.x_val[grid_index]
                 plots.reconstructions(x, self.model.predict(x, verbose=0), digits.y_val[grid_index],
                                       os.path.join(run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
                                       f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
+            # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.
+            history.append(row)
+            runs.save_checkpoint(run_dir, self.model, {"epochs_completed": epoch + 1, "history": history})
+            runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)
+            update_summary(run_dir, epochs_completed=epoch + 1)
 
     return RunRecorder()
 
@@ -241,6 +242,7 @@ def train(cfg):
     progress = runs.load_checkpoint(run_dir, vae) if resume else None
     if progress:
         history, first_epoch = progress["history"], progress["epochs_completed"]
+        runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
         print(f"Restored the checkpoint after epoch {first_epoch}.")
     try:
         recorder = fit(setup, vae, run_dir, history, first_epoch)
@@ -253,7 +255,9 @@ def train(cfg):
         message = f"Training diverged in epoch {epoch} at step {step}: the loss is NaN or infinite. " + divergence_advice(cfg)
         update_summary(run_dir, status="diverged", diverged={"epoch": epoch, "step": step, "message": message},
                        epochs_completed=len(history))
-        print(f"error: {message} The checkpoint after epoch {len(history)} is kept in {run_dir}.", file=sys.stderr)
+        kept = (f"The checkpoint after epoch {len(history)} and the outputs so far are kept in {run_dir}."
+                if history else f"No epoch finished, so there is no checkpoint; see {run_dir}.")
+        print(f"error: {message} {kept}", file=sys.stderr)
         return EXIT_DIVERGED
     finish(setup, vae, run_dir, history)
     return 0

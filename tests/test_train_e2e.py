@@ -1,0 +1,160 @@
+"""End to end on the real embedded digits: the tutorial's loss learns, the per-pixel mean collapses."""
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+import evaluate
+import train
+from conftest import quick_sets
+
+COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5"]
+
+
+def run_dirs(output_dir):
+    return sorted(os.path.join(output_dir, d) for d in os.listdir(output_dir) if not d.startswith("."))
+
+
+def summary_of(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as handle:
+        return json.load(handle)
+
+
+def train_in_process(output_dir, *sets):
+    args = []
+    for item in [*sets, f"output.dir={output_dir}"]:
+        args += ["--set", item]
+    return train.main(args)
+
+
+@pytest.fixture(scope="module")
+def collapse_runs(tmp_path_factory):
+    """The question in two runs: BCE summed over pixels (the tutorial) and averaged (the user's change)."""
+    found = {}
+    for reduction in ("sum", "mean"):
+        out = tmp_path_factory.mktemp(reduction)
+        assert train_in_process(out, *COLLAPSE_SETTINGS, f"loss.reconstruction_reduction={reduction}") == 0
+        (found[reduction],) = run_dirs(out)
+    return found
+
+
+def test_a_run_writes_every_output(collapse_runs):
+    run_dir = collapse_runs["sum"]
+    for name in ["config.yaml", "metrics.csv", "model.keras", "summary.json", "reconstructions.png",
+                 "latent_space.png", "latent_clusters.png", "loss_curves.png", "kl_schedule.png",
+                 "kl_per_dim.png", "rate_distortion.png", "samples.png"]:
+        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+    assert sorted(os.listdir(os.path.join(run_dir, "epochs"))) == [
+        f"reconstructions_epoch_{e:03d}.png" for e in range(1, 5)]
+    assert not os.path.exists(os.path.join(run_dir, "state"))  # The checkpoint goes once the run is complete.
+    with open(os.path.join(run_dir, "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert {"loss", "val_loss", "val_neg_elbo", "kl_weight"} <= set(rows[0])
+    with open(os.path.join(run_dir, "config.yaml")) as handle:
+        assert yaml.safe_load(handle)["train"]["batch_size"] == 32
+    summary = summary_of(run_dir)
+    assert summary["status"] == "complete" and summary["dataset"] == "mnist_embedded"
+    assert summary["epochs_completed"] == 4
+    for key in ["neg_elbo_nats", "kl_nats", "active_units", "iwae_nll_nats", "iwae_k", "mutual_information_nats"]:
+        assert key in summary["validation"], key
+    assert isinstance(summary["collapse"]["detected"], bool) and summary["collapse"]["reason"]
+
+
+def test_the_per_pixel_mean_collapses_and_the_run_says_so(collapse_runs):
+    summary = summary_of(collapse_runs["mean"])
+    assert summary["objective"]["effective_beta"] == pytest.approx(784)
+    assert summary["collapse"]["detected"] is True
+    assert summary["collapse"]["reason"].startswith("posterior collapse")
+    assert summary["validation"]["kl_nats"] < 0.05
+    assert summary["validation"]["active_units"] == 0
+    assert summary["validation"]["reconstruction_spread"] < 0.05  # Every reconstruction nearly the same image.
+
+
+def test_the_tutorials_sum_does_not_collapse(collapse_runs):
+    summary = summary_of(collapse_runs["sum"])
+    assert summary["objective"]["effective_beta"] == pytest.approx(1)
+    assert summary["collapse"]["detected"] is False
+    assert summary["validation"]["active_units"] >= 1
+    assert summary["validation"]["kl_nats"] > 1.0
+    spread_sum = summary["validation"]["reconstruction_spread"]
+    assert spread_sum > 10 * summary_of(collapse_runs["mean"])["validation"]["reconstruction_spread"]
+
+
+def test_neg_elbo_is_its_two_terms(collapse_runs):
+    validation = summary_of(collapse_runs["sum"])["validation"]
+    assert validation["neg_elbo_nats"] == pytest.approx(validation["reconstruction_nats"] + validation["kl_nats"])
+    assert validation["neg_elbo_bits_per_dim"] == pytest.approx(validation["neg_elbo_nats"] / (784 * math.log(2)))
+    assert sum(validation["kl_per_dim_nats"]) == pytest.approx(validation["kl_nats"])
+
+
+def test_evaluate_reproduces_the_reported_numbers(collapse_runs):
+    run_dir = collapse_runs["sum"]
+    before = summary_of(run_dir)["validation"]
+    assert evaluate.main(["--run", run_dir]) == 0
+    after = summary_of(run_dir)["validation"]
+    for key in ["neg_elbo_nats", "kl_nats", "iwae_nll_nats", "mutual_information_nats", "reconstruction_spread"]:
+        assert after[key] == pytest.approx(before[key], rel=1e-4), key
+    assert after["active_units"] == before["active_units"]
+
+
+def test_iwae_bound_is_at_least_the_elbo_and_tightens_with_k(collapse_runs):
+    import keras
+
+    import data
+    import model  # noqa: F401  Registers the classes for loading.
+
+    vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
+    x = data.load_digits("mnist_embedded", seed=1337).x_val[:300]
+    bounds = {}
+    for k in (1, 10, 100):
+        validation, _, _ = evaluate.compute_metrics(vae, x, k)
+        bounds[k] = validation["iwae_nll_nats"]
+        assert validation["iwae_nll_nats"] <= validation["neg_elbo_nats"] + 0.05
+    assert bounds[100] <= bounds[10] <= bounds[1]
+    assert bounds[100] < bounds[1] - 0.1  # With an active posterior, more samples give a visibly tighter bound.
+
+
+def test_evaluate_refuses_a_folder_without_a_run(tmp_path, capsys):
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    assert "holds no finished run" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path):
+    sets = quick_sets(tmp_path)
+    assert train.main(sets + ["--set", "output.run_name=same"]) == 0
+    first = os.path.join(tmp_path, "same", "summary.json")
+    stamp = os.path.getmtime(first)
+    assert train.main(sets + ["--set", "output.run_name=same"]) == 0
+    assert os.path.getmtime(first) == stamp
+    assert summary_of(os.path.join(tmp_path, "same-2"))["status"] == "complete"
+
+
+@pytest.mark.parametrize("extra", [
+    ["loss.likelihood=gaussian", "loss.gaussian_sigma=0.1"],
+    ["loss.likelihood=gaussian", "loss.gaussian_sigma=learned"],
+    ["loss.likelihood=gaussian", "loss.gaussian_sigma=optimal"],
+    ["loss.likelihood=continuous_bernoulli"],
+    ["loss.kl_weight=null", "loss.kl_weight_norm=0.01"],
+    ["loss.kl_schedule=linear", "loss.kl_warmup=5", "loss.kl_warmup_unit=steps"],
+    ["loss.kl_schedule=sigmoid", "loss.kl_warmup=1"],
+    ["loss.kl_schedule=cyclical", "loss.kl_cycles=2", "train.epochs=2"],
+    ["loss.free_bits=0.5"],
+    ["data.binarize=static"],
+    ["data.binarize=dynamic"],
+    ["model.latent_dim=5", "loss.kl_reduction=mean"],
+])
+def test_every_option_trains_without_nan(tmp_path, extra):
+    assert train.main(quick_sets(tmp_path, *extra)) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    summary = summary_of(run_dir)
+    assert summary["status"] == "complete"
+    numbers = [summary["validation"][k] for k in ("neg_elbo_nats", "iwae_nll_nats", "kl_nats")]
+    assert all(np.isfinite(numbers))
+    with open(os.path.join(run_dir, "metrics.csv")) as handle:
+        assert all(np.isfinite(float(v)) for row in csv.DictReader(handle) for v in row.values())
