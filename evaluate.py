@@ -73,7 +73,8 @@ def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED):
 
 def gaussian_kl_np(z_mean, z_log_var):
     """Closed-form KL per dimension, (n, latent_dim), in float64."""
-    return 0.5 * (np.exp(z_log_var) + z_mean ** 2 - 1.0 - z_log_var).astype("float64")
+    z_log_var = z_log_var.astype("float64")
+    return 0.5 * (np.expm1(z_log_var) - z_log_var + z_mean.astype("float64") ** 2)
 
 
 def mutual_information(z_mean, z_log_var, seed=EVAL_SEED, chunk=256):

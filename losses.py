@@ -121,9 +121,10 @@ def sum_over_pixels(per_pixel):
 def gaussian_kl(z_mean, z_log_var):
     """KL(N(μ, σ²) || N(0, 1)) per latent dimension, in closed form: ½(σ² + μ² - 1 - log σ²).
 
-    Returns (batch, latent_dim); no reduction.
+    σ² - 1 is computed as expm1(log σ²), so a collapsed unit (log σ² near 0) gets a KL near 0
+    rather than float32 round-off of either sign. Returns (batch, latent_dim); no reduction.
     """
-    return 0.5 * (ops.exp(z_log_var) + ops.square(z_mean) - 1.0 - z_log_var)
+    return 0.5 * (ops.expm1(z_log_var) - z_log_var + ops.square(z_mean))
 
 
 def free_bits_kl(kl_per_dim, free_bits):

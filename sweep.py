@@ -1,0 +1,326 @@
+"""Train every combination of a grid of settings with train.py, then compare them on one page.
+
+    python sweep.py --config config.yaml --grid loss.kl_weight=0.001,0.01,0.1,1,10 \
+        --grid loss.reconstruction_reduction=sum,mean [--set KEY=VALUE ...] [--workers N] [--name NAME]
+
+The grid can instead come from a `sweep:` section (name, grid) of the config file.
+Runs train in <output.dir>/sweep_<name>/<label>/; the sweep folder also holds
+sweep.yaml, configs/, logs/, results.csv, results.md, comparison.png,
+rate_distortion.png and report.html. Re-running skips finished runs and resumes
+unfinished ones. Exit status: 0 all runs complete, 1 a run failed or diverged,
+2 bad input (nothing trained), 130 interrupted.
+"""
+
+import argparse
+import concurrent.futures
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow here (report) and in the children.
+
+import yaml  # noqa: E402
+
+import config  # noqa: E402
+import runs  # noqa: E402
+from sweep_report import LOG_DIR, result_rows, write_outputs, yaml_text  # noqa: E402
+
+EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+@dataclass
+class Run:
+    label: str  # Folder name, e.g. kl_weight-0.1_reconstruction_reduction-mean.
+    settings: dict  # Grid key -> value for this run.
+    cfg: config.Config  # The fully validated config train.py will receive.
+
+
+@dataclass
+class Plan:
+    base: config.Config
+    grid: dict
+    spec: dict  # What sweep.yaml records; a different spec may not reuse the folder.
+    folder: str
+    runs: list
+    workers: int
+
+
+def parse_grid_option(text):
+    """`section.key=v1,v2,...` -> (key, [values]); each value is read as YAML, like a --set value."""
+    key, sep, values_text = text.partition("=")
+    if not sep:
+        raise config.ConfigError(f"--grid expects KEY=V1,V2,... such as loss.kl_weight=0.1,1, received {text!r}.")
+    items = values_text.split(",")
+    if any(not item.strip() for item in items):
+        raise config.ConfigError(f"--grid {key.strip()} needs comma-separated non-empty values, "
+                                 f"received {values_text!r}.")
+    return key.strip(), [read_value(item) for item in items]
+
+
+def read_value(text):
+    """One grid value, read as YAML like a --set value; text YAML cannot read stays text for config to judge."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def read_sweep_section(raw):
+    """(name, [(key, values), ...]) from the config file's optional `sweep:` section."""
+    section = raw.get("sweep") or {}
+    if not isinstance(section, dict) or set(section) - {"name", "grid"}:
+        raise config.ConfigError("The sweep section may hold only 'name' and 'grid' (a mapping of section.key "
+                                 "to a list of values).")
+    grid = section.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise config.ConfigError(f"sweep.grid must map section.key to a list of values, received {grid!r}.")
+    return section.get("name"), list(grid.items())
+
+
+def check_grid(items):
+    """Check the grid's shape (not its values, which config validates) and return it as a dict."""
+    grid = {}
+    for key, values in items:
+        if not isinstance(key, str) or not re.fullmatch(r"\w+\.\w+", key):
+            raise config.ConfigError(f"Grid keys are section.key such as loss.kl_weight, received {key!r}.")
+        if key in RESERVED_KEYS:
+            raise config.ConfigError(f"{key} cannot be swept: the sweep puts every run in its own folder.")
+        if key in grid:
+            raise config.ConfigError(f"Grid key {key} is given twice; list all its values once.")
+        if not isinstance(values, list) or not values:
+            raise config.ConfigError(f"Grid key {key} needs a non-empty list of values, received {values!r}.")
+        if len({yaml_text(v) for v in values}) < len(values):
+            raise config.ConfigError(f"Grid key {key} repeats a value in {values!r}.")
+        grid[key] = values
+    if not grid:
+        raise config.ConfigError("Nothing to sweep: give --grid KEY=V1,V2 or a sweep.grid section in the config.")
+    return grid
+
+
+def make_label(settings):
+    """A readable folder name from the settings: the field names (sections only if ambiguous) and values."""
+    names = [key.split(".")[1] for key in settings]
+    if len(set(names)) < len(names):
+        names = list(settings)
+    text = "_".join(f"{name}-{yaml_text(value)}" for name, value in zip(names, settings.values()))
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+
+
+def plan_runs(raw, grid):
+    """Validate every combination with config's own validator, before anything is created or trained."""
+    planned = []
+    for values in itertools.product(*grid.values()):
+        settings = dict(zip(grid, values))
+        sets = [f"{key}={yaml_text(value)}" for key, value in settings.items()]
+        try:
+            cfg = config.from_dict(config.apply_overrides(raw, sets), extra_sections=("sweep",))
+        except config.ConfigError as error:
+            raise config.ConfigError(f"grid setting {' '.join(sets)}: {error}")
+        label = make_label(settings)
+        if any(run.label == label for run in planned):  # Two values that only differ in odd characters.
+            label += f"_{len(planned) + 1}"
+        planned.append(Run(label, settings, cfg))
+    return planned
+
+
+def make_plan(args):
+    """Everything the sweep will do, fully validated; raises ConfigError and creates nothing."""
+    if args.workers < 1:
+        raise config.ConfigError(f"--workers must be >= 1, received {args.workers}.")
+    base, raw = config.load(args.config, args.overrides, extra_sections=("sweep",))
+    yaml_name, yaml_grid = read_sweep_section(raw)
+    grid = check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid)
+    planned = plan_runs(raw, grid)
+    base_dict = base.to_dict()
+    for key in ("dir", "run_name"):  # Where outputs go is not part of what the sweep means.
+        del base_dict["output"][key]
+    spec = {"grid": grid, "base": base_dict}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
+    name = args.name or yaml_name or "_".join(key.split(".")[1] for key in grid) + f"_{digest}"
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise config.ConfigError(f"The sweep name must be letters, digits, '.', '_' or '-', received {name!r}.")
+    folder = os.path.join(base.output.dir, f"sweep_{name}")
+    return Plan(base, grid, spec, folder, planned, args.workers)
+
+
+def prepare_folder(plan):
+    """Create the sweep folder, or check an existing one holds this very sweep; write each run's config."""
+    spec_path = os.path.join(plan.folder, "sweep.yaml")
+    wanted = yaml.safe_load(yaml.safe_dump(plan.spec))  # Compare as YAML reads it back.
+    if os.path.exists(spec_path):
+        if config.read_yaml(spec_path) != wanted:
+            raise config.ConfigError(f"{plan.folder} holds a different sweep (its sweep.yaml differs); "
+                                     f"use another --name, or the settings recorded there.")
+    elif os.path.isdir(plan.folder) and os.listdir(plan.folder):
+        raise config.ConfigError(f"{plan.folder} exists but holds no sweep.yaml; choose another --name.")
+    runs.check_writable(plan.base.output.dir)
+    for sub in ("configs", LOG_DIR):
+        os.makedirs(os.path.join(plan.folder, sub), exist_ok=True)
+    runs.atomic_write_text(spec_path, yaml.safe_dump(plan.spec, sort_keys=False, allow_unicode=True))
+    for run in plan.runs:
+        cfg = run.cfg.to_dict()
+        cfg["output"].update(dir=plan.folder, run_name=run.label)
+        runs.atomic_write_text(config_path(plan, run), yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+
+def config_path(plan, run):
+    return os.path.join(plan.folder, "configs", f"{run.label}.yaml")
+
+
+def log_path(plan, run):
+    return os.path.join(plan.folder, LOG_DIR, f"{run.label}.log")
+
+
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def child_env(workers):
+    """Environment for one train.py: its share of the cores, so N workers do not oversubscribe them.
+
+    TensorFlow reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS when it creates its
+    thread pools (checked on TF 2.21); OMP_NUM_THREADS covers oneDNN's OpenMP pool.
+    """
+    threads = str(max(1, available_cores() // workers))
+    return dict(os.environ, **{name: threads for name in THREAD_VARIABLES})
+
+
+def clear_stillborn(run_dir):
+    """Remove a run folder train.py was killed in before it wrote summary.json: it holds no results,
+    and train.py would leave it alone and train into '<label>-2' instead."""
+    if os.path.isdir(run_dir) and runs.run_status(run_dir) is None and \
+            not os.path.isdir(os.path.join(run_dir, runs.STATE_DIR)):
+        shutil.rmtree(run_dir)
+
+
+class Progress:
+    """Prints a line whenever a run starts or finishes: runs finished of total, what runs now, an ETA."""
+
+    def __init__(self, total, finished, workers):
+        self.total, self.finished, self.workers = total, finished, workers
+        self.running, self.walls, self.lock = [], [], threading.Lock()
+
+    def started(self, label):
+        with self.lock:
+            self.running.append(label)
+            self._print(f"started {label}")
+
+    def ended(self, label, status, seconds):
+        with self.lock:
+            self.running.remove(label)
+            self.finished += 1
+            self.walls.append(seconds)
+            self._print(f"{status} {label} in {seconds:.0f}s")
+
+    def _print(self, event):
+        eta = ""
+        if self.walls and self.finished < self.total:  # Runs finished in this invocation are the honest clock.
+            waves = math.ceil((self.total - self.finished) / self.workers)
+            eta = f" | ETA {format_seconds(sum(self.walls) / len(self.walls) * waves)}"
+        print(f"[{self.finished}/{self.total} finished] {event} | running: {', '.join(self.running) or '-'}{eta}",
+              flush=True)
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def train_one(plan, run, env, progress):
+    """Run train.py for one setting, its output appended to logs/<label>.log. Returns (status, seconds)."""
+    run_dir = os.path.join(plan.folder, run.label)
+    clear_stillborn(run_dir)
+    command = [sys.executable, os.path.join(HERE, "train.py"), "--config", config_path(plan, run)]
+    progress.started(run.label)
+    begin = time.monotonic()
+    with open(log_path(plan, run), "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=env).returncode
+    seconds = time.monotonic() - begin
+    status = runs.run_status(run_dir)  # summary.json is the authority; the exit code only fills gaps.
+    if status not in runs.FINAL_STATUSES:
+        status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
+    progress.ended(run.label, status, seconds)
+    return status, seconds
+
+
+def run_all(plan):
+    """Train the runs that are not finished yet. Returns ({label: status}, {label: wall seconds})."""
+    statuses, todo = {}, []
+    for run in plan.runs:
+        status = runs.run_status(os.path.join(plan.folder, run.label))
+        if status in runs.FINAL_STATUSES:  # A diverged run would diverge again: report it, do not retry.
+            print(f"skipped {run.label}: already {status}")
+            statuses[run.label] = status
+        else:
+            todo.append(run)
+    walls_path = os.path.join(plan.folder, "wall_seconds.json")
+    walls = runs.read_json(walls_path) or {}
+    progress = Progress(len(plan.runs), len(statuses), plan.workers)
+    env = child_env(plan.workers)
+    with concurrent.futures.ThreadPoolExecutor(plan.workers) as pool:
+        futures = {pool.submit(train_one, plan, run, env, progress): run for run in todo}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                label = futures[future].label
+                statuses[label], seconds = future.result()
+                walls[label] = walls.get(label, 0.0) + seconds  # A resumed run's wall time adds up.
+                runs.atomic_write_json(walls_path, walls)
+        except KeyboardInterrupt:  # The children got the same Ctrl-C and save their state.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return statuses, walls
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="YAML config file; may hold a sweep: section (name, grid).")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="Sweep one setting over values, e.g. --grid loss.kl_weight=0.1,1,10 (repeatable; "
+                             "runs the cross product; replaces the config file's sweep.grid).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override one base setting for every run, e.g. --set train.epochs=5 (repeatable).")
+    parser.add_argument("--workers", type=int, default=1, help="Runs trained in parallel (default 1); the cores "
+                                                               "are shared out between them.")
+    parser.add_argument("--name", default=None, help="Sweep folder <output.dir>/sweep_NAME (default: sweep.name, "
+                                                     "else the grid keys and a hash of the settings).")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        plan = make_plan(args)
+        prepare_folder(plan)
+    except (config.ConfigError, runs.RunFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {plan.workers} worker(s).", flush=True)
+    try:
+        statuses, walls = run_all(plan)
+    except KeyboardInterrupt:
+        print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    rows = result_rows(plan, statuses, walls)
+    print(write_outputs(plan, rows))
+    print(f"Report: {os.path.join(plan.folder, 'report.html')}")
+    return 0 if all(status == "complete" for status in statuses.values()) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
