@@ -27,6 +27,7 @@ def _f(default, help, **rules):
 @dataclass
 class ModelConfig:
     latent_dim: int = _f(2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512)
+    fast_layers: bool = _f(True, "Compute the same layers with faster CPU arithmetic (see docs/performance.md).")
 
 
 @dataclass
@@ -70,7 +71,8 @@ class TrainConfig:
     learning_rate: float = _f(1e-3, "Adam's learning rate.", gt=0, le=10)
     seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0)
     deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
-    steps_per_execution: int = _f(1, "Gradient steps run per call into TensorFlow; more is faster.", ge=1)
+    steps_per_execution: int = _f(
+        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.", ge=1)
 
 
 @dataclass

