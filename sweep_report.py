@@ -8,6 +8,8 @@ import base64
 import html
 import os
 
+import numpy as np
+
 import runs
 
 LOG_DIR = "logs"  # Each run's train.py output, as <sweep folder>/logs/<label>.log.
@@ -69,7 +71,7 @@ def draw_figures(plan, done):
     images, titles = [digits.x_val[index]], ["input"]
     for row in done:
         vae = keras.saving.load_model(os.path.join(plan.folder, row["run"], "model.keras"), safe_mode=True)
-        images.append(vae.predict(digits.x_val[index], verbose=0))
+        images.append(np.asarray(vae(digits.x_val[index])))  # A direct call: no predict function to trace.
         titles.append(row_title(plan, row))
     plots.image_rows(images, titles, digits.y_val[index], os.path.join(plan.folder, FIGURES[0][0]), FIGURES[0][1])
     points = [(", ".join(row[key] for key in plan.grid) + f" (β={row['effective_beta']:g})", row["kl_nats"],
