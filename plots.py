@@ -126,12 +126,15 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None):
     kls = [p[1] for p in points]
     recs = [p[2] for p in points]
     if collapsed is None:
-        ax.plot(kls, recs, marker="o", color="C0")
+        ax.plot(kls, recs, marker="o", markersize=3 if len(points) > 30 else 6, color="C0")
     else:
         for kl, rec, bad in zip(kls, recs, collapsed):
             ax.scatter(kl, rec, marker="x" if bad else "o", color="C3" if bad else "C0", s=60)
-    for label, kl, rec in points:
-        ax.annotate(str(label), (kl, rec), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # A long path gets about ten labels (and always its last point) so the labels stay legible.
+    step = 1 if collapsed is not None else max(1, len(points) // 10)
+    for i, (label, kl, rec) in enumerate(points):
+        if i % step == 0 or i == len(points) - 1:
+            ax.annotate(str(label), (kl, rec), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("rate: KL (nats/digit)")
     ax.set_ylabel("distortion: reconstruction NLL (nats/digit)")
     ax.set_title(title)
