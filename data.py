@@ -92,7 +92,9 @@ def load_keras_dataset(name):
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data()
     except Exception as error:
-        raise DataError(f"Could not load {name} from keras.datasets ({str(error).splitlines()[0][:120]}). "
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise DataError(f"Could not load {name} from keras.datasets ({reason}). "
                         f"Without internet, use data.source: mnist_embedded.")
     return (_to_images(x_train, name), y_train.astype("int64")), (_to_images(x_test, name), y_test.astype("int64"))
 
