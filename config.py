@@ -302,9 +302,3 @@ def load(path=None, overrides=(), extra_sections=()):
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, received {_describe(raw)}.")
     raw = apply_overrides(raw, overrides)
     return from_dict(raw, extra_sections), raw
-
-
-def dump(cfg, path):
-    """Write the resolved config as YAML (every field, defaults included)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(cfg.to_dict(), handle, sort_keys=False)
