@@ -14,8 +14,10 @@ import math
 import os
 import sys
 
+import keras
 import numpy as np
 
+import losses
 import plots
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Var_x E[z_j|x] above this makes unit j active (Burda et al. 2016).
@@ -30,8 +32,6 @@ def _decode_logits(vae, z):
 
 def _nll_per_digit(vae, x, logits, log_sigma):
     """Σ over pixels of -log p(x|z) for matching rows of x and logits; returns (n,)."""
-    import losses
-
     return losses.sum_over_pixels(losses.reconstruction_nll(x, logits, vae.likelihood, log_sigma)).numpy()
 
 
@@ -153,8 +153,6 @@ def compute_metrics(vae, x, k, seed=EVAL_SEED):
 
 def _encode(vae, x):
     """Encoder outputs for many digits, in batches: [z_mean, z_log_var, z] as tensors."""
-    import keras
-
     parts = [vae.encoder(x[i:i + DECODE_BATCH], training=False) for i in range(0, len(x), DECODE_BATCH)]
     return [keras.ops.concatenate([p[j] for p in parts], axis=0) for j in range(3)]
 
