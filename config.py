@@ -73,6 +73,9 @@ class TrainConfig:
     deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
     steps_per_execution: int = _f(
         32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.", ge=1)
+    batch_shards: int = _f(
+        0, "Slices of each batch run at the same time on CPU cores; same math. 0 = one per core (up to 4), "
+           "1 with a GPU.", ge=0, le=64)
 
 
 @dataclass

@@ -26,6 +26,11 @@ class RunFolderError(ValueError):
     """The run folder cannot be used; the message says why and what to do."""
 
 
+def available_cores():
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def atomic_write_bytes(path, data):
     """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))

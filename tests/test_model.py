@@ -69,10 +69,36 @@ def test_train_and_test_steps_report_the_same_trackers():
     history = vae.fit(x, epochs=1, batch_size=16, verbose=0, validation_data=(x,))
     keys = {"loss", "reconstruction", "kl", "neg_elbo"}
     assert keys | {f"val_{k}" for k in keys} <= set(history.history)
-    assert [m.name for m in vae.metrics] == ["loss", "reconstruction", "kl", "neg_elbo"]
     result = vae.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    assert set(result) == keys
     assert math.isclose(result["neg_elbo"], result["reconstruction"] + result["kl"], rel_tol=1e-5)
     assert math.isclose(result["loss"], result["neg_elbo"], rel_tol=1e-5)  # β = 1: the objective is -ELBO.
+
+
+def test_weighted_means_equal_a_numpy_weighted_average_and_reset():
+    tracker = model.WeightedMeans(["a", "b"])
+    batches = [(np.array([1.0, 10.0]), 128), (np.array([4.0, -2.0]), 32)]  # a short last batch
+    for values, size in batches:
+        tracker.update_state(values, size)
+    values, sizes = np.array([v for v, _ in batches]), np.array([s for _, s in batches])
+    expected = (values * sizes[:, None]).sum(axis=0) / sizes.sum()
+    result = tracker.result()
+    assert list(result) == ["a", "b"]
+    np.testing.assert_allclose([float(result["a"]), float(result["b"])], expected, rtol=1e-6)
+    tracker.reset_state()
+    assert float(tracker.result()["a"]) == 0.0
+
+
+def test_evaluate_weights_a_short_last_batch_by_its_size():
+    # The KL depends on z_mean and z_log_var only (no sampling noise), so batches can be recomputed.
+    vae, x = compiled(), images(20)
+    first, last = vae.compute_terms(x[:16], training=False), vae.compute_terms(x[16:], training=False)
+    expected = (16 * float(first["kl"]) + 4 * float(last["kl"])) / 20  # per digit, not (a + b) / 2
+    split = vae.evaluate(x, batch_size=16, verbose=0, return_dict=True)
+    whole = vae.evaluate(x, batch_size=20, verbose=0, return_dict=True)
+    assert not math.isclose(float(first["kl"]), float(last["kl"]), rel_tol=1e-3)
+    assert math.isclose(split["kl"], expected, rel_tol=1e-5)
+    assert math.isclose(split["kl"], whole["kl"], rel_tol=1e-5)
 
 
 def test_mean_reduction_objective_is_the_elbo_terms_rescaled():
@@ -107,9 +133,33 @@ def test_free_bits_leave_the_reported_kl_true():
     assert b["loss"] > a["loss"]  # The floor raises the objective, not the reported KL.
 
 
+@pytest.mark.parametrize("batch, shards", [(37, 2), (37, 3), (2, 3)])
+def test_sharded_batches_give_the_unsharded_loss_and_gradients(batch, shards):
+    # Free bits and the batch-optimal σ are functions of the whole batch: the loss must still be
+    # computed on the whole batch. A batch smaller than the shard count exercises the padding.
+    import tensorflow as tf
+
+    x = images(batch)
+    results = []
+    for count in (1, shards):
+        vae = compiled(batch_shards=count, free_bits=0.5, likelihood="gaussian", gaussian_sigma="optimal")
+        if count == 1:
+            weights = vae.get_weights()
+        vae.set_weights(weights)
+        vae.reseed(0)
+        with tf.GradientTape() as tape:
+            terms = vae.compute_terms(x, training=True)
+        results.append((terms, tape.gradient(terms["loss"], vae.trainable_weights)))
+    (plain, plain_grads), (sharded, sharded_grads) = results
+    for name in ("loss", "reconstruction", "kl"):
+        np.testing.assert_allclose(float(sharded[name]), float(plain[name]), rtol=1e-5)
+    for a, b in zip(plain_grads, sharded_grads):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
+
+
 def test_config_round_trip():
     vae = model.VAE(latent_dim=4, likelihood="continuous_bernoulli", kl_weight=0.3, kl_schedule="cyclical",
-                    total_steps=100, kl_cycles=2, free_bits=0.1, seed=5)
+                    total_steps=100, kl_cycles=2, free_bits=0.1, seed=5, batch_shards=3)
     clone = model.VAE.from_config(vae.get_config())
     assert clone.get_config() == vae.get_config()
 

@@ -130,7 +130,7 @@ def test_grid_from_the_config_file_is_validated(tmp_path):
 
 
 def test_workers_share_the_cores():
-    threads = str(max(1, sweep.available_cores() // 2))
+    threads = str(max(1, runs.available_cores() // 2))
     env = sweep.child_env(2)
     assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
 

@@ -158,3 +158,18 @@ def test_every_option_trains_without_nan(tmp_path, extra):
     assert all(np.isfinite(numbers))
     with open(os.path.join(run_dir, "metrics.csv")) as handle:
         assert all(np.isfinite(float(v)) for row in csv.DictReader(handle) for v in row.values())
+
+
+def test_batch_shards_resolve_and_threads_are_left_alone_once_tensorflow_runs(monkeypatch):
+    import tensorflow as tf
+
+    assert train.resolve_batch_shards(3) == 3
+    assert 1 <= train.resolve_batch_shards(0) <= train.MAX_AUTO_SHARDS
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # A sweep worker's share of one core: no shards.
+    assert train.resolve_batch_shards(0) == 1
+    assert train.configure_threads(1) is None
+    float(tf.constant(1.0) + 1.0)  # TensorFlow's runtime has started: its thread pools are fixed now.
+    before = tf.config.threading.get_intra_op_parallelism_threads()
+    note = train.configure_threads(2)
+    assert note and "same results" in note
+    assert tf.config.threading.get_intra_op_parallelism_threads() == before
