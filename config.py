@@ -74,7 +74,7 @@ class TrainConfig:
     steps_per_execution: int = _f(
         32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.", ge=1)
     batch_shards: int = _f(
-        0, "Slices of each batch run at the same time on CPU cores; same math. 0 = one per core (up to 4), "
+        0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
            "1 with a GPU.", ge=0, le=64)
 
 

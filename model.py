@@ -21,6 +21,11 @@ IMAGE_SHAPE = (28, 28, 1)
 NUM_PIXELS = 28 * 28
 
 
+def reparameterize(z_mean, z_log_var, epsilon):
+    """z = μ + σ·ε, with σ = exp(½ log σ²). All (batch, latent_dim)."""
+    return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+
 @keras.saving.register_keras_serializable(package="vae_kl")
 class Sampling(layers.Layer):
     """Draws z = μ + σ·ε with ε ~ N(0, I), the reparameterisation trick."""
@@ -32,8 +37,11 @@ class Sampling(layers.Layer):
 
     def call(self, inputs):
         z_mean, z_log_var = inputs  # (batch, latent_dim) each
-        epsilon = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
-        return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+        return reparameterize(z_mean, z_log_var, self.draw(ops.shape(z_mean)))
+
+    def draw(self, shape):
+        """ε ~ N(0, I) of the given shape, from this layer's generator (advancing it)."""
+        return keras.random.normal(shape, seed=self.seed_generator)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -68,20 +76,22 @@ def build_decoder(latent_dim, fast_layers=False):
     return keras.Model(inputs, logits, name="decoder")
 
 
-def map_shards(fn, x, shards):
-    """fn applied to `shards` consecutive slices of the batch x, its outputs concatenated back.
+def map_shards(fn, inputs, shards):
+    """fn applied to `shards` consecutive slices of the batch, its outputs concatenated back.
 
-    The slices are as equal as possible (the first batch % shards get one example more). A batch
-    smaller than `shards` is zero-padded first, because oneDNN's convolutions reject empty
-    batches; the padding's outputs are dropped, so the results never depend on `shards`.
+    inputs: tensors with the same batch size; fn takes one slice of each. The slices are as
+    equal as possible (the first batch % shards get one example more). A batch smaller than
+    `shards` is zero-padded first, because oneDNN's convolutions reject empty batches; the
+    padding's outputs are dropped, so the results never depend on `shards`.
     Returns a list with one (batch, ...) tensor per output of fn.
     """
-    batch = tf.shape(x)[0]
+    batch = tf.shape(inputs[0])[0]
     padded = tf.maximum(batch, shards)
-    x = tf.pad(x, [[0, padded - batch]] + [[0, 0]] * (len(x.shape) - 1))
     base = padded // shards
     sizes = base + tf.cast(tf.range(shards) < padded - base * shards, "int32")  # (shards,)
-    outputs = [tf.nest.flatten(fn(piece)) for piece in tf.split(x, sizes, num=shards)]
+    pieces = [tf.split(tf.pad(t, [[0, padded - batch]] + [[0, 0]] * (len(t.shape) - 1)), sizes, num=shards)
+              for t in inputs]
+    outputs = [tf.nest.flatten(fn(*piece)) for piece in zip(*pieces)]
     return [tf.concat(parts, axis=0)[:batch] for parts in zip(*outputs)]
 
 
@@ -128,7 +138,7 @@ class VAE(keras.Model):
         kl_schedule, warmup_steps, total_steps, kl_cycles, kl_ramp_ratio: see schedules.kl_multiplier.
         dynamic_binarize: resample binary pixels from the grey levels at every training step.
         batch_shards: run the encoder and decoder on this many slices of each batch, which TensorFlow
-            executes concurrently (one per group of CPU cores, see train.configure_threads). The
+            executes side by side on the CPU cores (see train.configure_threads). The
             sampling noise is drawn once for the whole batch and the loss is computed on the whole
             batch, so every number equals the unsharded one within float32 rounding.
         seed: seed of the sampling and binarization noise.
@@ -218,15 +228,19 @@ class VAE(keras.Model):
     def forward(self, x, training):
         """z_mean, z_log_var, z (batch, latent_dim) and logits (batch, 28, 28, 1) for images x.
 
-        The encoder and decoder run on batch_shards slices of x; independent ops, so TensorFlow's
-        inter-op threads execute the slices at the same time. z is drawn once for the whole batch
-        by the encoder's own sampling layer, so the noise does not depend on batch_shards.
+        The encoder and decoder run on batch_shards slices of x: independent ops, which TensorFlow's
+        inter-op threads execute at the same time. The noise ε is drawn first, for the whole batch,
+        from the encoder's sampling layer, exactly as the unsharded encoder draws it, so the results
+        do not depend on batch_shards.
         """
-        z_mean, z_log_var = map_shards(lambda part: self.encoder_moments(part, training=training), x,
-                                       self.batch_shards)  # (batch, latent_dim) each
-        z = self.encoder.get_layer("z")([z_mean, z_log_var])
-        (logits,) = map_shards(lambda part: self.decoder(part, training=training), z, self.batch_shards)
-        return z_mean, z_log_var, z, logits
+        epsilon = self.encoder.get_layer("z").draw((ops.shape(x)[0], self.latent_dim))
+
+        def one_slice(images, noise):
+            z_mean, z_log_var = self.encoder_moments(images, training=training)
+            z = reparameterize(z_mean, z_log_var, noise)
+            return z_mean, z_log_var, z, self.decoder(z, training=training)
+
+        return map_shards(one_slice, [x, epsilon], self.batch_shards)
 
     def compute_terms(self, x, training):
         """Forward pass and every loss term for a batch of images x (batch, 28, 28, 1)."""

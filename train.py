@@ -24,8 +24,9 @@ import runs  # noqa: E402
 from data import DataError  # noqa: E402
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
-# batch_shards: 0 uses one slice per core up to this many (measured on 2 cores only, docs/performance.md).
-MAX_AUTO_SHARDS = 4
+# batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
+# per core balance the cores' load better than one, docs/performance.md).
+SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
 
 
 def exit_on_user_error(action):
@@ -45,29 +46,31 @@ def available_threads():
 
 
 def resolve_batch_shards(requested):
-    """train.batch_shards with 0 resolved: 1 when TensorFlow sees a GPU, else one slice per thread up to 4."""
+    """train.batch_shards with 0 resolved: 1 on a GPU or a single CPU thread, else two slices per thread, up to 8."""
     if requested:
         return requested
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
+    threads = available_threads()
+    if threads == 1 or tf.config.list_physical_devices("GPU"):
         return 1
-    return max(1, min(available_threads(), MAX_AUTO_SHARDS))
+    return min(SHARDS_PER_THREAD * threads, MAX_AUTO_SHARDS)
 
 
 def configure_threads(shards):
-    """Give each batch slice its own cores: `shards` inter-op threads run the slices' ops at the same
-    time, each op on threads // shards intra-op threads. On 2 cores two single-threaded slices
-    beat one batch on two threads by about 1.3x, because oneDNN's convolutions at batch 128 scale
-    only 1.4x from one thread to two (docs/performance.md). Must run before TensorFlow starts
-    executing; returns a note when it could not (then the defaults stay, same math, slower)."""
+    """Split the CPU threads between the batch's slices: up to `shards` inter-op threads run the slices'
+    ops at the same time, each op on threads // shards intra-op threads (at least one). On 2 cores,
+    single-threaded slices running side by side beat whole-batch ops on two threads, which oneDNN's
+    convolutions at batch 128 do not use fully (docs/performance.md). Must run before TensorFlow
+    starts executing; returns a note when it could not (the defaults then stay: same math, slower)."""
     if shards == 1:
         return None
     import tensorflow as tf
 
+    threads = available_threads()
     try:
-        tf.config.threading.set_inter_op_parallelism_threads(shards)
-        tf.config.threading.set_intra_op_parallelism_threads(max(1, available_threads() // shards))
+        tf.config.threading.set_inter_op_parallelism_threads(min(shards, threads))
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, threads // shards))
     except RuntimeError:
         return ("NOTE: TensorFlow had started before its thread pools could be split between the "
                 f"{shards} batch shards; they keep their defaults (same results, slower).")

@@ -22,7 +22,6 @@ import math
 import os
 import resource
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,8 +38,8 @@ BATCH = 128
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "config.yaml"), help="Our model's config file.")
-    parser.add_argument("--blocks", type=int, default=6, help="Timed blocks per model (alternating).")
-    parser.add_argument("--epochs-per-block", type=int, default=2, help="Epochs of 39 steps in each block.")
+    parser.add_argument("--blocks", type=int, default=12, help="Timed blocks per model (alternating).")
+    parser.add_argument("--epochs-per-block", type=int, default=1, help="Epochs of 39 steps in each block.")
     parser.add_argument("--steps", type=int, default=39, help="Steps per epoch (<= 39: 128 digits each).")
     parser.add_argument("--layer-reps", type=int, default=5, help="Rounds of the per-layer timing (0 skips it).")
     parser.add_argument("--learning", type=int, default=0, metavar="EPOCHS",
@@ -49,7 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
                         help="Also time ours with config overrides (jit_compile=true compiles with XLA).")
     parser.add_argument("--threads", type=int, nargs=2, metavar=("INTER", "INTRA"), default=None,
-                        help="TensorFlow inter-op and intra-op threads for the whole process (both models).")
+                        help="TensorFlow inter-op and intra-op threads for every model's process "
+                             "(instead of TensorFlow's defaults for the tutorial and train.py's for ours).")
     parser.add_argument("--quick", action="store_true", help="Shorthand for --blocks 3 --epochs-per-block 1 "
                                                              "--layer-reps 3.")
     args = parser.parse_args(argv)
@@ -85,11 +85,11 @@ def build_ours(cfg, x, jit_compile=False):
 
 
 class Runner:
-    """One model and the way it is fed; times whole epochs and samples its peak RSS."""
+    """One model and the way it is fed; times whole epochs."""
 
     def __init__(self, label, build, fit):
         self.label, self.build, self.fit = label, build, fit
-        self.block_rates, self.peak_rss, self.model, self.epoch = [], 0, None, 0
+        self.block_rates, self.model, self.epoch = [], None, 0
         self.first_step_s = self.first_step_count = None
 
     def run(self, epochs, x):
@@ -110,36 +110,9 @@ class Runner:
             def on_epoch_end(self, epoch, logs=None):
                 seconds.append(time.perf_counter() - self.t0)
 
-        peak = peak_rss_during(lambda: self.fit(self.model, x, self.epoch, self.epoch + epochs, [Timer()]))
+        self.fit(self.model, x, self.epoch, self.epoch + epochs, [Timer()])
         self.epoch += epochs
-        self.peak_rss = max(self.peak_rss, peak)
         return seconds
-
-
-def peak_rss_during(action):
-    """Run action(); return the process's highest resident set size meanwhile, sampled every 10 ms."""
-    peak, stop = [current_rss()], threading.Event()
-
-    def sample():
-        while not stop.wait(0.01):
-            peak[0] = max(peak[0], current_rss())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        action()
-    finally:
-        stop.set()
-        thread.join()
-    return peak[0]
-
-
-def current_rss():
-    try:
-        with open("/proc/self/statm") as handle:  # Linux: pages resident now.
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # Elsewhere: the peak so far, which is an upper bound.
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def fit_numpy(model, x, first, last, callbacks):
@@ -282,6 +255,16 @@ def load_digits(steps):
     return x_all, x_all[:steps * BATCH]  # Full batches only, so every timed step does the same work.
 
 
+def peak_resident_bytes():
+    """This process's peak resident set size. Linux's VmHWM starts afresh in a spawned process,
+    unlike getrusage's ru_maxrss, which keeps the parent's peak across exec."""
+    try:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def worker(conn, label, overrides, config_path, steps, threads):
     """Build one model in this process, then run the epochs the parent asks for and report timings."""
     import keras
@@ -303,7 +286,8 @@ def worker(conn, label, overrides, config_path, steps, threads):
         runner = Runner(label, lambda: build_ours(cfg, x, jit), fit_pipeline(cfg.train.seed, steps))
     while (epochs := conn.recv()) is not None:
         seconds = runner.run(epochs, x)
-        conn.send({"seconds": seconds, "peak_rss": runner.peak_rss, "first_step_s": runner.first_step_s,
+        peak_rss = peak_resident_bytes()
+        conn.send({"seconds": seconds, "peak_rss": peak_rss, "first_step_s": runner.first_step_s,
                    "first_step_count": runner.first_step_count,
                    "steps_per_execution": getattr(runner.model, "steps_per_execution", 1),
                    "batch_shards": getattr(runner.model, "batch_shards", 1),
@@ -372,13 +356,14 @@ def main(argv=None):
     macs, flops = training_flops(parametric_layers(tutorial))
     print(f"Work: {macs / 1e6:.2f} M multiply-adds forward per digit, {flops / 1e6:.1f} MFLOP forward+backward.")
     baseline = np.array(remotes[0].block_rates)
-    print(f"\n{'model':<24}{'digits/s':>10}{'GFLOP/s':>9}{'vs tutorial':>13}{'peak RSS MiB':>14}"
+    ours_rates = np.array(remotes[1].block_rates)
+    print(f"\n{'model':<24}{'digits/s':>10}{'GFLOP/s':>9}{'vs tutorial':>13}{'vs ours':>9}{'peak RSS MiB':>14}"
           f"{'first step s':>14}")
-    for remote in remotes:
-        rate, r = float(np.median(remote.block_rates)), remote.report
-        ratio = float(np.median(np.array(remote.block_rates) / baseline))
-        print(f"{remote.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{ratio:>13.3f}"
-              f"{r['peak_rss'] / 2**20:>14.0f}{r['first_step_s']:>9.1f} ({r['first_step_count']} st)")
+    for remote in remotes:  # Ratios are medians of per-block ratios, so the machine's drift cancels.
+        rate, r, rates = float(np.median(remote.block_rates)), remote.report, np.array(remote.block_rates)
+        print(f"{remote.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{np.median(rates / baseline):>13.3f}"
+              f"{np.median(rates / ours_rates):>9.3f}{r['peak_rss'] / 2**20:>14.0f}{r['first_step_s']:>9.1f} "
+              f"({r['first_step_count']} st)")
     print(f"Per-block ratios ours/tutorial: {np.round(np.array(remotes[1].block_rates) / baseline, 3).tolist()}.")
     if args.layer_reps:
         print_layers(tutorial, ours, args.layer_reps)

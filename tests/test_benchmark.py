@@ -1,0 +1,24 @@
+"""The throughput benchmark runs end to end and ends with its machine-readable line (no timing is asserted)."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_throughput_benchmark_prints_its_table_and_speedup_line_last():
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--blocks", "2", "--steps", "3",
+         "--layer-reps", "1", "--variant", "plain:model.fast_layers=false,train.batch_shards=1"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d{3}", lines[-1])
+    rows = {line.split()[0]: line.split() for line in lines if re.match(r"(tutorial|ours|plain)\s+\d", line)}
+    assert set(rows) == {"tutorial", "ours", "plain"}
+    assert float(rows["tutorial"][3]) == 1.0  # the tutorial's ratio to itself
+    assert float(rows["ours"][4]) == 1.0
+    assert "plain: 1 batch shard(s)" in result.stdout
+    assert any(line.strip().startswith("conv2d_transpose_2 (TapMatmulConv2DTranspose)") for line in lines)
