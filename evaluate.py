@@ -27,7 +27,7 @@ EVAL_SEED = 20240611
 
 
 def _decode_logits(vae, z):
-    return vae.decoder(z, training=False).numpy()
+    return vae.decode_logits(z).numpy()
 
 
 def _nll_per_digit(vae, x, logits, log_sigma):
