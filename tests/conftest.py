@@ -18,9 +18,12 @@ def run_cli(script, *args, cwd=ROOT, timeout=600):
                           text=True, timeout=timeout)
 
 
-# Settings that make a run take seconds: real embedded digits, few of them, cheap evaluation.
+# Settings that make a run take seconds: real embedded digits, few of them, cheap evaluation, and
+# whole batches (slicing them only adds tracing time to one-epoch runs; tests/test_train_e2e.py
+# runs the sliced path through the command line).
 QUICK = ["data.source=mnist_embedded", "data.limit=600", "train.epochs=1", "train.batch_size=64",
-         "evaluation.iwae_k=2", "evaluation.max_examples=200", "output.per_epoch_images=false"]
+         "evaluation.iwae_k=2", "evaluation.max_examples=200", "output.per_epoch_images=false",
+         "train.batch_shards=1"]
 
 
 def quick_sets(output_dir, *extra):

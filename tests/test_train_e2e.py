@@ -11,9 +11,11 @@ import yaml
 
 import evaluate
 import train
-from conftest import quick_sets
+from conftest import quick_sets, run_cli
 
-COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5"]
+# In-process runs: TensorFlow has started, so batch slices would run without their own threads.
+COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5",
+                     "train.batch_shards=1"]
 
 
 def run_dirs(output_dir):
@@ -173,3 +175,16 @@ def test_batch_shards_resolve_and_threads_are_left_alone_once_tensorflow_runs(mo
     note = train.configure_threads(2)
     assert note and "same results" in note
     assert tf.config.threading.get_intra_op_parallelism_threads() == before
+
+
+def test_the_command_line_slices_batches_on_a_multicore_cpu(tmp_path):
+    result = run_cli("train.py", *quick_sets(str(tmp_path), "train.batch_shards=0", "train.epochs=2"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    shards = train.resolve_batch_shards(0)  # 4 on the 2-core CI machine, 1 on a single core or a GPU
+    assert ("Each batch runs as" in result.stdout) == (shards > 1)
+    assert shards == 1 or f"Each batch runs as {shards} slices" in result.stdout
+    assert "thread pools could be split" not in result.stdout  # a fresh process: the split took effect
+    (run_dir,) = run_dirs(str(tmp_path))
+    summary = summary_of(run_dir)
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 2
+    assert math.isfinite(summary["validation"]["neg_elbo_nats"])
