@@ -16,8 +16,17 @@ vectorises it over output channels, of which it has one, and runs it at 20-30 GF
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
+
+
+def column_mask(dj, height, width):
+    """(H·W,) float mask of the flattened image: 1 where column c + dj lies inside it; None if dj = 0."""
+    if dj == 0:
+        return None
+    columns = np.arange(height * width) % width
+    return tf.constant(((columns + dj >= 0) & (columns + dj < width)).astype("float32"))
 
 
 def tap_conv_transpose(x, kernel):
@@ -26,36 +35,59 @@ def tap_conv_transpose(x, kernel):
     x: (batch, H, W, in); kernel: (kh, kw, out, in) as Keras stores it. Returns (batch, H, W, out).
 
     A transposed convolution is a correlation with the spatially flipped kernel F:
-        y[m, n, o] = Σ_{i, j, c} x[m + i - ph, n + j - pw, c] · F[i, j, o, c],  ph = (kh - 1) / 2.
-    Forward: one matrix product gives every tap's plane u[(i, j, o), pixel] = Σ_c F[i, j, o, c]·x[pixel, c],
-    laid out tap-major so that each plane is contiguous; y is then the sum of the kh·kw planes, each
-    shifted by (i - ph, j - pw), i.e. sliced out of the zero-padded planes. With one output channel this
-    forward is about 3x faster than oneDNN's transposed convolution. Backward: the gradients are the
-    ordinary convolution ops (a Conv2D with `in` output channels and a filter gradient), which oneDNN
-    already runs fast; autodiff of the slices would not be.
+        y[m, n, o] = Σ_{i, j, c} x[m + di, n + dj, c] · F[i, j, o, c],  di = i - kh // 2, dj = j - kw // 2,
+    with x zero outside the image. Forward: one matrix product gives every tap's plane
+    u[(i, j, o), pixel] = Σ_c F[i, j, o, c]·x[pixel, c], tap-major so each plane is a contiguous run
+    of flattened images; y is the sum of the planes, each read at pixel + di·W + dj. On flattened
+    images that read is a contiguous window of the zero-padded planes: a shift by whole rows runs
+    into the padding, and a shift by dj columns, which would wrap into the neighbouring row, is
+    masked to zero in the columns it leaves the image. Backward: the same windows of dy (shifted
+    the other way) give each tap's plane gradient, and two more matrix products give dx and dF.
+    With one output channel this beats oneDNN's convolutions forward and, on batch slices run on one
+    thread each as train.py runs them on a CPU, backward too (docs/performance.md, row 37).
     """
     kh, kw, out_channels, in_channels = kernel.shape
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"tap_conv_transpose needs an odd kernel size, received {kh}x{kw}.")
+    ph, pw = kh // 2, kw // 2
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        raise ValueError("tap_conv_transpose needs the image height and width when the model is built; "
+                         f"received input shape {tuple(x.shape)}. Give keras.Input a full image shape.")
+    size, pad = height * width, ph * width + pw  # The padding covers the farthest read.
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
 
     @tf.custom_gradient
     def conv_transpose(x, kernel):
-        batch, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
         flipped = tf.reverse(kernel, axis=[0, 1])  # (kh, kw, out, in)
         weights = tf.reshape(tf.transpose(flipped, (3, 0, 1, 2)), (in_channels, kh * kw * out_channels))
         pixels = tf.reshape(x, (-1, in_channels))  # (batch·H·W, in)
         planes = tf.matmul(weights, pixels, transpose_a=True, transpose_b=True)  # (kh·kw·out, batch·H·W)
-        planes = tf.reshape(planes, (kh, kw, out_channels, batch, height, width))
-        ph, pw = (kh - 1) // 2, (kw - 1) // 2
-        planes = tf.pad(planes, [[0, 0], [0, 0], [0, 0], [0, 0], [ph, ph], [pw, pw]])
-        summed = tf.add_n([planes[i, j, :, :, i:i + height, j:j + width] for i in range(kh) for j in range(kw)])
-        y = tf.transpose(summed, (1, 2, 3, 0))  # (batch, H, W, out)
+        planes = tf.reshape(planes, (kh, kw, out_channels, -1, size))  # Each tap's plane is contiguous.
+        padded = tf.pad(planes, [[0, 0]] * 4 + [[pad, pad]])
+        terms = []  # One per column offset, so each mask is applied once.
+        for j in range(kw):
+            starts = [pad + (i - ph) * width + j - pw for i in range(kh)]  # Reading pixel + di·W + dj.
+            term = tf.add_n([padded[i, j, :, :, s:s + size] for i, s in enumerate(starts)])  # (out, batch, H·W)
+            mask = column_mask(j - pw, height, width)
+            terms.append(term if mask is None else term * mask)
+        y = tf.reshape(tf.add_n(terms), (out_channels, -1, height, width))
+        y = tf.transpose(y, (1, 2, 3, 0))  # (batch, H, W, out)
 
         def grad(dy):
-            dx = tf.nn.conv2d(dy, kernel, strides=1, padding="SAME")
-            dkernel = tf.raw_ops.Conv2DBackpropFilter(input=dy, filter_sizes=tf.shape(kernel), out_backprop=x,
-                                                      strides=[1, 1, 1, 1], padding="SAME")
-            return dx, dkernel
+            rows = tf.reshape(tf.transpose(dy, (3, 0, 1, 2)), (out_channels, -1, size))  # (out, batch, H·W)
+            padded_dy = tf.pad(rows, [[0, 0], [0, 0], [pad, pad]])
+            shifted = []  # dy read at pixel - (di·W + dj): each tap plane's gradient.
+            for i, j in taps:
+                start = pad - (i - ph) * width - (j - pw)
+                plane = padded_dy[:, :, start:start + size]
+                mask = column_mask(pw - j, height, width)
+                shifted.append(plane if mask is None else plane * mask)
+            dplanes = tf.reshape(tf.stack(shifted), (kh * kw * out_channels, -1))  # (kh·kw·out, batch·H·W)
+            dx = tf.matmul(dplanes, weights, transpose_a=True, transpose_b=True)  # (batch·H·W, in)
+            dweights = tf.matmul(dplanes, pixels)  # (kh·kw·out, in), the gradient of weights transposed.
+            dkernel = tf.reverse(tf.reshape(dweights, (kh, kw, out_channels, in_channels)), axis=[0, 1])
+            return tf.reshape(dx, tf.shape(x)), dkernel
 
         return y, grad
 

@@ -53,6 +53,10 @@ def test_tap_matmul_layer_accepts_an_unknown_batch_size_and_refuses_what_it_cann
     layer = fast_layers.TapMatmulConv2DTranspose(1, 3)
     functional = keras.Model(inputs, layer(inputs))
     assert functional(random(5, 6, 6, 4)).shape == (5, 6, 6, 1)
+    unknown_size = tf.function(fast_layers.tap_conv_transpose,
+                               input_signature=[tf.TensorSpec((None, None, None, 4)), tf.TensorSpec((3, 3, 1, 4))])
+    with pytest.raises(ValueError, match="height and width"):  # Its shifts are laid out for one image size.
+        unknown_size.get_concrete_function()
     with pytest.raises(ValueError, match="strides=1"):
         fast_layers.TapMatmulConv2DTranspose(1, 3, strides=2)
     with pytest.raises(ValueError, match="odd kernel"):
