@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """A user-facing configuration problem, reported in one line."""
 
 
+# The names of the choices, listed once. Each is implemented in one module: likelihoods.py,
+# priors.py, schedules.py (their registries are checked against these lists by the tests).
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
+PRIORS = ("standard_normal", "normal", "mixture", "vamp")
+SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+
+
 def _f(default, help, **rules):
     """A dataclass field with a one-line help text and range rules (ge, gt, le, lt)."""
     return field(default=default, metadata={"help": help, **rules})
@@ -28,11 +35,17 @@ def _f(default, help, **rules):
 class ModelConfig:
     latent_dim: int = _f(2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512)
     fast_layers: bool = _f(True, "Compute the same layers with faster CPU arithmetic (see docs/performance.md).")
+    prior: Literal[PRIORS] = _f(
+        "standard_normal", "p(z): standard_normal (tutorial), normal (N(0, s²I)), mixture (learned Gaussians) "
+                           "or vamp (VampPrior).")
+    prior_scale: float = _f(1.0, "s of the normal prior N(0, s²I).", gt=0, le=1000)
+    prior_components: int = _f(10, "Components K of the mixture prior or pseudo-inputs of the vamp prior.",
+                               ge=1, le=500)
 
 
 @dataclass
 class LossConfig:
-    likelihood: Literal["bernoulli", "gaussian", "continuous_bernoulli"] = _f(
+    likelihood: Literal[LIKELIHOODS] = _f(
         "bernoulli", "Decoder likelihood p(x|z); bernoulli is the tutorial's binary cross-entropy.")
     reconstruction_reduction: Literal["sum", "mean"] = _f(
         "sum", "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean.")
@@ -43,7 +56,7 @@ class LossConfig:
         None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0)
     gaussian_sigma: Union[float, Literal["learned", "optimal"]] = _f(
         "learned", "Pixel σ of the gaussian likelihood: a number, 'learned' or 'optimal'.", gt=0)
-    kl_schedule: Literal["constant", "linear", "sigmoid", "cyclical"] = _f(
+    kl_schedule: Literal[SCHEDULES] = _f(
         "constant", "How the KL weight moves from 0 to its final value during training.")
     kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0)
     kl_warmup_unit: Literal["epochs", "steps"] = _f("epochs", "Unit of kl_warmup.")
@@ -224,6 +237,20 @@ def _check_combinations(cfg):
                           f"(the length of the warm-up), received 0.")
     if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
         raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
+    _check_prior(cfg.model, loss)
+
+
+def _check_prior(model, loss):
+    defaults = ModelConfig()
+    if model.prior != "normal" and model.prior_scale != defaults.prior_scale:
+        raise ConfigError(f"model.prior_scale is only read by model.prior normal (received prior "
+                          f"{model.prior!r}); set model.prior: normal or drop prior_scale.")
+    if model.prior not in ("mixture", "vamp") and model.prior_components != defaults.prior_components:
+        raise ConfigError(f"model.prior_components is only read by the mixture and vamp priors (received prior "
+                          f"{model.prior!r}); set model.prior: mixture or vamp, or drop prior_components.")
+    if model.prior in ("mixture", "vamp") and loss.free_bits > 0:
+        raise ConfigError(f"loss.free_bits floors the KL of each latent dimension, but the {model.prior} prior's "
+                          f"KL does not split per dimension; use free_bits with a normal prior or set it to 0.")
 
 
 def from_dict(raw, extra_sections=()):

@@ -1,4 +1,4 @@
-"""Digits for training and validation, as float32 arrays of shape (N, 28, 28, 1) in [0, 1].
+"""Digits for training and validation: float32 arrays (N, 28, 28, 1) in [0, 1], and their tf.data batches.
 
 Sources: keras.datasets MNIST or Fashion-MNIST (downloaded once to
 ~/.keras/datasets), a local .npz file in the same layout, or the 5,000 real MNIST
@@ -119,19 +119,18 @@ def _binarize(x, rng):
     return (rng.random(x.shape, dtype=np.float32) < x).astype("float32")
 
 
-def load_digits(source, path=None, limit=None, train_on="train", binarize="none", seed=0):
-    """Load, split, subset and binarize the digits a run trains on.
+def load_digits(data_cfg, seed=0):
+    """Load, split, subset and binarize the digits a run trains on, as a config's data section says.
 
     Args:
-        source: auto, mnist, fashion_mnist, mnist_embedded or npz (see config.DataConfig).
-        path: the .npz file for source npz.
-        limit: keep only the first `limit` training digits.
-        train_on: "train" validates on the held-out split; "all" also trains on it.
-        binarize: "none", "static" (sampled once) or "dynamic" (validation sampled once here,
-            training digits resampled by the model at every step).
+        data_cfg: config.DataConfig: source (auto, mnist, fashion_mnist, mnist_embedded or npz),
+            path (the .npz for npz), limit (keep the first `limit` training digits), train_on
+            ("train" validates on the held-out split; "all" also trains on it), binarize ("none",
+            "static": sampled once, "dynamic": validation sampled once here, training digits
+            resampled in every batch by train_batches).
         seed: fixes the embedded split and the static binarization.
     """
-    notes = []
+    source, notes = data_cfg.source, []
     if source == "auto":
         try:
             train, test = load_keras_dataset("mnist")
@@ -141,8 +140,8 @@ def load_digits(source, path=None, limit=None, train_on="train", binarize="none"
             train, test = load_embedded_mnist(seed)
             name = "mnist_embedded"
     elif source == "npz":
-        train, test = load_npz(path)
-        name = f"npz:{path}"
+        train, test = load_npz(data_cfg.path)
+        name = f"npz:{data_cfg.path}"
     elif source == "mnist_embedded":
         train, test = load_embedded_mnist(seed)
         name = source
@@ -150,16 +149,57 @@ def load_digits(source, path=None, limit=None, train_on="train", binarize="none"
         train, test = load_keras_dataset(source)
         name = source
     (x_train, y_train), (x_val, y_val) = train, test
-    if train_on == "all":
+    if data_cfg.train_on == "all":
         x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
         notes.append("NOTE: train_on is 'all', so the validation digits were also trained on.")
+    limit = data_cfg.limit
     if limit is not None:
         if limit > len(x_train):
             notes.append(f"NOTE: data.limit {limit} exceeds the {len(x_train)} training digits; using all.")
         x_train, y_train = x_train[:limit], y_train[:limit]
     rng = np.random.default_rng(seed + 12345)
-    if binarize in ("static", "dynamic"):
+    if data_cfg.binarize in ("static", "dynamic"):
         x_val = _binarize(x_val, rng)
-    if binarize == "static":
+    if data_cfg.binarize == "static":
         x_train = _binarize(x_train, rng)
     return Digits(x_train, y_train, x_val, y_val, name, notes)
+
+
+def source_of(dataset_name):
+    """(source, path) for the `dataset` name a run recorded (e.g. "npz:/data/x.npz" -> ("npz", "/data/x.npz"))."""
+    if dataset_name.startswith("npz:"):
+        return "npz", dataset_name[4:]
+    return dataset_name, None
+
+
+def train_batches(x, batch_size, seed, first_epoch, epochs, dynamic_binarize=False):
+    """A tf.data pipeline of training batches for epochs first_epoch..epochs-1.
+
+    Each epoch's order, and with dynamic_binarize each batch's binary pixels, depend only on
+    (seed, epoch, batch), so a resumed run sees the same batches an uninterrupted one would.
+    """
+    import tensorflow as tf  # Only training needs TensorFlow here; loading data does not.
+
+    # A variable, not a constant: tf.data would copy a captured constant into its graph, which
+    # takes seconds for 60,000 digits; a variable is captured by reference. (N, H, W, C)
+    with tf.device("/cpu:0"):
+        images = tf.Variable(x, trainable=False, name="training_digits")
+
+    def gather(epoch, step, index):
+        batch = tf.gather(images, index)
+        if not dynamic_binarize:
+            return batch
+        noise = tf.random.stateless_uniform(tf.shape(batch), seed=tf.stack([seed * 100003 + epoch, step]))
+        return tf.cast(noise < batch, batch.dtype)
+
+    def one_epoch(epoch):
+        order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed * 100003 + epoch)
+        return order.batch(batch_size).enumerate().map(lambda step, index: gather(epoch, step, index))
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_batches(x, batch_size=512):
+    import tensorflow as tf  # See train_batches.
+
+    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(tf.data.AUTOTUNE)

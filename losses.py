@@ -33,6 +33,16 @@ def bernoulli_nll(x, logits):
     return ops.softplus(logits) - logits * x
 
 
+def gaussian_log_density(x, mean, log_var):
+    """log N(x; μ, σ²) per element: -½[(x-μ)²/σ² + log σ² + log 2π]. No reduction.
+
+    The one place the Gaussian log-density is written: the Gaussian likelihood, the encoder's
+    q(z|x), every Gaussian prior and the evaluation all call it. Arguments broadcast.
+    """
+    inverse_var = math.exp(-log_var) if isinstance(log_var, (int, float)) else ops.exp(-log_var)
+    return -0.5 * (ops.square(x - mean) * inverse_var + log_var + LOG_2PI)
+
+
 def gaussian_nll(x, mean, log_sigma):
     """Gaussian negative log-density per pixel: (x-μ)²/(2σ²) + log σ + ½ log 2π.
 
@@ -42,7 +52,7 @@ def gaussian_nll(x, mean, log_sigma):
         log_sigma: log σ, broadcastable to x (a scalar for one shared σ).
     Returns the shape of `x`; no reduction.
     """
-    return 0.5 * ops.square(x - mean) * ops.exp(-2.0 * log_sigma) + log_sigma + 0.5 * LOG_2PI
+    return -gaussian_log_density(x, mean, 2.0 * log_sigma)
 
 
 def optimal_log_sigma(x, mean):
@@ -90,41 +100,20 @@ def continuous_bernoulli_mean(logits):
     return ops.where(small, series, exact)
 
 
-def reconstruction_nll(x, logits, likelihood, log_sigma=None):
-    """Negative log-likelihood per pixel for the named likelihood; same shape as `x`.
-
-    Args:
-        likelihood: "bernoulli", "gaussian" or "continuous_bernoulli".
-        log_sigma: log σ of the gaussian likelihood (ignored by the others).
-    """
-    if likelihood == "bernoulli":
-        return bernoulli_nll(x, logits)
-    if likelihood == "continuous_bernoulli":
-        return continuous_bernoulli_nll(x, logits)
-    if likelihood == "gaussian":
-        return gaussian_nll(x, ops.sigmoid(logits), log_sigma)
-    raise ValueError(f"Unknown likelihood {likelihood!r}; expected bernoulli, gaussian or continuous_bernoulli.")
-
-
-def decoder_mean(logits, likelihood):
-    """The image a decoder output stands for: the mean of p(x|z). Same shape as `logits`."""
-    if likelihood == "continuous_bernoulli":
-        return continuous_bernoulli_mean(logits)
-    return ops.sigmoid(logits)
-
-
 def sum_over_pixels(per_pixel):
     """Sum a (batch, ...) tensor over all but the batch axis; returns (batch,)."""
     return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
 
 
-def gaussian_kl(z_mean, z_log_var):
-    """KL(N(μ, σ²) || N(0, 1)) per latent dimension, in closed form: ½(σ² + μ² - 1 - log σ²).
+def gaussian_kl(z_mean, z_log_var, prior_log_var=0.0):
+    """KL(N(μ, σ²) || N(0, s²)) per latent dimension, in closed form: ½(σ²/s² + μ²/s² - 1 - log σ² + log s²).
 
-    σ² - 1 is computed as expm1(log σ²), so a collapsed unit (log σ² near 0) gets a KL near 0
-    rather than float32 round-off of either sign. Returns (batch, latent_dim); no reduction.
+    prior_log_var is log s², a Python number (0: the standard normal). σ²/s² - 1 is computed as
+    expm1(log σ² - log s²), so a collapsed unit (σ = s) gets a KL near 0 rather than float32
+    round-off of either sign. Returns (batch, latent_dim); no reduction.
     """
-    return 0.5 * (ops.expm1(z_log_var) - z_log_var + ops.square(z_mean))
+    ratio = z_log_var - prior_log_var
+    return 0.5 * (ops.expm1(ratio) - ratio + ops.square(z_mean) * math.exp(-prior_log_var))
 
 
 def free_bits_kl(kl_per_dim, free_bits):
@@ -137,7 +126,7 @@ def free_bits_kl(kl_per_dim, free_bits):
     return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
 
 
-def training_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_reduction,
+def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reconstruction_reduction,
                        kl_reduction, kl_weight, free_bits=0.0):
     """The loss that training minimises, averaged over the batch. Returns a scalar.
 
@@ -148,13 +137,15 @@ def training_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_r
 
     Args:
         rec_per_example: (batch,) reconstruction NLL summed over pixels.
-        kl_per_dim: (batch, latent_dim) KL per latent dimension.
-        num_pixels: D, the number of pixels per image.
+        kl_per_dim: (batch, latent_dim) KL per latent dimension, or (batch, 1) total KL for a prior
+            whose KL does not split per dimension (free bits then need free_bits = 0).
+        num_pixels: D, the number of pixel values per image (pixels × channels).
+        latent_dim: J, for the `mean` KL reduction.
         reconstruction_reduction, kl_reduction: "sum" or "mean".
         kl_weight: λ, a float or a scalar tensor (the weight in force under a schedule).
         free_bits: τ in nats per latent dimension; 0 disables it.
     """
     rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
-    kl_scale = 1.0 / ops.shape(kl_per_dim)[1] if kl_reduction == "mean" else 1.0
+    kl_scale = 1.0 / latent_dim if kl_reduction == "mean" else 1.0
     kl = free_bits_kl(kl_per_dim, free_bits)
     return rec_scale * ops.mean(rec_per_example) + kl_weight * kl_scale * kl

@@ -1,11 +1,15 @@
-"""The keras.io convolutional VAE: a functional encoder and decoder inside a subclassed Model.
+"""The keras.io convolutional VAE: VAE(encoder, decoder, likelihood, prior), trained by compile(objective).
 
-The network is the tutorial's, layer for layer. One change: the decoder's last
-layer outputs logits instead of sigmoid probabilities, so the losses can be
-computed stably (see losses.py); `VAE.call` and `VAE.decode` apply the mean of
-the configured likelihood, which for the Bernoulli is the same sigmoid.
+The encoder and decoder are functional models, the tutorial's layer for layer (for any image
+H×W×C with H and W divisible by 4; MNIST keeps the tutorial's exact parameter count). One
+change: the decoder's last layer outputs logits instead of sigmoid probabilities, so the losses
+can be computed stably (losses.py); `VAE.call` and `VAE.decode` return the likelihood's mean,
+which for the Bernoulli is the same sigmoid. The likelihood (likelihoods.py) and the prior
+(priors.py) are layers saved with the model; the objective (objective.Objective) is a training
+choice and goes through `compile`, as keras-io's dcgan_overriding_train_step.py passes its losses.
 """
 
+import dataclasses
 import functools
 
 import keras
@@ -13,9 +17,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+import likelihoods
 import losses
-import schedules
+import priors
 from fast_layers import TapMatmulConv2DTranspose
+from objective import Objective
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_PIXELS = 28 * 28
@@ -47,11 +53,11 @@ class Sampling(layers.Layer):
         return {**super().get_config(), "seed": self.seed}
 
 
-def build_encoder(latent_dim, seed=None):
-    """Image (batch, 28, 28, 1) -> [z_mean, z_log_var, z], each (batch, latent_dim)."""
-    inputs = keras.Input(shape=IMAGE_SHAPE)
-    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, 14, 14, 32)
-    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 7, 7, 64)
+def build_encoder(latent_dim, seed=None, image_shape=IMAGE_SHAPE):
+    """Image (batch, H, W, C) -> [z_mean, z_log_var, z], each (batch, latent_dim)."""
+    inputs = keras.Input(shape=tuple(image_shape))
+    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, H/2, W/2, 32)
+    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/4, W/4, 64)
     x = layers.Flatten()(x)
     x = layers.Dense(16, activation="relu")(x)
     z_mean = layers.Dense(latent_dim, name="z_mean")(x)
@@ -60,19 +66,20 @@ def build_encoder(latent_dim, seed=None):
     return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
 
 
-def build_decoder(latent_dim, fast_layers=False):
-    """Latent code (batch, latent_dim) -> logits (batch, 28, 28, 1).
+def build_decoder(latent_dim, fast_layers=False, image_shape=IMAGE_SHAPE):
+    """Latent code (batch, latent_dim) -> logits (batch, H, W, C).
 
     fast_layers computes the last layer with TapMatmulConv2DTranspose: the same
     function and weights, about 1.5x faster forward+backward on a CPU (docs/performance.md).
     """
+    height, width, channels = image_shape
     inputs = keras.Input(shape=(latent_dim,))
-    x = layers.Dense(7 * 7 * 64, activation="relu")(inputs)
-    x = layers.Reshape((7, 7, 64))(x)
-    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 14, 14, 64)
-    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, 28, 28, 32)
+    x = layers.Dense(height // 4 * width // 4 * 64, activation="relu")(inputs)
+    x = layers.Reshape((height // 4, width // 4, 64))(x)
+    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/2, W/2, 64)
+    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H, W, 32)
     last = TapMatmulConv2DTranspose if fast_layers else layers.Conv2DTranspose
-    logits = last(1, 3, padding="same", name="logits")(x)  # (batch, 28, 28, 1)
+    logits = last(channels, 3, padding="same", name="logits")(x)  # (batch, H, W, C)
     return keras.Model(inputs, logits, name="decoder")
 
 
@@ -126,95 +133,91 @@ class WeightedMeans(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="vae_kl")
 class VAE(keras.Model):
-    """A VAE whose objective is rec_scale·Σ NLL + λ·m(step)·kl_scale·Σ KL (see losses.py).
+    """A VAE made of four parts: encoder, decoder, likelihood p(x|z) and prior p(z).
+
+    Train it with `vae.compile(optimizer=..., objective=objective.Objective(...), batch_shards=N)`:
+    the objective says how the terms are reduced and weighted; batch_shards runs the encoder and
+    decoder on N slices of each batch, which TensorFlow executes side by side on the CPU cores
+    (train.configure_threads). The sampling noise is drawn once for the whole batch and the loss
+    is computed on the whole batch, so every number equals the unsharded one within float32
+    rounding. model.keras stores the four parts; the objective is kept in the compile config.
 
     Args:
-        latent_dim: size of z.
-        likelihood: "bernoulli", "gaussian" or "continuous_bernoulli".
-        reconstruction_reduction, kl_reduction: "sum" or "mean" (see losses.training_objective).
-        kl_weight: λ, the final weight on the KL term.
-        free_bits: τ in nats per latent dimension (0 disables it).
-        gaussian_sigma: a fixed σ, "learned" (one trainable log σ) or "optimal" (σ² = batch MSE).
-        kl_schedule, warmup_steps, total_steps, kl_cycles, kl_ramp_ratio: see schedules.kl_multiplier.
-        dynamic_binarize: resample binary pixels from the grey levels at every training step.
-        batch_shards: run the encoder and decoder on this many slices of each batch, which TensorFlow
-            executes side by side on the CPU cores (see train.configure_threads). The
-            sampling noise is drawn once for the whole batch and the loss is computed on the whole
-            batch, so every number equals the unsharded one within float32 rounding.
-        seed: seed of the sampling and binarization noise.
-        fast_layers: build the decoder from fast_layers (same function and weights, faster). Off by
-            default because a model.keras saved before this option existed holds the plain layers.
+        encoder: functional model, images (batch, H, W, C) -> [z_mean, z_log_var, z] (batch, latent_dim);
+            its layer "z" is a Sampling layer.
+        decoder: functional model, z (batch, latent_dim) -> logits (batch, H, W, C).
+        likelihood: a likelihoods.Likelihood (default Bernoulli).
+        prior: a priors.Prior (default StandardNormal).
     """
 
-    def __init__(self, latent_dim=2, likelihood="bernoulli", reconstruction_reduction="sum",
-                 kl_reduction="sum", kl_weight=1.0, free_bits=0.0, gaussian_sigma="learned",
-                 kl_schedule="constant", warmup_steps=0, total_steps=1, kl_cycles=1,
-                 kl_ramp_ratio=0.5, dynamic_binarize=False, seed=None, fast_layers=False, batch_shards=1,
-                 **kwargs):
+    def __init__(self, encoder, decoder, likelihood=None, prior=None, **kwargs):
         super().__init__(**kwargs)
-        self.latent_dim = latent_dim
-        self.likelihood = likelihood
-        self.reconstruction_reduction = reconstruction_reduction
-        self.kl_reduction = kl_reduction
-        self.kl_weight = float(kl_weight)
-        self.free_bits = float(free_bits)
-        self.gaussian_sigma = gaussian_sigma
-        self.kl_schedule = kl_schedule
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
-        self.kl_cycles = int(kl_cycles)
-        self.kl_ramp_ratio = float(kl_ramp_ratio)
-        self.dynamic_binarize = bool(dynamic_binarize)
-        self.seed = seed
-        self.fast_layers = bool(fast_layers)
-        self.batch_shards = int(batch_shards)
-        self.encoder = build_encoder(latent_dim, seed=seed)
-        self.decoder = build_decoder(latent_dim, self.fast_layers)
-        self.binarize_seed = keras.random.SeedGenerator(None if seed is None else seed + 1)
-        self.log_sigma = None
-        if likelihood == "gaussian" and gaussian_sigma == "learned":
-            self.log_sigma = self.add_weight(shape=(), initializer="zeros", name="log_sigma")
+        self.encoder, self.decoder = encoder, decoder
+        self.latent_dim = int(encoder.outputs[0].shape[-1])
+        self.image_shape = tuple(int(s) for s in encoder.inputs[0].shape[1:])
+        self.num_pixels = int(np.prod(self.image_shape))
+        self.likelihood = likelihood if likelihood is not None else likelihoods.Bernoulli(name="likelihood")
+        self.prior = prior if prior is not None else priors.StandardNormal(self.latent_dim, name="prior")
+        self.objective, self.batch_shards = Objective(), 1
+        self.from_version_1 = False  # Set when loaded from a file saved before the four-part design.
         names = ["loss", "reconstruction", "kl", "neg_elbo"]
-        if likelihood == "gaussian":
+        if self.likelihood.has_sigma:
             names.append("sigma")
         self.terms_tracker = WeightedMeans(names)
         self.built = True
+
+    def compile(self, optimizer="adam", objective=None, batch_shards=None, **kwargs):
+        """Keras's compile, plus the training objective and the number of batch slices."""
+        super().compile(optimizer=optimizer, **kwargs)
+        if objective is not None:
+            self.objective = objective
+        if batch_shards is not None:
+            self.batch_shards = int(batch_shards)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        return {**config, "objective": dataclasses.asdict(self.objective), "batch_shards": self.batch_shards} \
+            if config else config
+
+    def compile_from_config(self, config):
+        if self.from_version_1:
+            # Its optimizer state lists log σ first, as the version-1 VAE's own weight; the order cannot be
+            # restored onto the new layers. Evaluating needs no optimizer; compile again to train further.
+            return
+        config = dict(config)
+        objective = config.pop("objective", None)
+        batch_shards = config.pop("batch_shards", None)
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(objective=Objective(**objective) if objective else None, batch_shards=batch_shards, **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @property
     def metrics(self):
         return [self.terms_tracker]
 
     def call(self, inputs, training=False):
-        """Reconstruct images from their posterior means: (batch, 28, 28, 1) -> same shape."""
+        """Reconstruct images from their posterior means: (batch, H, W, C) -> same shape."""
         z_mean, _, _ = self.encoder(inputs, training=training)
         return self.decode(z_mean)
 
     def decode(self, z):
-        """Latent codes (batch, latent_dim) -> mean images (batch, 28, 28, 1)."""
-        return losses.decoder_mean(self.decoder(z), self.likelihood)
+        """Latent codes (batch, latent_dim) -> mean images (batch, H, W, C)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @property
+    def sampling(self):
+        return self.encoder.get_layer("z")
 
     def reseed(self, epoch):
         """Make this epoch's noise a function of (seed, epoch) only, so a resumed run draws the same."""
-        base = 0 if self.seed is None else self.seed
-        for generator, offset in ((self.encoder.get_layer("z").seed_generator, 0), (self.binarize_seed, 1)):
-            state = generator.state
-            state.assign(np.array([base + 2 * offset + 1, 1_000_003 * (epoch + 1)], dtype=state.dtype))
-
-    def pixel_log_sigma(self, x, logits):
-        """log σ of the gaussian likelihood for this batch (a scalar); None for the other likelihoods."""
-        if self.likelihood != "gaussian":
-            return None
-        if self.gaussian_sigma == "learned":
-            return self.log_sigma
-        if self.gaussian_sigma == "optimal":
-            return losses.optimal_log_sigma(x, ops.sigmoid(logits))
-        return ops.convert_to_tensor(np.log(float(self.gaussian_sigma)), dtype="float32")
+        base = 0 if self.sampling.seed is None else self.sampling.seed
+        state = self.sampling.seed_generator.state
+        state.assign(np.array([base + 1, 1_000_003 * (epoch + 1)], dtype=state.dtype))
 
     def kl_weight_in_force(self):
         """λ times the schedule's multiplier at the optimizer's current step."""
-        step = self.optimizer.iterations if self.optimizer is not None else 0
-        return self.kl_weight * schedules.kl_multiplier(
-            step, self.kl_schedule, self.warmup_steps, self.total_steps, self.kl_cycles, self.kl_ramp_ratio)
+        return self.objective.kl_weight_at(self.optimizer.iterations if self.optimizer is not None else 0)
 
     @functools.cached_property
     def encoder_moments(self):
@@ -223,11 +226,11 @@ class VAE(keras.Model):
         Stored by cached_property in the instance dict, out of Keras's attribute tracking, so it
         adds nothing to the saved model: its layers are the encoder's.
         """
-        return keras.Model(self.encoder.inputs, self.encoder.outputs[:2], name="encoder_moments")
+        return keras.Model(self.encoder.input, self.encoder.outputs[:2], name="encoder_moments")
 
     @functools.cached_property
     def decode_logits(self):
-        """A compiled function: decoder logits (batch, 28, 28, 1) for codes z (batch, latent_dim).
+        """A compiled function: decoder logits (batch, H, W, C) for codes z (batch, latent_dim).
 
         Runs the decoder in batch_shards slices side by side, as training does; evaluation decodes
         tens of thousands of codes through it. (Plain eager calls would run one op at a time, on a
@@ -237,15 +240,19 @@ class VAE(keras.Model):
             return map_shards(lambda part: self.decoder(part, training=False), [z], self.batch_shards)[0]
         return tf.function(decode, reduce_retracing=True)
 
+    def encode_for_prior(self, training=False):
+        """images -> (z_mean, z_log_var), the callable a prior gets (the VampPrior encodes its pseudo-inputs)."""
+        return lambda images: self.encoder_moments(images, training=training)
+
     def forward(self, x, training):
-        """z_mean, z_log_var, z (batch, latent_dim) and logits (batch, 28, 28, 1) for images x.
+        """z_mean, z_log_var, z (batch, latent_dim) and logits (batch, H, W, C) for images x.
 
         The encoder and decoder run on batch_shards slices of x: independent ops, which TensorFlow's
         inter-op threads execute at the same time. The noise ε is drawn first, for the whole batch,
         from the encoder's sampling layer, exactly as the unsharded encoder draws it, so the results
         do not depend on batch_shards.
         """
-        epsilon = self.encoder.get_layer("z").draw((ops.shape(x)[0], self.latent_dim))
+        epsilon = self.sampling.draw((ops.shape(x)[0], self.latent_dim))
 
         def one_slice(images, noise):
             z_mean, z_log_var = self.encoder_moments(images, training=training)
@@ -255,15 +262,14 @@ class VAE(keras.Model):
         return map_shards(one_slice, [x, epsilon], self.batch_shards)
 
     def compute_terms(self, x, training):
-        """Forward pass and every loss term for a batch of images x (batch, 28, 28, 1)."""
-        z_mean, z_log_var, _, logits = self.forward(x, training)
-        log_sigma = self.pixel_log_sigma(x, logits)
-        nll = losses.reconstruction_nll(x, logits, self.likelihood, log_sigma)
-        reconstruction = losses.sum_over_pixels(nll)  # (batch,) nats per digit
-        kl_per_dim = losses.gaussian_kl(z_mean, z_log_var)  # (batch, latent_dim)
-        loss = losses.training_objective(reconstruction, kl_per_dim, NUM_PIXELS, self.reconstruction_reduction,
-                                         self.kl_reduction, self.kl_weight_in_force(), self.free_bits)
-        kl = ops.sum(kl_per_dim, axis=1)  # (batch,) true KL, whatever free bits did to the loss
+        """Forward pass and every loss term for a batch of images x (batch, H, W, C)."""
+        z_mean, z_log_var, z, logits = self.forward(x, training)
+        log_sigma = self.likelihood.log_sigma(x, logits)
+        reconstruction = losses.sum_over_pixels(self.likelihood.nll(x, logits, log_sigma))  # (batch,) nats per digit
+        kl_terms = self.prior.kl(z_mean, z_log_var, z, self.encode_for_prior(training))  # (batch, latent_dim or 1)
+        step = self.optimizer.iterations if self.optimizer is not None else 0
+        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step)
+        kl = ops.sum(kl_terms, axis=1)  # (batch,) true KL, whatever free bits did to the loss
         terms = {"loss": loss, "reconstruction": ops.mean(reconstruction), "kl": ops.mean(kl),
                  "neg_elbo": ops.mean(reconstruction + kl)}
         if log_sigma is not None:
@@ -281,9 +287,6 @@ class VAE(keras.Model):
 
     def train_step(self, data):
         x = self._unpack(data)
-        if self.dynamic_binarize:
-            noise = keras.random.uniform(ops.shape(x), seed=self.binarize_seed)
-            x = ops.cast(noise < x, x.dtype)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
         grads = tape.gradient(terms["loss"], self.trainable_weights)
@@ -295,10 +298,56 @@ class VAE(keras.Model):
         return self._report(self.compute_terms(x, training=False), ops.shape(x)[0])
 
     def get_config(self):
-        return {**super().get_config(), "latent_dim": self.latent_dim, "likelihood": self.likelihood,
-                "reconstruction_reduction": self.reconstruction_reduction, "kl_reduction": self.kl_reduction,
-                "kl_weight": self.kl_weight, "free_bits": self.free_bits, "gaussian_sigma": self.gaussian_sigma,
-                "kl_schedule": self.kl_schedule, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "kl_cycles": self.kl_cycles,
-                "kl_ramp_ratio": self.kl_ramp_ratio, "dynamic_binarize": self.dynamic_binarize,
-                "seed": self.seed, "fast_layers": self.fast_layers, "batch_shards": self.batch_shards}
+        parts = {name: keras.saving.serialize_keras_object(getattr(self, name))
+                 for name in ("encoder", "decoder", "likelihood", "prior")}
+        return {**super().get_config(), **parts}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "encoder" not in config:
+            return _from_version_1_config(cls, config)
+        parts = {name: keras.saving.deserialize_keras_object(config.pop(name))
+                 for name in ("encoder", "decoder", "likelihood", "prior")}
+        return cls(**parts, **config)
+
+    def load_own_variables(self, store):
+        # A version-1 file kept the learned log σ as the VAE's own variable; it now lives in the likelihood.
+        if list(store.keys()) and getattr(self.likelihood, "learned_log_sigma", None) is not None:
+            self.likelihood.learned_log_sigma.assign(store["0"])
+            self.likelihood.restored_by_parent = True
+            return
+        super().load_own_variables(store)
+
+
+# The settings a version-1 VAE (before the four-part design) stored in its config.
+_VERSION_1_KEYS = ("latent_dim", "likelihood", "reconstruction_reduction", "kl_reduction", "kl_weight", "free_bits",
+                   "gaussian_sigma", "kl_schedule", "warmup_steps", "total_steps", "kl_cycles", "kl_ramp_ratio",
+                   "dynamic_binarize", "seed", "fast_layers", "batch_shards")
+
+
+def _from_version_1_config(cls, config):
+    """Rebuild a model saved before the four-part design: the same layers (so the weights load), the
+    standard normal prior it was trained with, and its objective (used if it is compiled again)."""
+    old = {key: config.pop(key) for key in _VERSION_1_KEYS if key in config}
+    latent_dim, seed = old.get("latent_dim", 2), old.get("seed")
+    likelihood = old.get("likelihood", "bernoulli")
+    if likelihood not in likelihoods.LIKELIHOODS:
+        raise ValueError(f"Unknown likelihood {likelihood!r} in a saved model; expected one of "
+                         f"{', '.join(likelihoods.LIKELIHOODS)}.")
+    vae = cls(build_encoder(latent_dim, seed=seed), build_decoder(latent_dim, old.get("fast_layers", False)),
+              likelihoods.Gaussian(sigma=old.get("gaussian_sigma", "learned"), name="likelihood")
+              if likelihood == "gaussian" else likelihoods.LIKELIHOODS[likelihood](name="likelihood"),
+              priors.StandardNormal(latent_dim, name="prior"), **config)
+    fields = {f.name for f in dataclasses.fields(Objective)}
+    vae.objective = Objective(**{key: value for key, value in old.items() if key in fields})
+    vae.batch_shards = int(old.get("batch_shards", 1))
+    vae.from_version_1 = True
+    return vae
+
+
+def build_vae(model_cfg, loss_cfg, seed, image_shape=IMAGE_SHAPE):
+    """The VAE a config describes (model and loss sections), for images of image_shape (H, W, C)."""
+    encoder = build_encoder(model_cfg.latent_dim, seed=seed, image_shape=image_shape)
+    decoder = build_decoder(model_cfg.latent_dim, model_cfg.fast_layers, image_shape)
+    return VAE(encoder, decoder, likelihoods.build(loss_cfg), priors.build(model_cfg, image_shape))

@@ -9,9 +9,53 @@ ELBO (Kingma & Welling 2014); β_norm = β·J/D is the normalised β of Higgins
 et al. (2017), with J latent dimensions and D pixels.
 """
 
+import dataclasses
 import math
 
+import losses
 import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """The training objective, passed to `VAE.compile(objective=...)`: how the per-digit terms are
+    reduced and weighted, and how the KL weight moves during training.
+
+    Per digit: rec_scale·Σ_pixels NLL + λ·m(step)·kl_scale·Σ_j KL_j (losses.training_objective),
+    with m the schedule's multiplier (schedules.kl_multiplier) and free bits applied per dimension.
+    kl_weight is the resolved λ (resolve_kl_weight). Steps count gradient steps from 0.
+    """
+
+    reconstruction_reduction: str = "sum"
+    kl_reduction: str = "sum"
+    kl_weight: float = 1.0
+    free_bits: float = 0.0
+    kl_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int = 1
+    kl_cycles: int = 1
+    kl_ramp_ratio: float = 0.5
+
+    @classmethod
+    def from_config(cls, loss_cfg, latent_dim, num_pixels, steps_per_epoch, epochs):
+        """The objective a config's loss section describes, for a run of epochs × steps_per_epoch steps."""
+        per_unit = steps_per_epoch if loss_cfg.kl_warmup_unit == "epochs" else 1
+        weight = resolve_kl_weight(loss_cfg.kl_weight, loss_cfg.kl_weight_norm, loss_cfg.reconstruction_reduction,
+                                   loss_cfg.kl_reduction, latent_dim, num_pixels)
+        return cls(loss_cfg.reconstruction_reduction, loss_cfg.kl_reduction, weight, loss_cfg.free_bits,
+                   loss_cfg.kl_schedule, loss_cfg.kl_warmup * per_unit, steps_per_epoch * epochs,
+                   loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio)
+
+    def kl_weight_at(self, step):
+        """λ times the schedule's multiplier at `step` (a scalar or an array of steps)."""
+        return self.kl_weight * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
+                                                        self.kl_cycles, self.kl_ramp_ratio)
+
+    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step):
+        """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K)."""
+        return losses.training_objective(reconstruction, kl_terms, num_pixels, latent_dim,
+                                         self.reconstruction_reduction, self.kl_reduction, self.kl_weight_at(step),
+                                         self.free_bits)
 
 
 def scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):

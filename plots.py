@@ -49,14 +49,16 @@ def reconstructions(originals, recons, labels, path, title=None):
     image_rows([originals, recons], ["input", "reconstruction"], labels, path, title)
 
 
-def latent_manifold(decode, path, n=20, scale=1.0):
-    """The tutorial's plot: digits decoded on an n×n grid of z in [-scale, scale]² (2-D latents)."""
-    grid = np.linspace(-scale, scale, n, dtype="float32")
-    z = np.array([[xi, yi] for yi in grid[::-1] for xi in grid], dtype="float32")  # (n*n, 2), top row = max y
+def latent_manifold(decode, path, n=20, scale=1.0, extent=None):
+    """The tutorial's plot: digits decoded on an n×n grid of z in extent (xmin, xmax, ymin, ymax), 2-D latents."""
+    extent = extent or (-scale, scale, -scale, scale)
+    grid_x = np.linspace(extent[0], extent[1], n, dtype="float32")
+    grid_y = np.linspace(extent[2], extent[3], n, dtype="float32")
+    z = np.array([[xi, yi] for yi in grid_y[::-1] for xi in grid_x], dtype="float32")  # (n*n, 2), top row = max y
     images = decode(z)[..., 0].reshape(n, n, 28, 28)
     figure = images.transpose(0, 2, 1, 3).reshape(n * 28, n * 28)
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(figure, cmap="Greys_r", extent=(-scale, scale, -scale, scale))
+    ax.imshow(figure, cmap="Greys_r", extent=extent, aspect="auto")
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title("Digits decoded across the latent space")
@@ -104,7 +106,7 @@ def kl_schedule(steps, weights, epoch_steps, epoch_weights, path):
     _save(fig, path)
 
 
-def kl_per_dimension(kl_per_dim, active, path):
+def kl_per_dimension(kl_per_dim, active, path, information=None):
     """Bar chart of the average KL of each latent dimension; active units in colour."""
     fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(kl_per_dim) + 2), 3.5))
     colors = ["C0" if a else "lightgray" for a in active]

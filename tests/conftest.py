@@ -37,3 +37,24 @@ def quick_sets(output_dir, *extra):
 @pytest.fixture
 def quick():
     return quick_sets
+
+
+def build_vae(seed=0, batch_shards=1, learning_rate=1e-3, image_shape=(28, 28, 1), **settings):
+    """A compiled VAE from config settings given as section__key=value (e.g. loss__free_bits=0.5),
+    built and compiled the way train.py does it. Returns the VAE."""
+    import keras
+
+    import config
+    import model
+    import objective
+
+    raw = {}
+    for name, value in settings.items():
+        section, key = name.split("__")
+        raw.setdefault(section, {})[key] = value
+    cfg = config.from_dict(raw)
+    vae = model.build_vae(cfg.model, cfg.loss, seed, image_shape)
+    objective_ = objective.Objective.from_config(cfg.loss, cfg.model.latent_dim, vae.num_pixels,
+                                                 steps_per_epoch=10, epochs=10)
+    vae.compile(optimizer=keras.optimizers.Adam(learning_rate), objective=objective_, batch_shards=batch_shards)
+    return vae

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import config
+import runs
 import train
 from conftest import ROOT, run_cli
 
@@ -139,7 +140,7 @@ DOCUMENTS = st.recursive(SCALARS, lambda inner: st.one_of(
 
 def outcome(action):
     """0 or 2 from the CLI's error handling; anything else (a traceback) fails the test."""
-    return train.exit_on_user_error(action)
+    return runs.guard(action)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

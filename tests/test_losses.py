@@ -45,8 +45,8 @@ def test_bernoulli_nll_is_finite_where_probabilities_would_round_to_zero():
 def test_summed_reconstruction_is_784_times_the_mean():
     rec = RNG.uniform(100, 200, size=(8,)).astype("float32")
     kl = np.zeros((8, 2), "float32")
-    total = float(losses.training_objective(rec, kl, 784, "sum", "sum", 1.0))
-    mean = float(losses.training_objective(rec, kl, 784, "mean", "sum", 1.0))
+    total = float(losses.training_objective(rec, kl, 784, 2, "sum", "sum", 1.0))
+    mean = float(losses.training_objective(rec, kl, 784, 2, "mean", "sum", 1.0))
     assert math.isclose(total, 784 * mean, rel_tol=1e-6)
     assert math.isclose(total, rec.mean(), rel_tol=1e-6)
 
@@ -54,8 +54,8 @@ def test_summed_reconstruction_is_784_times_the_mean():
 def test_objective_weights_kl_by_lambda_and_latent_reduction():
     rec = np.full((4,), 50.0, "float32")
     kl = np.tile(np.array([[1.0, 3.0]], "float32"), (4, 1))
-    assert math.isclose(float(losses.training_objective(rec, kl, 784, "sum", "sum", 0.5)), 50 + 0.5 * 4, rel_tol=1e-6)
-    assert math.isclose(float(losses.training_objective(rec, kl, 784, "sum", "mean", 1.0)), 50 + 2.0, rel_tol=1e-6)
+    assert math.isclose(float(losses.training_objective(rec, kl, 784, 2, "sum", "sum", 0.5)), 50 + 0.5 * 4, rel_tol=1e-6)
+    assert math.isclose(float(losses.training_objective(rec, kl, 784, 2, "sum", "mean", 1.0)), 50 + 2.0, rel_tol=1e-6)
 
 
 def test_gaussian_kl_matches_a_monte_carlo_estimate():

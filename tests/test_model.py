@@ -1,5 +1,6 @@
 """The network: the tutorial's shapes and sizes, its train/test steps, seeding, and save/load."""
 
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import model
-from conftest import ROOT
+import priors
+from conftest import ROOT, build_vae
 
 RNG = np.random.default_rng(1)
 
@@ -28,13 +30,23 @@ def test_parameter_counts_equal_the_tutorials():
     encoder_expected = (conv_params(3, 1, 32) + conv_params(3, 32, 64) + (7 * 7 * 64 * 16 + 16) + 2 * (16 * 2 + 2))
     decoder_expected = ((2 * 7 * 7 * 64 + 7 * 7 * 64) + conv_params(3, 64, 64) + conv_params(3, 64, 32)
                         + conv_params(3, 32, 1))
-    vae = model.VAE(latent_dim=2)
+    vae = build_vae()
     assert vae.encoder.count_params() == encoder_expected == 69076
     assert vae.decoder.count_params() == decoder_expected == 65089
+    assert vae.count_params() == encoder_expected + decoder_expected  # The standard normal prior has no weights.
+
+
+def test_the_architecture_follows_any_image_size_divisible_by_four():
+    vae = build_vae(image_shape=(32, 32, 3), model__latent_dim=4)
+    x = RNG.uniform(size=(2, 32, 32, 3)).astype("float32")
+    assert vae.decoder(vae.encoder(x)[0]).shape == (2, 32, 32, 3)
+    assert vae.num_pixels == 32 * 32 * 3
+    assert vae.encoder.count_params() == (conv_params(3, 3, 32) + conv_params(3, 32, 64) + (8 * 8 * 64 * 16 + 16)
+                                          + 2 * (16 * 4 + 4))
 
 
 def test_shapes():
-    vae = model.VAE(latent_dim=3)
+    vae = build_vae(model__latent_dim=3)
     z_mean, z_log_var, z = vae.encoder(images(4))
     assert z_mean.shape == z_log_var.shape == z.shape == (4, 3)
     assert vae.decoder(z).shape == (4, 28, 28, 1)
@@ -48,7 +60,7 @@ def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
     first, second = np.asarray(layer([mu, log_var])), np.asarray(layer([mu, log_var]))
     assert not np.allclose(first, second)  # The generator advances: fresh noise each call.
     assert np.allclose(first, np.asarray(model.Sampling(seed=7)([mu, log_var])))
-    vae, x = model.VAE(seed=3), images(2)
+    vae, x = build_vae(seed=3), images(2)
     draws = []
     for epoch in (4, 4, 5):
         vae.reseed(epoch)
@@ -57,10 +69,7 @@ def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
     assert not np.allclose(draws[0], draws[2])
 
 
-def compiled(**kwargs):
-    vae = model.VAE(seed=0, **kwargs)
-    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    return vae
+compiled = build_vae
 
 
 def test_train_and_test_steps_report_the_same_trackers():
@@ -102,7 +111,7 @@ def test_evaluate_weights_a_short_last_batch_by_its_size():
 
 
 def test_mean_reduction_objective_is_the_elbo_terms_rescaled():
-    vae = compiled(reconstruction_reduction="mean", kl_weight=0.5)
+    vae = compiled(loss__reconstruction_reduction="mean", loss__kl_weight=0.5)
     result = vae.evaluate(images(32), batch_size=8, verbose=0, return_dict=True)
     assert math.isclose(result["loss"], result["reconstruction"] / 784 + 0.5 * result["kl"], rel_tol=1e-5)
 
@@ -115,14 +124,14 @@ def test_training_reduces_the_objective():
 
 
 def test_learned_sigma_is_a_trainable_weight_and_is_reported():
-    vae = compiled(likelihood="gaussian", gaussian_sigma="learned")
+    vae = compiled(loss__likelihood="gaussian", loss__gaussian_sigma="learned")
     assert any("log_sigma" in w.path for w in vae.trainable_weights)
     result = vae.evaluate(images(16), verbose=0, return_dict=True)
     assert math.isclose(result["sigma"], 1.0, rel_tol=1e-6)  # exp(0) before training.
 
 
 def test_free_bits_leave_the_reported_kl_true():
-    plain, floored = compiled(), compiled(free_bits=5.0)
+    plain, floored = compiled(), compiled(loss__free_bits=5.0)
     floored.set_weights(plain.get_weights())
     x = images(16)
     for vae in (plain, floored):
@@ -142,7 +151,8 @@ def test_sharded_batches_give_the_unsharded_loss_and_gradients(batch, shards):
     x = images(batch)
     results = []
     for count in (1, shards):
-        vae = compiled(batch_shards=count, free_bits=0.5, likelihood="gaussian", gaussian_sigma="optimal")
+        vae = compiled(batch_shards=count, loss__free_bits=0.5, loss__likelihood="gaussian",
+                       loss__gaussian_sigma="optimal")
         if count == 1:
             weights = vae.get_weights()
         vae.set_weights(weights)
@@ -162,16 +172,22 @@ def test_sharded_batches_give_the_unsharded_loss_and_gradients(batch, shards):
 
 
 def test_config_round_trip():
-    vae = model.VAE(latent_dim=4, likelihood="continuous_bernoulli", kl_weight=0.3, kl_schedule="cyclical",
-                    total_steps=100, kl_cycles=2, free_bits=0.1, seed=5, batch_shards=3)
+    vae = compiled(model__latent_dim=4, model__prior="mixture", model__prior_components=3,
+                   loss__likelihood="gaussian", loss__gaussian_sigma=0.3)
     clone = model.VAE.from_config(vae.get_config())
     assert clone.get_config() == vae.get_config()
+    assert isinstance(clone.prior, priors.Mixture) and clone.prior.components == 3
+    assert clone.likelihood.sigma == 0.3
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"likelihood": "gaussian", "gaussian_sigma": "learned"},
-                                    {"likelihood": "continuous_bernoulli", "latent_dim": 3}])
-def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs(tmp_path, kwargs):
-    vae = compiled(**kwargs)
+@pytest.mark.parametrize("settings", [{}, {"loss__likelihood": "gaussian", "loss__gaussian_sigma": "learned"},
+                                      {"loss__likelihood": "continuous_bernoulli", "model__latent_dim": 3},
+                                      {"model__prior": "normal", "model__prior_scale": 2.0},
+                                      {"model__prior": "mixture", "model__prior_components": 4},
+                                      {"model__prior": "vamp", "model__prior_components": 3,
+                                       "loss__reconstruction_reduction": "mean", "loss__kl_schedule": "cyclical"}])
+def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs_and_objective(tmp_path, settings):
+    vae = compiled(**settings)
     x = images(8)
     vae.fit(x, epochs=1, batch_size=8, verbose=0)
     path = str(tmp_path / "model.keras")
@@ -179,10 +195,33 @@ def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs(tmp_path, kwa
     np.save(tmp_path / "x.npy", x)
     script = (f"import sys, json, numpy as np; sys.path.insert(0, {ROOT!r}); import keras, model; "
               f"vae = keras.saving.load_model({path!r}, safe_mode=True); x = np.load({str(tmp_path / 'x.npy')!r}); "
-              f"np.save({str(tmp_path / 'out.npy')!r}, np.asarray(vae(x))); "
-              f"print(json.dumps(vae.get_config()['likelihood']))")
+              f"z = vae.prior.sample(4, 0, vae.encode_for_prior()); "
+              f"np.savez({str(tmp_path / 'out.npz')!r}, recon=np.asarray(vae(x)), log_p=np.asarray(vae.prior.log_prob("
+              f"z, vae.encode_for_prior()))); "
+              f"import dataclasses; print(json.dumps([vae.likelihood.describe(), vae.prior.describe(), "
+              f"dataclasses.asdict(vae.objective)]))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == vae.likelihood
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), np.asarray(vae(x)), atol=1e-6)
-    assert os.path.getsize(path) > 0
+    likelihood, prior, objective_ = json.loads(result.stdout.strip().splitlines()[-1])
+    assert likelihood == vae.likelihood.describe() and prior == vae.prior.describe()
+    assert objective_ == dataclasses.asdict(vae.objective)  # The training objective travels in the compile config.
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(out["recon"], np.asarray(vae(x)), atol=1e-6)
+    z = vae.prior.sample(4, 0, vae.encode_for_prior())
+    np.testing.assert_allclose(out["log_p"], np.asarray(vae.prior.log_prob(z, vae.encode_for_prior())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["v1_bernoulli", "v1_gaussian_learned"])
+def test_a_model_saved_by_version_1_loads_with_identical_outputs(name):
+    # tests/fixtures/v1_*.keras were saved by the VAE of 16 constructor arguments, before the four-part design.
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    reference = np.load(os.path.join(fixtures, "v1_reference.npz"))
+    vae = keras.saving.load_model(os.path.join(fixtures, f"{name}.keras"), safe_mode=True)
+    z_mean, z_log_var = (np.asarray(t) for t in vae.encoder_moments(reference["x"]))
+    np.testing.assert_array_equal(z_mean, reference[f"{name}_z_mean"])
+    np.testing.assert_array_equal(z_log_var, reference[f"{name}_z_log_var"])
+    np.testing.assert_array_equal(np.asarray(vae(reference["x"])), reference[f"{name}_recon"])
+    assert isinstance(vae.prior, priors.StandardNormal)
+    if name == "v1_gaussian_learned":
+        assert math.isclose(float(vae.likelihood.learned_log_sigma), -1.3, rel_tol=1e-6)  # Moved from the VAE.
+        assert vae.terms_tracker.names[-1] == "sigma"

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import config
 import train
 from conftest import ROOT, quick_sets, run_cli
 
@@ -129,7 +130,7 @@ def good_arrays(n=300):
     """Real digits in the keras.datasets layout: uint8 (N, 28, 28) images and int labels."""
     import data
 
-    digits = data.load_digits("mnist_embedded", seed=0)
+    digits = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=0)
     return {"x_train": (digits.x_train[:n, ..., 0] * 255).astype("uint8"), "y_train": digits.y_train[:n],
             "x_test": (digits.x_val[:100, ..., 0] * 255).astype("uint8"), "y_test": digits.y_val[:100]}
 

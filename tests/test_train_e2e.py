@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import evaluate
+import config
 import train
 from conftest import quick_sets, run_cli
 
@@ -65,14 +66,20 @@ def test_a_run_writes_every_output(collapse_runs):
     assert summary["epochs_completed"] == 4
     for key in ["neg_elbo_nats", "kl_nats", "active_units", "iwae_nll_nats", "iwae_k", "mutual_information_nats"]:
         assert key in summary["validation"], key
-    assert isinstance(summary["collapse"]["detected"], bool) and summary["collapse"]["reason"]
+    collapse = summary["collapse"]
+    assert isinstance(collapse["detected"], bool) and collapse["reason"] and collapse["advice"]
+    assert collapse["state"] in ("healthy", "partial", "collapsed")
+    assert collapse["detected"] == (collapse["state"] == "collapsed")
+    assert summary["objective"]["prior"]["name"] == "standard_normal"
 
 
 def test_the_per_pixel_mean_collapses_and_the_run_says_so(collapse_runs):
     summary = summary_of(collapse_runs["mean"])
     assert summary["objective"]["effective_beta"] == pytest.approx(784)
-    assert summary["collapse"]["detected"] is True
+    assert summary["collapse"]["detected"] is True and summary["collapse"]["state"] == "collapsed"
     assert summary["collapse"]["reason"].startswith("posterior collapse")
+    assert "Lower β" in summary["collapse"]["advice"] and "0.00127551" in summary["collapse"]["advice"]  # λ = 1/784
+    assert summary["validation"]["mutual_information_nats"] < 0.05
     assert summary["validation"]["kl_nats"] < 0.05
     assert summary["validation"]["active_units"] == 0
     assert summary["validation"]["reconstruction_spread"] < 0.05  # Every reconstruction nearly the same image.
@@ -81,7 +88,9 @@ def test_the_per_pixel_mean_collapses_and_the_run_says_so(collapse_runs):
 def test_the_tutorials_sum_does_not_collapse(collapse_runs):
     summary = summary_of(collapse_runs["sum"])
     assert summary["objective"]["effective_beta"] == pytest.approx(1)
-    assert summary["collapse"]["detected"] is False
+    assert summary["collapse"]["detected"] is False and summary["collapse"]["state"] in ("healthy", "partial")
+    assert summary["collapse"]["informative_units"] >= 1
+    assert summary["validation"]["mutual_information_nats"] > 1.0
     assert summary["validation"]["active_units"] >= 1
     assert summary["validation"]["kl_nats"] > 1.0
     spread_sum = summary["validation"]["reconstruction_spread"]
@@ -112,10 +121,10 @@ def test_iwae_bound_is_at_least_the_elbo_and_tightens_with_k(collapse_runs):
     import model  # noqa: F401  Registers the classes for loading.
 
     vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
-    x = data.load_digits("mnist_embedded", seed=1337).x_val[:300]
+    x = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:300]
     bounds = {}
     for k in (1, 10, 100):
-        validation, _, _ = evaluate.compute_metrics(vae, x, k)
+        validation, _ = evaluate.compute_metrics(vae, x, k)
         bounds[k] = validation["iwae_nll_nats"]
         assert validation["iwae_nll_nats"] <= validation["neg_elbo_nats"] + 0.05
     assert bounds[100] <= bounds[10] <= bounds[1]
@@ -150,6 +159,9 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
     ["data.binarize=static"],
     ["data.binarize=dynamic"],
     ["model.latent_dim=5", "loss.kl_reduction=mean"],
+    ["model.prior=normal", "model.prior_scale=0.5"],
+    ["model.prior=mixture", "model.prior_components=3"],
+    ["model.prior=vamp", "model.prior_components=3"],
 ])
 def test_every_option_trains_without_nan(tmp_path, extra):
     assert train.main(quick_sets(tmp_path, *extra)) == 0
@@ -158,6 +170,7 @@ def test_every_option_trains_without_nan(tmp_path, extra):
     assert summary["status"] == "complete"
     numbers = [summary["validation"][k] for k in ("neg_elbo_nats", "iwae_nll_nats", "kl_nats")]
     assert all(np.isfinite(numbers))
+    assert summary["validation"]["iwae_nll_nats"] <= summary["validation"]["neg_elbo_nats"] + 0.05
     with open(os.path.join(run_dir, "metrics.csv")) as handle:
         assert all(np.isfinite(float(v)) for row in csv.DictReader(handle) for v in row.values())
 

@@ -1,0 +1,56 @@
+"""The training run's Keras callbacks: small top-level classes, as keras-io's GANMonitor."""
+
+import math
+import os
+import time
+
+import keras
+
+import plots
+import runs
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After every epoch: the row of metrics.csv, the reconstruction grid, the checkpoint; stops on NaN.
+
+    Args:
+        setup: train.Setup (the config, the digits and the step counts).
+        run_dir: the run folder.
+        history: the list of per-epoch rows, extended in place (restored rows first when resuming).
+    """
+
+    def __init__(self, setup, run_dir, history):
+        super().__init__()
+        self.setup, self.run_dir, self.history = setup, run_dir, history
+        self.grid_index = plots.pick_one_per_class(setup.digits.y_val)
+        self.diverged_at = None  # (epoch, step) of the first NaN or infinite loss.
+        self.started = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.reseed(epoch)
+        self.started = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not math.isfinite(float(logs["loss"])):
+            self.diverged_at = (len(self.history) + 1, batch + 1)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k: float(v) for k, v in (logs or {}).items()}
+        if self.diverged_at or not all(math.isfinite(v) for v in values.values()):
+            self.diverged_at = self.diverged_at or (epoch + 1, self.setup.steps_per_epoch)
+            self.model.stop_training = True
+            return
+        row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
+               "seconds": time.time() - self.started}
+        if self.setup.cfg.output.per_epoch_images:
+            digits = self.setup.digits
+            x, labels = digits.x_val[self.grid_index], digits.y_val[self.grid_index]
+            plots.reconstructions(x, self.model.predict(x, verbose=0), labels,
+                                  os.path.join(self.run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
+                                  f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
+        # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.
+        self.history.append(row)
+        runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": self.history})
+        runs.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
+        runs.update_summary(self.run_dir, epochs_completed=epoch + 1)

@@ -1,0 +1,50 @@
+"""The design's rules, checked on the source: imports point one way, and the Gaussian density has one home."""
+
+import ast
+import os
+import re
+
+from conftest import ROOT
+
+MODULES = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+
+
+def imports_of(module):
+    """Project modules that `module` imports anywhere in its file (top level or inside functions)."""
+    with open(os.path.join(ROOT, f"{module}.py"), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & set(MODULES) - {module}
+
+
+def test_the_project_modules_import_each_other_without_a_cycle():
+    graph = {module: imports_of(module) for module in MODULES}
+    state = {}
+
+    def visit(module, path):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", "import cycle: " + " -> ".join(path + [module])
+        state[module] = "open"
+        for dependency in sorted(graph[module]):
+            visit(dependency, path + [module])
+        state[module] = "done"
+
+    for module in MODULES:
+        visit(module, [])
+    assert "train" not in graph["evaluate"] and "evaluate" in graph["train"]  # Re-evaluation lives in evaluate.py.
+
+
+def test_the_gaussian_log_density_is_written_in_one_module():
+    pattern = re.compile(r"LOG_2PI|log\(2 \* (math|np)\.pi|2 \* (math|np)\.pi \* math\.e")
+    writers = []
+    for module in MODULES:
+        with open(os.path.join(ROOT, f"{module}.py"), encoding="utf-8") as handle:
+            if pattern.search(handle.read()):
+                writers.append(module)
+    assert writers == ["losses"]
