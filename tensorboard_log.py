@@ -25,6 +25,7 @@ from tensorboard.plugins.hparams import api as hp
 
 SETTINGS_TAG = "settings"
 IMAGE_TAG = "reconstructions"
+EXPERIMENT_TAG = "_hparams_/experiment"  # What hp.hparams_config writes (tensorboard.plugins.hparams.metadata).
 TRAIN, VALIDATION, EVALUATION = "train", "validation", "evaluation"
 # The HParams dashboard's metric columns: (tag in <log_dir>/evaluation, display name, description).
 FINAL_METRICS = (
@@ -259,11 +260,15 @@ def write_sweep_hparams(sweep_folder, grid, metrics=FINAL_METRICS):
         settings, so each run's session start info matches) and their values.
     metrics: (tag, display name, description) triples; each becomes hp.Metric(tag, group="evaluation"),
         read from <sweep_folder>/<run>/.../evaluation, which write_final_metrics writes.
-    Each call writes a new event file; call it once per sweep invocation.
+    Idempotent: when an event file there already holds the experiment (a re-run of the sweep, which
+    sweep.py only allows with the same grid), nothing is written. Returns whether it wrote.
     """
+    if any(EXPERIMENT_TAG in _tags(e) for path in _event_files(sweep_folder) for e in _read_events(path)):
+        return False
     hparams = [hp.HParam(key, hparam_domain(values)) for key, values in grid.items()]
     columns = [hp.Metric(tag, group=EVALUATION, display_name=name, description=text) for tag, name, text in metrics]
     writer = tf.summary.create_file_writer(sweep_folder)
     with writer.as_default():
         hp.hparams_config(hparams=hparams, metrics=columns)
     writer.close()
+    return True

@@ -79,6 +79,13 @@ def test_an_image_per_epoch_with_its_shape(tmp_path):
     assert pixels[:28].max() == 0 and pixels[28:].min() == 255  # Inputs row black, reconstructions white.
 
 
+def test_read_png_gives_a_batch_of_one_in_0_1(tmp_path):
+    path = str(tmp_path / "grid.png")
+    tf.io.write_file(path, tf.io.encode_png(np.full((4, 6, 3), 255, "uint8")))
+    image = tensorboard_log.read_png(path)
+    assert image.shape == (1, 4, 6, 3) and image.dtype == np.float32 and image.min() == 1.0
+
+
 def test_settings_as_text_and_hparams(tmp_path):
     drive(TensorBoardLogger(str(tmp_path), settings=SETTINGS, trial_id="kl_weight-0.1"), 1)
     acc = accumulator(tmp_path)
@@ -148,8 +155,10 @@ def test_final_metrics_for_the_hparams_columns(tmp_path):
 def test_sweep_experiment_config(tmp_path):
     grid = {"loss.kl_weight": [0.1, 1, 10], "loss.reconstruction_reduction": ["sum", "mean"],
             "loss.gaussian_sigma": [0.1, "learned"]}
-    tensorboard_log.write_sweep_hparams(str(tmp_path), grid)
-    content = accumulator(tmp_path).PluginTagToContent("hparams")["_hparams_/experiment"]
+    assert tensorboard_log.write_sweep_hparams(str(tmp_path), grid)
+    assert not tensorboard_log.write_sweep_hparams(str(tmp_path), grid)  # A re-run adds nothing.
+    assert [tag for tag, _ in raw_events(tmp_path)] == [tensorboard_log.EXPERIMENT_TAG]
+    content = accumulator(tmp_path).PluginTagToContent("hparams")[tensorboard_log.EXPERIMENT_TAG]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
     infos = {info.name: info for info in experiment.hparam_infos}
     assert list(infos) == list(grid)
