@@ -103,6 +103,7 @@ class OutputConfig:
     dir: str = _f("outputs", "Folder that holds one sub-folder per run.")
     run_name: Optional[str] = _f(None, "Name of this run's folder; null derives one from the settings.")
     per_epoch_images: bool = _f(True, "Save a reconstruction grid after every epoch.")
+    tensorboard: bool = _f(True, "Write TensorBoard event files into <run>/tensorboard (scalars, grids, HParams).")
 
 
 @dataclass

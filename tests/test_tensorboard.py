@@ -1,0 +1,169 @@
+"""tensorboard_log: what the event files hold, read back with TensorBoard's own readers."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorboard")
+
+import tensorflow as tf  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+
+import tensorboard_log  # noqa: E402
+from tensorboard_log import TensorBoardLogger  # noqa: E402
+
+SETTINGS = {"loss": {"kl_weight": 0.1, "reconstruction_reduction": "mean", "kl_weight_norm": None},
+            "model": {"latent_dim": 2, "fast_layers": True}}
+
+
+def accumulator(folder):
+    # purge_orphaned_data=False: show what the files hold, not what TensorBoard would hide.
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.TENSORS: 0},
+                                             purge_orphaned_data=False)
+    acc.Reload()
+    return acc
+
+
+def scalars(folder, tag):
+    return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in accumulator(folder).Tensors(tag)]
+
+
+def raw_events(folder):
+    """(tag, step) of every summary value in every event file of folder, in file order."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(str(folder), "*tfevents*"))):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            found += [(value.tag, event.step) for value in event.summary.value]
+    return found
+
+
+def epoch_logs(epoch):
+    return {"loss": 200.0 - epoch, "reconstruction": 190.0 - epoch, "kl": 10.0 + epoch, "neg_elbo": 201.0 - epoch,
+            "val_loss": 205.0 - epoch, "val_kl": 9.5 + epoch, "val_neg_elbo": 206.0 - epoch,
+            "kl_weight": 0.5 * epoch, "kl_per_unit": [1.0 + epoch, 0.25], "note": "not a number"}
+
+
+def drive(logger, epochs, first=0):
+    logger.on_train_begin()
+    for epoch in range(first, epochs):
+        logger.on_epoch_begin(epoch)
+        logger.on_epoch_end(epoch, epoch_logs(epoch))
+
+
+def test_every_numeric_log_key_is_a_scalar_per_epoch(tmp_path):
+    drive(TensorBoardLogger(str(tmp_path)), 3)
+    train, validation = tmp_path / "train", tmp_path / "validation"
+    for tag in ["loss", "reconstruction", "kl", "neg_elbo", "kl_weight"]:
+        assert scalars(train, tag) == [(e + 1, pytest.approx(epoch_logs(e)[tag])) for e in range(3)], tag
+    for tag in ["loss", "kl", "neg_elbo"]:  # val_ keys: the validation run, same tag as training's.
+        assert scalars(validation, tag) == [(e + 1, pytest.approx(epoch_logs(e)["val_" + tag])) for e in range(3)]
+    assert scalars(train, "kl_per_unit/0") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert scalars(train, "kl_per_unit/1") == [(1, 0.25), (2, 0.25), (3, 0.25)]
+    tags = accumulator(train).Tags()["tensors"]
+    assert "note" not in tags and not any(t.startswith("val_") for t in tags)
+
+
+def test_an_image_per_epoch_with_its_shape(tmp_path):
+    grid = tensorboard_log.image_grid([np.zeros((10, 28, 28)), np.ones((10, 28, 28, 1))])
+    assert grid.shape == (1, 56, 280, 1)
+    drive(TensorBoardLogger(str(tmp_path), images_fn=lambda: grid), 2)
+    events = accumulator(tmp_path / "validation").Tensors(tensorboard_log.IMAGE_TAG)
+    assert [e.step for e in events] == [1, 2]
+    width, height, png = tf.make_ndarray(events[-1].tensor_proto)  # TF2 image summaries: width, height, PNGs.
+    assert (int(width), int(height)) == (280, 56)
+    pixels = tf.io.decode_png(png).numpy()
+    assert pixels.shape == (56, 280, 1)
+    assert pixels[:28].max() == 0 and pixels[28:].min() == 255  # Inputs row black, reconstructions white.
+
+
+def test_read_png_gives_a_batch_of_one_in_0_1(tmp_path):
+    path = str(tmp_path / "grid.png")
+    tf.io.write_file(path, tf.io.encode_png(np.full((4, 6, 3), 255, "uint8")))
+    image = tensorboard_log.read_png(path)
+    assert image.shape == (1, 4, 6, 3) and image.dtype == np.float32 and image.min() == 1.0
+
+
+def test_settings_as_text_and_hparams(tmp_path):
+    drive(TensorBoardLogger(str(tmp_path), settings=SETTINGS, trial_id="kl_weight-0.1"), 1)
+    acc = accumulator(tmp_path)
+    (text,) = acc.Tensors(tensorboard_log.SETTINGS_TAG)
+    table = tf.make_ndarray(text.tensor_proto).item().decode()
+    assert "| `loss.kl_weight` | `0.1` |" in table and "| `loss.kl_weight_norm` | `None` |" in table
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.group_name == "kl_weight-0.1"
+    assert info.hparams["loss.kl_weight"].number_value == pytest.approx(0.1)
+    assert info.hparams["loss.reconstruction_reduction"].string_value == "mean"
+    assert info.hparams["loss.kl_weight_norm"].string_value == "null"
+    assert info.hparams["model.latent_dim"].number_value == 2
+    assert info.hparams["model.fast_layers"].bool_value is True
+
+
+def test_a_resume_appends_without_duplicate_steps(tmp_path):
+    # First attempt: 3 epochs logged, but (say) killed before the checkpoint of epoch 3 was written.
+    first = TensorBoardLogger(str(tmp_path), settings=SETTINGS)
+    drive(first, 3)
+    first.close()
+    # The resumed fit starts at initial_epoch 2 and trains epochs 3 and 4 with other values.
+    second = TensorBoardLogger(str(tmp_path), settings=SETTINGS)
+    second.on_train_begin()
+    for epoch in (2, 3):
+        second.on_epoch_begin(epoch)
+        second.on_epoch_end(epoch, {"loss": 100.0 + epoch, "val_loss": 110.0 + epoch})
+    second.on_train_end()
+    loss_steps = [step for tag, step in raw_events(tmp_path / "train") if tag == "loss"]
+    assert loss_steps == [1, 2, 3, 4]
+    assert scalars(tmp_path / "train", "loss") == [(1, 200.0), (2, 199.0), (3, 102.0), (4, 103.0)]
+    assert scalars(tmp_path / "validation", "loss") == [(1, 205.0), (2, 204.0), (3, 112.0), (4, 113.0)]
+    assert [step for tag, step in raw_events(tmp_path / "train") if tag == "kl"] == [1, 2]  # Epoch 3's went.
+    assert [tag for tag, _ in raw_events(tmp_path)].count(tensorboard_log.SETTINGS_TAG) == 1
+
+
+def test_a_killed_run_keeps_its_flushed_epochs(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path))
+    drive(logger, 2)  # Not closed, as after a kill: the epochs must already be on disk.
+    assert [step for tag, step in raw_events(tmp_path / "train") if tag == "loss"] == [1, 2]
+    logger.close()
+
+
+def test_as_a_keras_callback_in_fit(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+    model.fit(x, y, epochs=2, validation_data=(x, y), verbose=0,
+              callbacks=[TensorBoardLogger(str(tmp_path), settings={"lr": 0.01})])
+    assert [s for s, _ in scalars(tmp_path / "train", "loss")] == [1, 2]
+    assert [s for s, _ in scalars(tmp_path / "validation", "loss")] == [1, 2]
+
+
+def test_final_metrics_for_the_hparams_columns(tmp_path):
+    validation = {"neg_elbo_nats": 180.5, "iwae_nll_nats": 176.0, "kl_nats": 4.5, "active_units": 1,
+                  "kl_per_dim_nats": [0.1, 4.4], "iwae_k": 50, "mutual_information_nats": 3.9}
+    metrics = tensorboard_log.final_metrics(validation, {"detected": False, "reason": "..."})
+    assert metrics == {"neg_elbo_nats": 180.5, "iwae_nll_nats": 176.0, "kl_nats": 4.5, "active_units": 1.0,
+                       "mutual_information_nats": 3.9, "collapsed": 0.0}
+    tensorboard_log.write_final_metrics(str(tmp_path), metrics, step=30)
+    assert scalars(tmp_path / "evaluation", "neg_elbo_nats") == [(30, 180.5)]
+    assert scalars(tmp_path / "evaluation", "collapsed") == [(30, 0.0)]
+
+
+def test_sweep_experiment_config(tmp_path):
+    grid = {"loss.kl_weight": [0.1, 1, 10], "loss.reconstruction_reduction": ["sum", "mean"],
+            "loss.gaussian_sigma": [0.1, "learned"]}
+    assert tensorboard_log.write_sweep_hparams(str(tmp_path), grid)
+    assert not tensorboard_log.write_sweep_hparams(str(tmp_path), grid)  # A re-run adds nothing.
+    assert [tag for tag, _ in raw_events(tmp_path)] == [tensorboard_log.EXPERIMENT_TAG]
+    content = accumulator(tmp_path).PluginTagToContent("hparams")[tensorboard_log.EXPERIMENT_TAG]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert list(infos) == list(grid)
+    assert [v.number_value for v in infos["loss.kl_weight"].domain_discrete.values] == [0.1, 1.0, 10.0]
+    assert [v.string_value for v in infos["loss.reconstruction_reduction"].domain_discrete.values] == ["mean", "sum"]
+    assert not infos["loss.gaussian_sigma"].HasField("domain_discrete")  # Mixed types: no domain.
+    names = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
+    assert names == [("evaluation", tag) for tag, _, _ in tensorboard_log.FINAL_METRICS]
