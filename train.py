@@ -148,13 +148,26 @@ def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
 
     cfg = setup.cfg
     recorder = RunRecorder(setup, run_dir, history)
+    callbacks = [recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder.grid_index), *callbacks]
     if first_epoch < cfg.train.epochs:
         train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                         cfg.train.epochs, cfg.data.binarize == "dynamic")
         vae.fit(train_data, epochs=cfg.train.epochs, initial_epoch=first_epoch, steps_per_epoch=setup.steps_per_epoch,
-                validation_data=data.validation_batches(setup.digits.x_val), callbacks=[recorder, *callbacks],
+                validation_data=data.validation_batches(setup.digits.x_val), callbacks=callbacks,
                 shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     return recorder
+
+
+def tensorboard_callbacks(setup, vae, run_dir, grid_index):
+    """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
+    if not setup.cfg.output.tensorboard:
+        return []
+    import tensorboard_log  # See Setup.
+
+    x = setup.digits.x_val[grid_index]
+    return [tensorboard_log.TensorBoardLogger(
+        os.path.join(run_dir, "tensorboard"), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
+        images_fn=lambda: tensorboard_log.image_grid([x, vae.predict(x, verbose=0)]))]
 
 
 def finish(setup, vae, run_dir, history):
@@ -177,14 +190,27 @@ def finish(setup, vae, run_dir, history):
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None}
+    if cfg.output.tensorboard:
+        import tensorboard_log  # See Setup.
+
+        tensorboard_log.write_final_metrics(os.path.join(run_dir, "tensorboard"),
+                                            tensorboard_log.final_metrics(validation, verdict), len(history))
     runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
                         epochs_completed=len(history), status="complete")
     shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
     runs.print_result(validation, verdict, run_dir)
 
 
-def train(cfg, callbacks=()):
-    """Train one configured run end to end. Returns (exit status, run folder or None)."""
+def train(cfg, callbacks=(), quiet_console=False):
+    """Train one configured run end to end. Returns (exit status, run folder).
+
+    quiet_console: import TensorFlow with its C++ start-up lines kept out of the console and written
+    into <run>/tensorflow_startup.log instead (quiet.py); the command line does, a notebook need not.
+    """
+    if quiet_console:
+        import quiet  # See Setup.
+
+        quiet.import_tensorflow()
     digits = data.load_digits(cfg.data, cfg.train.seed)
     cfg = resolved(cfg, digits)
     for note in digits.notes:  # The data's own warnings come before anything that depends on them.
@@ -213,6 +239,8 @@ def train(cfg, callbacks=()):
     history = []
     try:
         start_run(cfg, run_dir, resume, setup, vae)
+        if quiet_console:
+            quiet.save_chatter(os.path.join(run_dir, "tensorflow_startup.log"))
         progress = runs.load_checkpoint(run_dir, vae) if resume else None
         first_epoch = 0
         if progress:
@@ -274,7 +302,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    return runs.guard(lambda: train(config.load(args.config, args.overrides)[0])[0])
+    return runs.guard(lambda: train(config.load(args.config, args.overrides)[0], quiet_console=True)[0])
 
 
 if __name__ == "__main__":
