@@ -291,10 +291,9 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=
     if seeds:
         s = np.array([seed[:2] for seed in seeds], float)
         bad = np.array([len(seed) > 2 and bool(seed[2]) for seed in seeds])
-        ax.scatter(s[~bad, 0], s[~bad, 1], color="C0", alpha=0.25, s=18, label="single seeds")
-        if bad.any():
-            ax.scatter(s[bad, 0], s[bad, 1], color="C3", marker="x", alpha=0.3, s=18,
-                       label=None if (~bad).any() else "single seeds")
+        for mask, marker, colour, label in ((~bad, "o", "C0", "single seed"), (bad, "x", "C3", "single seed, collapsed")):
+            if mask.any():
+                ax.scatter(s[mask, 0], s[mask, 1], color=colour, marker=marker, alpha=0.3, s=18, label=label)
     if xerr is not None or yerr is not None:
         ax.errorbar(kls, recs, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.4", elinewidth=1, capsize=3, zorder=2,
                     label="± standard error")
@@ -313,8 +312,10 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=
         ax.legend(fontsize=8, title="epochs in order", title_fontsize=8)
     else:
         bad = np.array([bool(b) for b in collapsed])
-        ax.scatter(kls[~bad], recs[~bad], marker="o", color="C0", s=50, zorder=3, label="kept a code")
-        ax.scatter(kls[bad], recs[bad], marker="x", color="C3", s=70, linewidths=2, zorder=3, label="collapsed")
+        if (~bad).any():
+            ax.scatter(kls[~bad], recs[~bad], marker="o", color="C0", s=50, zorder=3, label="kept a code")
+        if bad.any():
+            ax.scatter(kls[bad], recs[bad], marker="x", color="C3", s=70, linewidths=2, zorder=3, label="collapsed")
         for group in _group_close(ax, kls, recs, radius=12):
             _annotate(ax, kls[group[0]], recs[group[0]], _group_label([labels[i] for i in group]),
                       "C3" if bad[group].all() else "black")
