@@ -163,7 +163,10 @@ def loss_curves(history, path, title=None, skip_epochs=None):
         if note:  # Under the axis label, where it cannot cover a curve.
             ax.text(0.5, -0.2, _wrap(note, 3.6, 7), transform=ax.transAxes, ha="center", va="top", fontsize=7)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:  # A locator would put fractional epochs around a single one.
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     _suptitle(fig, title, 11)
     _save(fig, path)
@@ -209,7 +212,8 @@ def kl_per_dimension(kl_per_dim, active, path, information=None, states=None, ti
     if states is None:
         states = ["active" if a else "unused" for a in active]
     series = [kl] + ([] if information is None else [np.asarray(information, float)])
-    top = max(float(np.max(np.concatenate(series))) if len(kl) else 0.0, 1e-3)
+    # At least 0.1 nats (the collapse threshold) tall, so a collapsed run's KLs look like the zeros they nearly are.
+    top = max(float(np.max(np.concatenate(series))) if len(kl) else 0.0, 0.1)
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(4.5, (0.5 + 0.3 * len(series)) * len(kl) + 2), 3.8))
     for i, values in enumerate(series):
@@ -218,7 +222,7 @@ def kl_per_dimension(kl_per_dim, active, path, information=None, states=None, ti
         shown = np.maximum(values, 0.015 * top)  # A sliver for a zero, so the bar does not vanish.
         ax.bar(x, shown, width=width * 0.95, color=faces, edgecolor="0.3", linewidth=0.6, hatch=None if i == 0 else "..")
         for xi, value in zip(x, values):
-            ax.annotate(f"{value:.2f}", (xi, max(value, 0.015 * top)), textcoords="offset points", xytext=(0, 2),
+            ax.annotate(f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1g}", (xi, max(value, 0.015 * top)), textcoords="offset points", xytext=(0, 2),
                         ha="center", fontsize=7)
     ax.set_ylim(0, top * 1.15)
     ax.set_xticks(units)
