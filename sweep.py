@@ -34,7 +34,7 @@ import yaml  # noqa: E402
 
 import config  # noqa: E402
 import runs  # noqa: E402
-from sweep_report import LOG_DIR, result_rows, write_outputs, yaml_text  # noqa: E402
+from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
 
 EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,9 +119,9 @@ def add_seeds(grid, seeds, first_seed):
         raise config.ConfigError(f"--seeds must be >= 1, received {seeds}.")
     if seeds == 1:
         return grid
-    if "train.seed" in grid:
-        raise config.ConfigError("Give either --seeds or a train.seed grid, not both.")
-    return {**grid, "train.seed": [first_seed + i for i in range(seeds)]}
+    if SEED_KEY in grid:
+        raise config.ConfigError(f"Give either --seeds or a {SEED_KEY} grid, not both.")
+    return {**grid, SEED_KEY: [first_seed + i for i in range(seeds)]}
 
 
 def make_label(settings):

@@ -230,8 +230,10 @@ def best_words(measured):
     within = [s for s in others
               if s["neg_elbo_nats"][0] - best["neg_elbo_nats"][0] <= NOISE_SE * math.hypot(se_best, s["neg_elbo_nats"][1])]
     if within:
+        named = [f"{s['setting']} ({plus_minus(s['neg_elbo_nats'])})" for s in within[:4]]  # The closest four.
+        more = f"; and {len(within) - 4} more" if len(within) > 4 else ""
         return words + ["Within seed noise of it (a difference under 2 standard errors, so the seeds cannot tell them "
-                        "apart): " + "; ".join(f"{s['setting']} ({plus_minus(s['neg_elbo_nats'])})" for s in within) + "."]
+                        "apart): " + "; ".join(named) + more + "."]
     nxt = others[0]
     gap = nxt["neg_elbo_nats"][0] - best["neg_elbo_nats"][0]
     return words + [f"It beats the next best, {nxt['setting']} ({plus_minus(nxt['neg_elbo_nats'])}), by {gap:.2f} nats, "
