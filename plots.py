@@ -1,21 +1,44 @@
 """Figures a person reads: reconstruction grids, latent plots, loss curves, schedules.
 
 Every function takes plain numpy arrays (or a decode function) and a path, and
-writes one PNG atomically.
+writes one PNG atomically. One convention throughout: 150 dpi, digits dark on light
+(`gray_r`), as printed digits are.
 """
+
+import io
+import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")  # No display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from runs import atomic_save  # noqa: E402
 
+DPI = 150
+DIGIT_CMAP = "gray_r"  # Dark ink on light paper, for every figure that shows digits.
+STATE_COLOURS = {"active": "C0", "healthy": "C0", "informative": "C0", "used": "C0",
+                 "partial": "#e69f00", "weak": "#e69f00",
+                 "unused": "lightgray", "inactive": "lightgray", "collapsed": "lightgray"}
+
 
 def _save(fig, path):
-    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png"))
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
     plt.close(fig)
+
+
+def _wrap(text, width_inches, fontsize):
+    """Wrap each line of a title to the figure's width (a character is about 0.55 em wide)."""
+    chars = max(20, int(width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in str(text).split("\n"))
+
+
+def _suptitle(fig, title, fontsize=10):
+    if title:
+        fig.suptitle(_wrap(title, fig.get_figwidth(), fontsize), fontsize=fontsize)
 
 
 def pick_one_per_class(labels, per_class=1):
@@ -27,20 +50,24 @@ def pick_one_per_class(labels, per_class=1):
 
 
 def image_rows(rows, row_titles, col_titles, path, title=None):
-    """A grid of 28×28 images: one row per entry of `rows` (each (n, 28, 28, 1)), labelled."""
+    """A grid of 28×28 images: one row per entry of `rows` (each (n, 28, 28, 1)), labelled.
+
+    A long `title` (e.g. with β, −ELBO and the verdict) is wrapped to the figure's width.
+    """
     n_rows, n_cols = len(rows), len(rows[0])
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.0 * n_cols + 1.6, 1.05 * n_rows + 0.5), squeeze=False)
+    # Constrained layout makes room for a wrapped title above the column titles.
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.0 * n_cols + 1.6, 1.05 * n_rows + 0.5), squeeze=False,
+                             layout="constrained" if title else None)
     for r, (images, row_title) in enumerate(zip(rows, row_titles)):
         for c in range(n_cols):
             ax = axes[r, c]
-            ax.imshow(np.clip(images[c, ..., 0], 0, 1), cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(np.clip(images[c, ..., 0], 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0 and col_titles is not None:
                 ax.set_title(str(col_titles[c]), fontsize=9)
         axes[r, 0].set_ylabel(row_title, rotation=0, ha="right", va="center", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     _save(fig, path)
 
 
@@ -49,19 +76,24 @@ def reconstructions(originals, recons, labels, path, title=None):
     image_rows([originals, recons], ["input", "reconstruction"], labels, path, title)
 
 
-def latent_manifold(decode, path, n=20, scale=1.0, extent=None):
-    """The tutorial's plot: digits decoded on an n×n grid of z in extent (xmin, xmax, ymin, ymax), 2-D latents."""
-    extent = extent or (-scale, scale, -scale, scale)
-    grid_x = np.linspace(extent[0], extent[1], n, dtype="float32")
-    grid_y = np.linspace(extent[2], extent[3], n, dtype="float32")
-    z = np.array([[xi, yi] for yi in grid_y[::-1] for xi in grid_x], dtype="float32")  # (n*n, 2), top row = max y
+def latent_manifold(decode, path, n=20, scale=1.0, extent=None, title=None):
+    """The tutorial's plot: digits decoded on an n×n grid of z (2-D latents).
+
+    The grid spans `extent` = (xmin, xmax, ymin, ymax), e.g. from quantiles of the posterior
+    means; without it [-scale, scale]², the tutorial's choice.
+    """
+    xmin, xmax, ymin, ymax = extent if extent is not None else (-scale, scale, -scale, scale)
+    xs = np.linspace(xmin, xmax, n, dtype="float32")
+    ys = np.linspace(ymin, ymax, n, dtype="float32")
+    z = np.array([[xi, yi] for yi in ys[::-1] for xi in xs], dtype="float32")  # (n*n, 2), top row = max y
     images = decode(z)[..., 0].reshape(n, n, 28, 28)
     figure = images.transpose(0, 2, 1, 3).reshape(n * 28, n * 28)
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(figure, cmap="Greys_r", extent=extent, aspect="auto")
+    ax.imshow(np.clip(figure, 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1, extent=(xmin, xmax, ymin, ymax),
+              aspect="auto")
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
-    ax.set_title("Digits decoded across the latent space")
+    ax.set_title(_wrap(title or "Digits decoded across the latent space", 8, 12))
     _save(fig, path)
 
 
@@ -79,67 +111,222 @@ def latent_clusters(z_mean, labels, path, dims=(0, 1)):
     _save(fig, path)
 
 
-def loss_curves(history, path):
-    """Training and validation curves per epoch: the objective, reconstruction, KL and -ELBO."""
-    epochs = [row["epoch"] for row in history]
-    panels = [("loss", "training objective"), ("reconstruction", "reconstruction (nats/digit)"),
-              ("kl", "KL (nats/digit)"), ("neg_elbo", "-ELBO (nats/digit)")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (key, label) in zip(axes, panels):
-        ax.plot(epochs, [row[key] for row in history], marker="o", label="train")
-        ax.plot(epochs, [row[f"val_{key}"] for row in history], marker="o", label="validation")
-        ax.set_title(label)
+def _robust_ylim(ax, epochs, series, skip):
+    """Y-limits from the epochs after the first `skip` when the early ones would more than double the
+    range (a large first epoch flattening the rest); those are then marked by a triangle at the edge.
+
+    Returns a note of the values off the scale ("" when none are).
+    """
+    everything, tail = np.concatenate(series), np.concatenate([values[skip:] for values in series])
+    lo, hi = float(np.min(tail)), float(np.max(tail))
+    if np.ptp(everything) <= 2 * (hi - lo):
+        return ""
+    pad = 0.1 * (hi - lo) or 0.05 * abs(hi) or 1.0
+    lo, hi = lo - pad, hi + pad
+    ax.set_ylim(lo, hi)
+    notes = []
+    for i, epoch in enumerate(epochs[:skip]):
+        values = [values[i] for values in series]
+        for value, colour in zip(values, ("C0", "C1")):
+            if value > hi or value < lo:
+                ax.plot(epoch, hi if value > hi else lo, marker="^" if value > hi else "v", color=colour,
+                        clip_on=False, zorder=4)
+        if any(v > hi or v < lo for v in values):
+            notes.append(f"epoch {epoch} " + " / ".join(f"{v:.4g}" for v in values))
+    return f"off scale (train / validation): {', '.join(notes)}" if notes else ""
+
+
+def loss_curves(history, path, title=None, skip_epochs=None):
+    """Training and validation curves per epoch: the objective, reconstruction, KL and -ELBO.
+
+    The y-range comes from the epochs after the first `skip_epochs` (default: 1 epoch when there
+    are at least 4, 2 from 10), values outside it are marked at the edge. When the training
+    objective is the −ELBO (β = 1, no schedule, no free bits) its panel would repeat the −ELBO's,
+    so it is dropped and the −ELBO panel says so.
+    """
+    epochs = np.array([row["epoch"] for row in history])
+    same = all(np.isclose(row["loss"], row["neg_elbo"], rtol=1e-5) and
+               np.isclose(row["val_loss"], row["val_neg_elbo"], rtol=1e-5) for row in history)
+    panels = [("reconstruction", "reconstruction (nats/digit)"), ("kl", "KL (nats/digit)"),
+              ("neg_elbo", "−ELBO = training objective (β = 1)" if same else "−ELBO (nats/digit)")]
+    if not same:
+        panels.insert(0, ("loss", "training objective"))
+    if skip_epochs is None:
+        skip_epochs = 0 if len(epochs) < 4 else 1 if len(epochs) < 10 else 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        series = [np.array([row[key] for row in history], float), np.array([row[f"val_{key}"] for row in history], float)]
+        ax.plot(epochs, series[0], marker="o", markersize=3, label="train")
+        ax.plot(epochs, series[1], marker="o", markersize=3, label="validation")
+        note = _robust_ylim(ax, epochs, series, skip_epochs) if skip_epochs else ""
+        ax.set_title(label, fontsize=10)
+        if note:  # Under the axis label, where it cannot cover a curve.
+            ax.text(0.5, -0.2, _wrap(note, 3.6, 7), transform=ax.transAxes, ha="center", va="top", fontsize=7)
         ax.set_xlabel("epoch")
-        ax.legend()
+        if len(epochs) <= 12:  # A locator would put fractional epochs around a single one.
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    _suptitle(fig, title, 11)
     _save(fig, path)
 
 
-def kl_schedule(steps, weights, epoch_steps, epoch_weights, path):
-    """The KL weight in force at every step, with the value logged at the end of each epoch."""
+def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None, title=None):
+    """The KL weight in force at every step, with the value logged at the end of each epoch.
+
+    A constant weight gets a plain statement ("constant weight λ = ...") instead of a flat line
+    that looks like a plot of something; `schedule` names the schedule in the title.
+    """
+    weights = np.asarray(weights, float)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, weights, label="weight in force")
     ax.scatter(epoch_steps, epoch_weights, color="C3", zorder=3, label="logged per epoch")
     ax.set_xlabel("training step")
-    ax.set_ylabel("KL weight")
-    ax.set_title("KL weight schedule")
-    ax.legend()
+    ax.set_ylabel("KL weight λ")
+    constant = len(weights) and np.ptp(weights) <= 1e-12 * max(1.0, abs(weights[0]))
+    if constant:
+        value = f"{weights[0]:.4g}"
+        ax.set_ylim(0, 2 * weights[0] if weights[0] > 0 else 1)  # The line mid-height, the statement above it.
+        ax.text(0.5, 0.8, f"constant weight λ = {value} at every step", transform=ax.transAxes, ha="center",
+                va="center", fontsize=13, bbox={"facecolor": "white", "edgecolor": "0.7"})
+        default = f"KL weight: constant λ = {value} (no schedule)"
+    else:
+        default = f"KL weight schedule{f': {schedule}' if schedule else ''}, from {weights.min():.4g} to {weights.max():.4g}"
+    ax.set_title(_wrap(title or default, 7, 11), fontsize=11)
+    ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
 
 
-def kl_per_dimension(kl_per_dim, active, path, information=None):
-    """Bar chart of the average KL of each latent dimension; active units in colour."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(kl_per_dim) + 2), 3.5))
-    colors = ["C0" if a else "lightgray" for a in active]
-    ax.bar(np.arange(len(kl_per_dim)), kl_per_dim, color=colors)
-    ax.set_xlabel("latent dimension (grey: inactive)")
-    ax.set_ylabel("KL (nats/digit)")
-    ax.set_title("KL per latent dimension")
+def kl_per_dimension(kl_per_dim, active, path, information=None, states=None, title=None,
+                     information_label="information (nats)"):
+    """Bar chart of the average KL of each latent dimension; active units in colour.
+
+    Every bar is labelled with its value and drawn at least a sliver high, so an unused unit
+    (KL about 0) is still visible. `information` (one value per unit, nats) is drawn beside
+    the KL; `states` (one string per unit, e.g. "active", "partial", "unused") colours the bars
+    and labels the ticks, instead of `active`.
+    """
+    kl = np.asarray(kl_per_dim, float)
+    units = np.arange(len(kl))
+    if states is None:
+        states = ["active" if a else "unused" for a in active]
+    series = [kl] + ([] if information is None else [np.asarray(information, float)])
+    # At least 0.1 nats (the collapse threshold) tall, so a collapsed run's KLs look like the zeros they nearly are.
+    top = max(float(np.max(np.concatenate(series))) if len(kl) else 0.0, 0.1)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(4.5, (0.5 + 0.3 * len(series)) * len(kl) + 2), 3.8))
+    for i, values in enumerate(series):
+        x = units + (i - (len(series) - 1) / 2) * width
+        faces = [STATE_COLOURS.get(str(s).lower(), "C1") for s in states] if i == 0 else ["C2"] * len(values)
+        shown = np.maximum(values, 0.015 * top)  # A sliver for a zero, so the bar does not vanish.
+        ax.bar(x, shown, width=width * 0.95, color=faces, edgecolor="0.3", linewidth=0.6, hatch=None if i == 0 else "..")
+        for xi, value in zip(x, values):
+            ax.annotate(f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1g}", (xi, max(value, 0.015 * top)), textcoords="offset points", xytext=(0, 2),
+                        ha="center", fontsize=7)
+    ax.set_ylim(0, top * 1.15)
+    ax.set_xticks(units)
+    ax.set_xticklabels([f"{j}\n{s}" for j, s in zip(units, states)], fontsize=8)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("nats/digit")
+    # The KL bars' colours are the units' states, so the legend names those, not one "KL" colour.
+    handles = [Patch(facecolor=STATE_COLOURS.get(str(s).lower(), "C1"), edgecolor="0.3", label=f"KL, {s} unit")
+               for s in dict.fromkeys(states)]
+    if information is not None:
+        handles.append(Patch(facecolor="C2", edgecolor="0.3", hatch="..", label=information_label))
+    ax.legend(handles=handles, fontsize=8)
+    default = "KL per latent dimension" + ("" if information is None else f" and {information_label}")
+    ax.set_title(_wrap(title or default, fig.get_figwidth(), 11), fontsize=11)
     _save(fig, path)
 
 
-def rate_distortion(points, path, title="Rate-distortion", collapsed=None):
-    """Points (rate = KL, distortion = reconstruction) joined in order, each labelled.
+def _display_xy(ax, xs, ys):
+    ax.autoscale_view()
+    return ax.transData.transform(np.column_stack([xs, ys]))
+
+
+def _group_close(ax, xs, ys, radius):
+    """Groups of point indices whose markers lie within `radius` display pixels of a group's first point."""
+    xy, groups = _display_xy(ax, xs, ys), []
+    for i, point in enumerate(xy):
+        for group in groups:
+            if np.hypot(*(point - xy[group[0]])) < radius:
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
+def _annotate(ax, x, y, text, colour="black"):
+    """A label beside its point, on the side facing the middle of the axes so it is not cut off."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    right, top = x > (x0 + x1) / 2, y > (y0 + y1) / 2
+    ax.annotate(text, (x, y), textcoords="offset points", xytext=(-6 if right else 6, -4 if top else 4), fontsize=7,
+                ha="right" if right else "left", va="top" if top else "bottom", color=colour,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+
+
+def _group_label(labels, max_lines=6):
+    if len(labels) == 1:
+        return str(labels[0])
+    shown = [str(label) for label in labels[:max_lines]]
+    more = [f"... and {len(labels) - max_lines} more"] if len(labels) > max_lines else []
+    return "\n".join([f"{len(labels)} at the same point:"] + shown + more)
+
+
+def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=None, yerr=None, seeds=None):
+    """Points (rate = KL, distortion = reconstruction), each labelled.
 
     Args:
         points: list of (label, kl, reconstruction).
-        collapsed: optional list of booleans; collapsed points are drawn as red crosses.
+        collapsed: optional list of booleans. Without it the points are one run's path (in order,
+            marked "start" and "end", labels thinned so none overlap); with it they are separate
+            runs or settings, collapsed ones a red cross, explained in a legend, and points at
+            the same spot share one label.
+        xerr, yerr: optional error bars (e.g. standard errors over seeds), one per point.
+        seeds: optional list of (kl, reconstruction, collapsed) of individual runs, drawn faintly
+            behind the points (e.g. the seeds whose means the points are).
     """
-    fig, ax = plt.subplots(figsize=(7, 5))
-    kls = [p[1] for p in points]
-    recs = [p[2] for p in points]
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    kls = np.array([p[1] for p in points], float)
+    recs = np.array([p[2] for p in points], float)
+    labels = [p[0] for p in points]
+    if seeds:
+        s = np.array([seed[:2] for seed in seeds], float)
+        bad = np.array([len(seed) > 2 and bool(seed[2]) for seed in seeds])
+        for mask, marker, colour, label in ((~bad, "o", "C0", "single seed"), (bad, "x", "C3", "single seed, collapsed")):
+            if mask.any():
+                ax.scatter(s[mask, 0], s[mask, 1], color=colour, marker=marker, alpha=0.3, s=18, label=label)
+    if xerr is not None or yerr is not None:
+        ax.errorbar(kls, recs, xerr=xerr, yerr=yerr, fmt="none", ecolor="0.4", elinewidth=1, capsize=3, zorder=2,
+                    label="± standard error")
+    ax.margins(0.12)
     if collapsed is None:
-        ax.plot(kls, recs, marker="o", markersize=3 if len(points) > 30 else 6, color="C0")
+        ax.plot(kls, recs, marker="o", markersize=3 if len(points) > 30 else 5, color="C0", zorder=3)
+        ax.scatter(kls[:1], recs[:1], s=80, color="C2", zorder=4, label=f"start ({labels[0]})")
+        ax.scatter(kls[-1:], recs[-1:], s=80, color="C3", marker="s", zorder=4, label=f"end ({labels[-1]})")
+        # Greedy thinning in display space: start and end always, then any point clear of the labelled ones.
+        xy, last, placed = _display_xy(ax, kls, recs), len(points) - 1, []
+        for i in dict.fromkeys([0, last, *range(1, last)]):
+            if i in (0, last) or all(np.hypot(*(xy[i] - xy[j])) > 28 for j in placed):
+                placed.append(i)
+                word = "start/end: " if last == 0 else "start: " if i == 0 else "end: " if i == last else ""
+                _annotate(ax, kls[i], recs[i], f"{word}{labels[i]}")
+        ax.legend(fontsize=8, title="epochs in order", title_fontsize=8)
     else:
-        for kl, rec, bad in zip(kls, recs, collapsed):
-            ax.scatter(kl, rec, marker="x" if bad else "o", color="C3" if bad else "C0", s=60)
-    # A long path gets about ten labels (and always its last point) so the labels stay legible.
-    step = 1 if collapsed is not None else max(1, len(points) // 10)
-    for i, (label, kl, rec) in enumerate(points):
-        if i % step == 0 or i == len(points) - 1:
-            ax.annotate(str(label), (kl, rec), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        bad = np.array([bool(b) for b in collapsed])
+        if (~bad).any():
+            ax.scatter(kls[~bad], recs[~bad], marker="o", color="C0", s=50, zorder=3, label="kept a code")
+        if bad.any():
+            ax.scatter(kls[bad], recs[bad], marker="x", color="C3", s=70, linewidths=2, zorder=3, label="collapsed")
+        for group in _group_close(ax, kls, recs, radius=12):
+            _annotate(ax, kls[group[0]], recs[group[0]], _group_label([labels[i] for i in group]),
+                      "C3" if bad[group].all() else "black")
+        ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("rate: KL (nats/digit)")
     ax.set_ylabel("distortion: reconstruction NLL (nats/digit)")
-    ax.set_title(title)
+    ax.set_title(_wrap(title, 7.5, 11), fontsize=11)
     _save(fig, path)
 
 
@@ -148,7 +335,18 @@ def samples(images, path, title="Samples from the prior"):
     side = int(np.sqrt(len(images)))
     grid = images[: side * side, ..., 0].reshape(side, side, 28, 28).transpose(0, 2, 1, 3)
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(grid.reshape(side * 28, side * 28), cmap="Greys_r", vmin=0, vmax=1)
+    ax.imshow(np.clip(grid.reshape(side * 28, side * 28), 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1)
     ax.set_axis_off()
-    ax.set_title(title)
+    ax.set_title(_wrap(title, 6, 12))
     _save(fig, path)
+
+
+def thumbnail_png(path, width=240):
+    """A PNG file shrunk to about `width` pixels wide by averaging blocks of pixels; returns PNG bytes."""
+    image = plt.imread(path)
+    step = max(1, int(np.ceil(image.shape[1] / width)))
+    h, w = image.shape[0] // step * step, image.shape[1] // step * step
+    small = image[:h, :w].reshape(h // step, step, w // step, step, -1).mean(axis=(1, 3))
+    buffer = io.BytesIO()
+    plt.imsave(buffer, np.clip(small, 0, 1), format="png")
+    return buffer.getvalue()

@@ -1,9 +1,11 @@
 """Train every combination of a grid of settings with train.py, then compare them on one page.
 
     python sweep.py --config config.yaml --grid loss.kl_weight=0.001,0.01,0.1,1,10 \
-        --grid loss.reconstruction_reduction=sum,mean [--set KEY=VALUE ...] [--workers N] [--name NAME]
+        --grid loss.reconstruction_reduction=sum,mean [--seeds N] [--set KEY=VALUE ...] [--workers N] [--name NAME]
 
 The grid can instead come from a `sweep:` section (name, grid) of the config file.
+--seeds N trains every setting with the seeds train.seed, train.seed + 1, ..., + N - 1
+(the same as adding train.seed to the grid); the report aggregates over them.
 Runs train in <output.dir>/sweep_<name>/<label>/; the sweep folder also holds
 sweep.yaml, configs/, logs/, results.csv, results.md, comparison.png,
 rate_distortion.png and report.html. Re-running skips finished runs and resumes
@@ -32,7 +34,7 @@ import yaml  # noqa: E402
 
 import config  # noqa: E402
 import runs  # noqa: E402
-from sweep_report import LOG_DIR, result_rows, write_outputs, yaml_text  # noqa: E402
+from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
 
 EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -110,6 +112,18 @@ def check_grid(items):
     return grid
 
 
+def add_seeds(grid, seeds, first_seed):
+    """--seeds N as a last grid key train.seed = first_seed, first_seed + 1, ...; with N = 1 the grid
+    is unchanged, so a sweep folder made before --seeds existed is still the same sweep."""
+    if seeds < 1:
+        raise config.ConfigError(f"--seeds must be >= 1, received {seeds}.")
+    if seeds == 1:
+        return grid
+    if SEED_KEY in grid:
+        raise config.ConfigError(f"Give either --seeds or a {SEED_KEY} grid, not both.")
+    return {**grid, SEED_KEY: [first_seed + i for i in range(seeds)]}
+
+
 def make_label(settings):
     """A readable folder name from the settings: the field names (sections only if ambiguous) and values."""
     names = [key.split(".")[1] for key in settings]
@@ -142,7 +156,8 @@ def make_plan(args):
         raise config.ConfigError(f"--workers must be >= 1, received {args.workers}.")
     base, raw = config.load(args.config, args.overrides, extra_sections=("sweep",))
     yaml_name, yaml_grid = read_sweep_section(raw)
-    grid = check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid)
+    grid = add_seeds(check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid),
+                     args.seeds, base.train.seed)
     planned = plan_runs(raw, grid)
     base_dict = base.to_dict()
     for key in ("dir", "run_name"):  # Where outputs go is not part of what the sweep means.
@@ -291,6 +306,9 @@ def parse_args(argv):
                              "runs the cross product; replaces the config file's sweep.grid).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one base setting for every run, e.g. --set train.epochs=5 (repeatable).")
+    parser.add_argument("--seeds", type=int, default=1, help="Train every setting with N seeds: train.seed, "
+                                                             "train.seed + 1, ... (default 1); the report gives "
+                                                             "mean ± standard error over them.")
     parser.add_argument("--workers", type=int, default=1, help="Runs trained in parallel (default 1); the cores "
                                                                "are shared out between them.")
     parser.add_argument("--name", default=None, help="Sweep folder <output.dir>/sweep_NAME (default: sweep.name, "

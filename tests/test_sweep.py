@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,11 +20,14 @@ sys.path.insert(0, ROOT)
 
 import runs  # noqa: E402
 import sweep  # noqa: E402
+import sweep_report  # noqa: E402
 
 QUICK = ["data.source=mnist_embedded", "data.limit=300", "train.epochs=1", "evaluation.iwae_k=2",
          "evaluation.max_examples=200", "output.per_epoch_images=false"]
 TWO_SETTINGS = ["--grid", "loss.reconstruction_reduction=sum,mean"]
 LABELS = ["reconstruction_reduction-sum", "reconstruction_reduction-mean"]
+SEEDED = [*TWO_SETTINGS, "--seeds", "2"]  # Two settings × two seeds: four runs, the most the suite affords.
+SEEDED_LABELS = [f"{label}_seed-{seed}" for label in LABELS for seed in (1337, 1338)]  # config.yaml: seed 1337.
 
 
 def sweep_command(output_dir, *args, sets=()):
@@ -44,71 +48,118 @@ def read_results(folder):
 
 
 class ImageSources(html.parser.HTMLParser):
+    """Images, links, external resources and the text of every <th> and <td> of a page."""
+
     def __init__(self):
         super().__init__()
-        self.sources, self.external = [], []
+        self.sources, self.external, self.hrefs, self.cells, self.open = [], [], [], {"th": [], "td": []}, None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
             self.sources.append(attrs.get("src", ""))
+        if tag == "a":
+            self.hrefs.append(attrs.get("href", ""))
         if tag in ("link", "script") or (tag == "img" and not attrs.get("src", "").startswith("data:")):
             self.external.append(tag)
+        if tag in self.cells:
+            self.open = tag
+            self.cells[tag].append("")
+
+    def handle_endtag(self, tag):
+        if tag == self.open:
+            self.open = None
+
+    def handle_data(self, data):
+        if self.open:
+            self.cells[self.open][-1] += data
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A two-setting, one-epoch sweep run with two workers: (output dir, sweep folder, first result)."""
+    """Two settings × two seeds, one epoch, two workers: (output dir, sweep folder, first result)."""
     output_dir = tmp_path_factory.mktemp("sweep")
-    result = run_sweep(output_dir, *TWO_SETTINGS, "--workers", "2", "--name", "pair")
+    result = run_sweep(output_dir, *SEEDED, "--workers", "2", "--name", "pair")
     return output_dir, os.path.join(output_dir, "sweep_pair"), result
 
 
 def test_sweep_writes_every_output(finished):
     _, folder, result = finished
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[2/2 finished]" in result.stdout
+    assert "[4/4 finished]" in result.stdout
     for name in ("sweep.yaml", "results.csv", "results.md", "comparison.png", "rate_distortion.png", "report.html"):
         assert os.path.isfile(os.path.join(folder, name)), name
-    for label in LABELS:
+    for label in SEEDED_LABELS:
         assert os.path.isfile(os.path.join(folder, label, "model.keras"))
         assert os.path.isfile(os.path.join(folder, "logs", f"{label}.log"))
-    rows = read_results(folder)
-    assert [row["run"] for row in rows] == LABELS
+    rows = read_results(folder)  # One row per run: every setting once per seed.
+    assert [row["run"] for row in rows] == SEEDED_LABELS
+    assert [row["seed"] for row in rows] == ["1337", "1338"] * 2
+    assert [row["setting"] for row in rows] == [f"reconstruction_reduction={r}" for r in ("sum", "sum", "mean", "mean")]
     assert all(row["status"] == "complete" and row["collapsed"] in ("True", "False") for row in rows)
-    assert [float(row["effective_beta"]) for row in rows] == pytest.approx([1.0, 784.0])
+    assert all(row["collapse_state"] in ("healthy", "partial", "collapsed") for row in rows)
+    assert [float(row["effective_beta"]) for row in rows] == pytest.approx([1.0, 1.0, 784.0, 784.0])
     assert all(float(row["wall_seconds"]) > 0 and float(row["neg_elbo_nats"]) > 0 for row in rows)
     with open(os.path.join(folder, "comparison.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_md_aggregates_over_seeds(finished):
+    _, folder, _ = finished
+    rows = read_results(folder)
+    with open(os.path.join(folder, "results.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.startswith("# Sweep 'pair': 2 settings × 2 seeds")
+    for setting in ("sum", "mean"):
+        values = [float(row["neg_elbo_nats"]) for row in rows if row["setting"].endswith(f"={setting}")]
+        states = [row["collapse_state"] for row in rows if row["setting"].endswith(f"={setting}")]
+        expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) / np.sqrt(2):.2f}"
+        line = next(line for line in text.splitlines() if line.startswith(f"| {setting} |"))
+        assert expected in line and "2 of 2" in line
+        assert f"{max(states, key=states.count).upper()} in {states.count(max(states, key=states.count))} of 2" in line
+    assert text.count("_seed-") >= 8  # The per-run table: each run and its log.
+
+
+def test_report_html_reads_at_a_glance(finished):
+    _, folder, _ = finished
     parser = ImageSources()
     with open(os.path.join(folder, "report.html"), encoding="utf-8") as handle:
         parser.feed(handle.read())
-    assert len(parser.sources) == 2 and all(src.startswith("data:image/png;base64,") for src in parser.sources)
     assert parser.external == []
+    assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    assert len(parser.sources) == 2 + len(SEEDED_LABELS)  # Both figures and a thumbnail per run.
+    headers, cells = parser.cells["th"], [text.strip() for text in parser.cells["td"]]
+    assert headers and not [h for h in headers if "_" in h], headers
+    assert not [text for text in cells if text in ("True", "False")]
+    for label in SEEDED_LABELS:
+        assert f"{label}/" in parser.hrefs and f"logs/{label}.log" in parser.hrefs
+        assert os.path.isdir(os.path.join(folder, label)) and os.path.isfile(os.path.join(folder, "logs", f"{label}.log"))
+    assert any(text.startswith(("COLLAPSED", "HEALTHY", "PARTIAL")) and "of 2" in text for text in cells)
 
 
 def test_rerun_trains_nothing_new(finished):
     output_dir, folder, _ = finished
-    models = [os.path.join(folder, label, "model.keras") for label in LABELS]
+    models = [os.path.join(folder, label, "model.keras") for label in SEEDED_LABELS]
     before = [os.path.getmtime(path) for path in models]
-    result = run_sweep(output_dir, *TWO_SETTINGS, "--workers", "2", "--name", "pair")
+    result = run_sweep(output_dir, *SEEDED, "--workers", "2", "--name", "pair")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("skipped") == 2 and "started" not in result.stdout
+    assert result.stdout.count("skipped") == 4 and "started" not in result.stdout
     assert [os.path.getmtime(path) for path in models] == before
     assert not [name for name in os.listdir(folder) if name.endswith("-2")]
-    assert len(read_results(folder)) == 2
+    assert len(read_results(folder)) == 4
 
 
 def test_changed_settings_may_not_reuse_the_folder(finished):
     output_dir, folder, _ = finished
-    result = run_sweep(output_dir, *TWO_SETTINGS, "--name", "pair", sets=["train.epochs=2"])
+    result = run_sweep(output_dir, *SEEDED, "--name", "pair", sets=["train.epochs=2"])
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "different sweep" in result.stderr
 
 
 BAD_GRIDS = [["--grid", "loss.kl_weight=1,-1"], ["--grid", "loss.reconstruction_reduction=sum,median"],
              ["--grid", "loss.kl_weight="], ["--grid", "loss.kl_weight=1", "--grid", "loss.kl_weight=2"],
-             ["--grid", "loss.no_such_key=1,2"], ["--grid", "loss.kl_weight"], []]
+             ["--grid", "loss.no_such_key=1,2"], ["--grid", "loss.kl_weight"], [],
+             ["--grid", "loss.kl_weight=1", "--seeds", "0"], ["--grid", "train.seed=1,2", "--seeds", "2"]]
 
 
 @pytest.mark.parametrize("grid", BAD_GRIDS)
@@ -163,3 +214,86 @@ def test_killed_sweep_finishes_on_rerun(tmp_path):
         assert "Resuming the unfinished run" in handle.read()
     epochs = [row["epoch"] for row in runs.read_csv_rows(str(first / "metrics.csv"))]
     assert epochs == [1, 2, 3, 4]
+
+
+# ---- The per-setting aggregation and the summary in words, on hand-made rows (no training) ----------
+
+
+def make_row(setting, beta, seed, neg_elbo, state="healthy", status="complete", kl=1.0):
+    done = status == "complete"
+    return {"run": f"{setting}_seed-{seed}", "setting": setting, "seed": seed, "effective_beta": beta,
+            "status": status, "neg_elbo_nats": neg_elbo if done else None, "iwae_nll_nats": neg_elbo - 1 if done else None,
+            "kl_nats": kl if done else None, "reconstruction_nats": neg_elbo - kl if done else None,
+            "active_units": 2 if done else None, "collapse_state": state if done else None,
+            "collapsed": state == "collapsed" if done else None, "log": f"logs/{setting}_seed-{seed}.log"}
+
+
+def seeded(setting, beta, neg_elbos, states):
+    return [make_row(setting, beta, 1 + i, value, state) for i, (value, state) in enumerate(zip(neg_elbos, states))]
+
+
+def test_aggregate_matches_numpy():
+    values = [180.0, 183.5, 179.25]
+    rows = seeded("a", 1.0, values, ["healthy", "collapsed", "partial"]) + seeded("b", 10.0, [200.0], ["collapsed"])
+    a, b = sweep_report.aggregate(rows)
+    assert (a["setting"], a["n"], a["planned"], a["collapsed"]) == ("a", 3, 3, 1)
+    assert a["neg_elbo_nats"][0] == pytest.approx(np.mean(values))
+    assert a["neg_elbo_nats"][1] == pytest.approx(np.std(values, ddof=1) / np.sqrt(3))
+    assert a["states"] == {"collapsed": 1, "partial": 1, "healthy": 1}
+    assert sweep_report.state_text(a) == "COLLAPSED in 1 of 3, PARTIAL in 1 of 3, HEALTHY in 1 of 3"
+    assert b["neg_elbo_nats"] == (200.0, None) and sweep_report.state_text(b) == "COLLAPSED"
+
+
+def test_collapse_state_reads_state_and_falls_back_to_detected():
+    assert sweep_report.collapse_state({"detected": False, "state": "partial"}) == "partial"
+    assert sweep_report.collapse_state({"detected": True}) == "collapsed"
+    assert sweep_report.collapse_state({"detected": False}) == "healthy"
+    assert sweep_report.collapse_state({}) is None
+
+
+def test_findings_all_collapsed():
+    rows = seeded("x", 100.0, [205, 205], ["collapsed"] * 2) + seeded("y", 784.0, [205, 205], ["collapsed"] * 2)
+    assert "Every setting collapsed in every seed, even the smallest effective β tried (β = 100)" in \
+        sweep_report.findings(rows)
+
+
+def test_findings_none_collapsed():
+    rows = seeded("x", 0.1, [178, 179], ["healthy"] * 2) + seeded("y", 1.0, [181, 182], ["partial"] * 2)
+    assert "No setting collapsed in any seed" in sweep_report.findings(rows)
+
+
+def test_findings_clean_threshold():
+    rows = (seeded("low", 0.1, [178, 179], ["healthy"] * 2) + seeded("mid", 10.0, [176, 190], ["healthy", "collapsed"])
+            + seeded("high", 78.4, [205, 205], ["collapsed"] * 2) + seeded("top", 784.0, [205, 205], ["collapsed"] * 2))
+    text = sweep_report.findings(rows)
+    assert "Collapse follows effective β: every setting with β ≥ 78.4 collapsed in all seeds, every setting with " \
+           "β ≤ 0.1 in none." in text
+    assert "mid (β = 10) collapsed in 1 of 2" in text
+
+
+def test_findings_non_monotone():
+    rows = seeded("small", 10.0, [205, 205], ["collapsed"] * 2) + seeded("large", 100.0, [180, 181], ["healthy"] * 2)
+    text = sweep_report.findings(rows)
+    assert "Effective β alone does not decide collapse" in text and "follows" not in text
+
+
+def test_findings_separates_noise_from_real_differences():
+    within = seeded("a", 1.0, [180.0, 182.0, 181.0], ["healthy"] * 3) + seeded("b", 0.1, [181.0, 183.0, 181.5],
+                                                                                 ["healthy"] * 3)
+    text = sweep_report.findings(within)
+    assert "The lowest mean −ELBO (the β = 1 objective, lower is better) is 181.00 ± 0.58 nats/digit (3 seeds), by a" \
+        in text
+    assert "Within seed noise of it" in text and "b (181.83 ± 0.60)" in text
+    apart = within[:3] + seeded("b", 0.1, [190.0, 191.0, 190.5], ["healthy"] * 3)
+    text = sweep_report.findings(apart)
+    assert "It beats the next best, b (190.50 ± 0.29), by 9.50 nats" in text and "Within seed noise" not in text
+
+
+def test_findings_with_a_failed_run():
+    rows = seeded("a", 1.0, [180, 181], ["healthy"] * 2) + [make_row("b", 784.0, 1, 0, status="failed"),
+                                                             make_row("b", 784.0, 2, 205, state="collapsed")]
+    text = sweep_report.findings(rows)
+    assert "Not finished: b_seed-1 (failed, see logs/b_seed-1.log)." in text
+    assert "Collapse follows effective β: every setting with β ≥ 784 collapsed in all seeds" in text
+    assert sweep_report.aggregate(rows)[1]["n"] == 1 and sweep_report.aggregate(rows)[1]["planned"] == 2
+    assert sweep_report.findings([make_row("b", 1.0, 1, 0, status="failed")]).startswith("No run has finished")
