@@ -52,11 +52,16 @@ class YamlLimitError(yaml.YAMLError):
 class _BoundedLoader(yaml.SafeLoader):
     """The safe loader with limits on nesting, on alias expansion and on duplicate mapping keys."""
 
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
     def compose_node(self, parent, index):
-        self._depth = getattr(self, "_depth", 0) + 1
+        self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise YamlLimitError(f"values nest more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+                raise YamlLimitError(f"values nest more than {MAX_YAML_DEPTH} levels deep",
+                                     self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -180,7 +185,8 @@ class TrainConfig:
     seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0, lt=2**32)
     deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
     steps_per_execution: int = _f(
-        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.", ge=1, le=100000)
+        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.",
+        ge=1, le=100000)
     batch_shards: int = _f(
         0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
            "1 with a GPU.", ge=0, le=64)

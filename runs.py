@@ -307,25 +307,33 @@ def stop_like_ctrl_c():
     parent = os.environ.get(PARENT_PID_VARIABLE, "")
     if not parent.isdigit():
         return
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1  # <linux/prctl.h>: the kernel sends the signal when the parent exits.
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    else:
+    if not _ask_kernel_for_sigterm_on_parent_death():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     if os.getppid() != int(parent):  # The parent died before we asked to be told: nothing started yet.
         raise SystemExit(130)  # The exit status of an interrupted run.
 
 
+def _ask_kernel_for_sigterm_on_parent_death():
+    """Linux's prctl(PR_SET_PDEATHSIG, SIGTERM); False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def _watch_parent(parent):
-    """Elsewhere than Linux: poll for the parent's death, then interrupt the main thread like Ctrl-C."""
-    import _thread
+    """Elsewhere than Linux: poll for the parent's death, then send ourselves the SIGTERM the kernel would
+    (a real signal, unlike _thread.interrupt_main, also wakes a main thread blocked in a system call)."""
     import time
 
     while os.getppid() == parent:
         time.sleep(1)
-    _thread.interrupt_main()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def checkpoint_paths(run_dir):

@@ -266,3 +266,29 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
     assert "busy" not in rerun.stdout and [row["status"] for row in sweep_rows(tmp_path / "sweep_orphan")] == [
         "complete"]
     assert not [name for name in os.listdir(tmp_path / "sweep_orphan") if name.endswith("-2")]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["prctl", "polling"])
+def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
+    """The two ways runs.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
+    starts a sleeping child and is then SIGKILLed; the child must get KeyboardInterrupt."""
+    mark = tmp_path / "interrupted"
+    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import runs\n"
+             f"if not {kernel}: runs._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
+             "runs.stop_like_ctrl_c(); print('ready', flush=True)\n"
+             f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    open({str(mark)!r}, 'w').close()\n")
+    parent = ("import os, subprocess, sys\n"
+              f"env = dict(os.environ, {runs.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
+              " text=True)\n"
+              "child.stdout.readline(); print(child.pid, flush=True); sys.stdin.read()\n")
+    process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid = int(process.stdout.readline())
+    process.kill()
+    process.wait()
+    deadline = time.time() + 30
+    while runs.pid_alive(pid) and not mark.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    if runs.pid_alive(pid) and not mark.exists():
+        os.kill(pid, signal.SIGKILL)
+    assert mark.exists()
