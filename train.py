@@ -228,6 +228,7 @@ def train(cfg, callbacks=(), quiet_console=False):
     for note in setup.notes:
         print(note)
     print(where)
+    run_lock = runs.lock_run_dir(run_dir)  # noqa: F841  Held until train() returns; another process is refused.
 
     import keras  # See Setup.
     import tensorflow as tf
@@ -306,4 +307,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runs.stop_like_ctrl_c()  # SIGTERM, or the death of the sweep that started us, acts as Ctrl-C.
     sys.exit(main())

@@ -49,8 +49,9 @@ def test_kl_weight_norm_replaces_kl_weight():
 
 
 def test_gaussian_sigma_accepts_numbers_and_the_two_words():
-    assert config.load(None, ["loss.gaussian_sigma=0.1"])[0].loss.gaussian_sigma == 0.1
-    assert config.load(None, ["loss.gaussian_sigma=optimal"])[0].loss.gaussian_sigma == "optimal"
+    gaussian = "loss.likelihood=gaussian"
+    assert config.load(None, [gaussian, "loss.gaussian_sigma=0.1"])[0].loss.gaussian_sigma == 0.1
+    assert config.load(None, [gaussian, "loss.gaussian_sigma=optimal"])[0].loss.gaussian_sigma == "optimal"
 
 
 @pytest.mark.parametrize("overrides, fragment", [

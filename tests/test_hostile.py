@@ -1,0 +1,294 @@
+"""Hostile input (issue #13, round two): unbounded values, YAML bombs, odd run names, two processes
+in one run folder, a sweep killed under its children, and values that repeat or mean nothing."""
+
+import csv
+import dataclasses
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import config
+import runs
+import sweep
+import train
+from conftest import ROOT, quick_sets, run_cli
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def refused(*overrides):
+    with pytest.raises(config.ConfigError) as error:
+        config.load(None, list(overrides))
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 400
+    return message
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["train.seed=4294967296"], "train.seed must be < 4294967296"),
+    (["evaluation.iwae_k=1000000"], "evaluation.iwae_k must be <= 100000"),
+    (["loss.kl_weight=1e308", "loss.reconstruction_reduction=mean"], "loss.kl_weight must be <= 1000000.0"),
+    (["loss.kl_weight=null", "loss.kl_weight_norm=1e300"], "loss.kl_weight_norm must be <= 1000000.0"),
+    (["loss.likelihood=gaussian", "loss.gaussian_sigma=1e200"], "loss.gaussian_sigma must be <= 1000.0"),
+    (["loss.kl_weight=" + "9" * 400], "expects a finite number, received <an integer of about 400 digits>"),
+    (["loss.free_bits=1e308"], "loss.free_bits must be <= 100"),
+    (["loss.kl_cycles=" + "9" * 30], "loss.kl_cycles must be <= 100000"),
+    (["loss.kl_warmup=" + "9" * 30], "loss.kl_warmup must be <= 1000000000"),
+    (["train.steps_per_execution=" + "9" * 30], "train.steps_per_execution must be <= 100000"),
+    (["data.limit=" + "9" * 30], "data.limit must be <= 1000000000"),
+    (["evaluation.max_examples=" + "9" * 30], "evaluation.max_examples must be <= 1000000000"),
+    (["loss.gaussian_sigma=0.1"], "loss.gaussian_sigma 0.1 is only read when loss.likelihood is gaussian"),
+    (["loss.gaussian_sigma=optimal", "loss.likelihood=continuous_bernoulli"], "only read when"),
+])
+def test_unbounded_and_meaningless_values_are_refused_in_one_line(overrides, fragment):
+    assert fragment in refused(*overrides)
+
+
+def test_the_bounds_keep_every_derived_quantity_finite_in_float32():
+    """The worst corners the bounds allow, through objective.py's own formulas."""
+    import objective
+
+    from model import NUM_PIXELS
+
+    bound = {f.name: f.metadata.get("le") for section in (config.LossConfig, config.ModelConfig)
+             for f in dataclasses.fields(section)}
+    weight, norm, sigma = bound["kl_weight"], bound["kl_weight_norm"], bound["gaussian_sigma"]
+    for latent_dim in (1, bound["latent_dim"]):
+        for rec in ("sum", "mean"):
+            for kl in ("sum", "mean"):
+                for kl_weight, kl_weight_norm in ((weight, None), (None, norm)):
+                    lam = objective.resolve_kl_weight(kl_weight, kl_weight_norm, rec, kl, latent_dim, NUM_PIXELS)
+                    got = objective.describe(rec, kl, lam, latent_dim, NUM_PIXELS, "gaussian", sigma)
+                    for key in ("effective_beta", "beta_norm", "kl_weight", "sse_equivalent_beta"):
+                        assert abs(got[key]) < FLOAT32_MAX / 1e6, (rec, kl, latent_dim, key, got[key])
+                    assert math.isfinite(lam)
+
+
+def test_a_bad_seed_in_a_sweep_exits_2_before_anything_is_created(tmp_path, capsys):
+    status = sweep.main(["--grid", "train.seed=1,4294967296", "--set", f"output.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "train.seed must be < 4294967296" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("grid, fragment", [
+    ("loss.kl_weight=1,1.0", "Grid key loss.kl_weight repeats a value: 1 and 1.0"),
+    ("train.learning_rate=0.001,1e-3", "repeats a value"),
+    ("train.epochs=2,2", "repeats a value: 2 and 2"),
+])
+def test_grid_values_that_mean_the_same_are_refused(tmp_path, capsys, grid, fragment):
+    assert sweep.main(["--grid", grid, "--set", f"output.dir={tmp_path}"]) == 2
+    assert fragment in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+LAUGHS = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (LAUGHS, "refused at line 5: aliases expand to more than 10000 values"),
+    ("a: &a [*a]\n", "an alias refers to a value that contains it"),
+    ("train:\n  epochs: 3\n  epochs: 4\n", "refused at line 3: duplicate key 'epochs' (first given at line 2)"),
+    ("[" * 100000, "values nest more than 50 levels deep"),
+    ("train: {seed: " + "9" * 5000 + "}\n", "an integer with too many digits"),
+    ("loss:\n  kl_weight: 1\x01\n", "is not valid YAML at character 21: special characters are not allowed"),
+    ("loss: {likelihood: " + "x" * 1100000 + "}\n", "larger than 1024 KiB"),
+    ("loss: {likelihood: " + "x" * 1000000 + "}\n", "received 'xxxxxxx"),  # Just under the size limit.
+    ("loss:\n  ? " + "k" * 900000 + "\n  : 1\n", "Unknown config key 'loss.kkkkk"),
+], ids=["laughs", "recursive", "duplicate", "deep", "long-int", "control", "big-file", "long-value", "long-key"])
+def test_yaml_bombs_and_huge_values_are_refused_quickly_in_one_line(tmp_path, text, fragment):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as error:
+        config.load(str(path))
+    message = str(error.value)
+    assert fragment in message
+    assert "\n" not in message and len(message) < 400
+
+
+def test_merge_keys_are_not_mistaken_for_duplicates(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {epochs: 3, batch_size: 64}\ntrain: {<<: *base, epochs: 4}\n")
+    assert config.read_yaml(str(path))["train"] == {"epochs": 4, "batch_size": 64}
+
+
+def test_set_and_grid_values_go_through_the_bounded_loader(tmp_path, capsys):
+    bomb = "[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]," \
+           " [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]]"
+    assert "aliases expand to more than 10000 values" in refused("loss.kl_weight=" + bomb)
+    assert "duplicate key 'a'" in refused("loss.likelihood={a: 1, a: 2}")
+    assert sweep.main(["--grid", "loss.likelihood=a: 1\na: 2", "--set", f"output.dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key 'a'" in err and err.count("\n") == 1
+
+
+def test_a_yaml_reader_error_prints_exactly_one_line(tmp_path):
+    path = tmp_path / "control.yaml"
+    path.write_bytes(b"train:\n  epochs: \x07\n")
+    result = run_cli("train.py", "--config", str(path), "--set", f"output.dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("x" * 300, "is 300 characters long; use at most 100"),
+    ("two\nlines", "contains control or invisible characters"),
+    ("tab\there", "contains control or invisible characters"),
+    ("\x1b[31mred", "contains control or invisible characters"),
+])
+def test_long_or_unprintable_run_names_are_refused(tmp_path, capsys, name, fragment):
+    with pytest.raises(runs.RunFolderError, match=fragment):
+        runs.check_run_name(name)
+    assert sweep.main(["--grid", "loss.kl_weight=1,2", "--set", f"output.dir={tmp_path}",
+                       "--set", f"output.run_name={yaml.safe_dump(name).strip()}"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_long_sweep_labels_are_shortened_and_stay_distinct():
+    long_a, long_b = {"data.path": "a" * 200 + "1"}, {"data.path": "a" * 200 + "2"}
+    labels = [sweep.make_label(long_a), sweep.make_label(long_b)]
+    assert labels[0] != labels[1] and all(len(label) <= runs.MAX_RUN_NAME - 8 for label in labels)
+    assert sweep.make_label({"loss.kl_weight": 0.1}) == "kl_weight-0.1"  # Short labels are unchanged.
+
+
+def test_a_refused_output_folder_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "MIN_FREE_BYTES", 2**62)
+    with pytest.raises(runs.RunFolderError, match="MiB free"):
+        runs.check_writable(str(tmp_path / "new" / "out"))
+    assert os.listdir(tmp_path) == []  # Removed what it created, and only that.
+
+
+def hold_lock(run_dir):
+    """Another process holding run_dir's lock until its stdin closes."""
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); import runs; lock = runs.lock_run_dir({str(run_dir)!r}); " \
+           "print('locked', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def dead_pid():
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    return finished.pid
+
+
+def test_a_run_folder_held_by_a_live_process_is_refused_and_freed_when_it_dies(tmp_path, capsys):
+    args = quick_sets(tmp_path, "output.run_name=taken")
+    cfg, _ = config.load(None, args[1::2])
+    run_dir = tmp_path / "taken"
+    holder = hold_lock(run_dir)
+    try:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # Unfinished, same settings.
+        (run_dir / "summary.json").write_text('{"status": "running"}')
+        assert runs.lock_holder(str(run_dir)) == str(holder.pid)
+        assert train.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"is being trained by process {holder.pid}; wait for it or choose another output.run_name" in err
+        assert sorted(os.listdir(run_dir)) == [".lock", "config.yaml", "summary.json"]  # Nothing written.
+    finally:
+        holder.kill()  # SIGKILL: no clean-up; the OS drops the lock.
+        holder.wait()
+    assert runs.lock_holder(str(run_dir)) is None
+    os.makedirs(run_dir / "state")
+    stale = run_dir / "state" / f".tmp-{dead_pid()}-checkpoint.weights.h5"
+    live = run_dir / f".tmp-{os.getpid()}-summary.json"
+    stale.write_text("half a file")
+    live.write_text("being written")
+    lock = runs.lock_run_dir(str(run_dir))
+    assert runs.lock_holder(str(run_dir)) == str(os.getpid())
+    assert not stale.exists() and live.exists()
+    lock.close()
+    assert runs.lock_holder(str(run_dir)) is None
+
+
+def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp_path, monkeypatch, capsys):
+    args = sweep.parse_args(["--grid", "loss.kl_weight=1", "--name", "held", "--set", f"output.dir={tmp_path}"])
+    plan = sweep.make_plan(args)
+    sweep.prepare_folder(plan)
+    (run,) = plan.runs
+    run_dir = os.path.join(plan.folder, run.label)
+    lock = runs.lock_run_dir(run_dir)  # Being set up by a live process: no summary.json yet.
+    sweep.clear_stillborn(run_dir)
+    assert os.path.isdir(run_dir)
+    monkeypatch.setattr(sweep, "OWNER_WAIT_SECONDS", 0.3)
+    statuses, _ = sweep.run_all(plan)
+    assert statuses == {run.label: "busy"}
+    assert f"process {os.getpid()} is still training it" in capsys.readouterr().out
+    assert not os.path.exists(sweep.log_path(plan, run))  # No train.py was started.
+    assert sorted(os.listdir(plan.folder)) == sorted(["configs", "logs", run.label, "sweep.yaml", "wall_seconds.json"])
+    lock.close()
+    sweep.clear_stillborn(run_dir)
+    assert not os.path.exists(run_dir)
+
+
+def sweep_rows(folder):
+    with open(folder / "results.csv", encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_the_same_folder(tmp_path):
+    grid, sets = ["--grid", "loss.kl_weight=1", "--name", "orphan"], ["train.epochs=5", "data.limit=300"]
+    command = [sys.executable, os.path.join(ROOT, "sweep.py"), *grid]
+    for item in quick_sets(tmp_path, *sets)[1::2]:
+        command += ["--set", item]
+    run_dir = tmp_path / "sweep_orphan" / "kl_weight-1"
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        deadline = time.time() + 300
+        while (runs.read_json(str(run_dir / "state" / "progress.json")) or {}).get("epochs_completed", 0) < 1:
+            assert first.poll() is None and time.time() < deadline, "the sweep did not reach its first epoch"
+            time.sleep(0.05)
+        child = runs.lock_holder(str(run_dir))
+        first.send_signal(signal.SIGKILL)  # Only the sweep: its train.py child must stop by itself.
+        first.wait()
+        rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        if child and runs.pid_alive(int(child)):
+            os.kill(int(child), signal.SIGKILL)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with open(tmp_path / "sweep_orphan" / "logs" / "kl_weight-1.log", encoding="utf-8") as handle:
+        log = handle.read()
+    assert "Interrupted after" in log and "Resuming the unfinished run" in log  # Stopped like Ctrl-C, resumed.
+    assert [row["epoch"] for row in runs.read_csv_rows(str(run_dir / "metrics.csv"))] == [1, 2, 3, 4, 5]
+    assert "busy" not in rerun.stdout and [row["status"] for row in sweep_rows(tmp_path / "sweep_orphan")] == [
+        "complete"]
+    assert not [name for name in os.listdir(tmp_path / "sweep_orphan") if name.endswith("-2")]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["prctl", "polling"])
+def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
+    """The two ways runs.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
+    starts a sleeping child and is then SIGKILLed; the child must get KeyboardInterrupt."""
+    mark = tmp_path / "interrupted"
+    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import runs\n"
+             f"if not {kernel}: runs._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
+             "runs.stop_like_ctrl_c(); print('ready', flush=True)\n"
+             f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    open({str(mark)!r}, 'w').close()\n")
+    parent = ("import os, subprocess, sys\n"
+              f"env = dict(os.environ, {runs.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
+              " text=True)\n"
+              "child.stdout.readline(); print(child.pid, flush=True); sys.stdin.read()\n")
+    process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid = int(process.stdout.readline())
+    process.kill()
+    process.wait()
+    deadline = time.time() + 30
+    while runs.pid_alive(pid) and not mark.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    if runs.pid_alive(pid) and not mark.exists():
+        os.kill(pid, signal.SIGKILL)
+    assert mark.exists()
