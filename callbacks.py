@@ -47,28 +47,26 @@ class RunRecorder(keras.callbacks.Callback):
             return
         row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
                "seconds": time.time() - self.started}
-        logs["kl_weight"] = row["kl_weight"]
         if self.setup.cfg.output.per_epoch_images:
             digits = self.setup.digits
             x, labels = digits.x_val[self.grid_index], digits.y_val[self.grid_index]
             plots.reconstructions(x, self.model.predict(x, verbose=0), labels,
                                   os.path.join(self.run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
-        if self.setup.cfg.output.tensorboard:
-            logs.update(self.unit_logs())  # For the TensorBoard logger after this callback; not in metrics.csv.
         # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.
         self.history.append(row)
         runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": self.history})
         runs.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
         runs.update_summary(self.run_dir, epochs_completed=epoch + 1)
 
-    def unit_logs(self):
-        """Per latent unit on the first validation digits: the closed-form KL (where the prior has one) and
-        I(x; z_j), as lists the TensorBoard logger writes as kl_per_unit/j and information_per_unit/j."""
+    def extra_logs(self):
+        """For the TensorBoard logger (extra_fn): the KL weight in force, and per latent unit on the first
+        validation digits the closed-form KL (where the prior has one) and I(x; z_j), as lists it writes as
+        kl_per_unit/j and information_per_unit/j."""
         x = self.setup.digits.x_val[:UNIT_LOG_EXAMPLES]
         z_mean, z_log_var = evaluate.encode(self.model, x)
         _, information = evaluate.information(z_mean, z_log_var)
-        logs = {"information_per_unit": information.tolist()}
+        logs = {"kl_weight": float(self.model.kl_weight_in_force()), "information_per_unit": information.tolist()}
         if self.model.prior.closed_form_kl:
             kl = np.asarray(self.model.prior.kl(z_mean, z_log_var, None)).mean(axis=0)
             logs["kl_per_unit"] = kl.tolist()

@@ -15,17 +15,33 @@ import math
 import os
 import sys
 
-import keras
-import numpy as np
+MAX_IWAE_K = 100_000
 
-import config
-import data
-import losses
-import model  # noqa: F401  Registers the VAE's classes, so model.keras loads in safe mode.
-import objective
-import plots
-import priors
-import runs
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="A run folder written by train.py.")
+    parser.add_argument("--iwae-k", default=None, help=f"Importance samples, 1 to {MAX_IWAE_K} (default: the run's).")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # Answer --help and usage errors before TensorFlow loads (it takes seconds), quietly.
+    ARGS = parse_args()
+    import quiet
+
+    quiet.import_tensorflow()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import config  # noqa: E402
+import data  # noqa: E402
+import losses  # noqa: E402
+import model  # noqa: E402,F401  Registers the VAE's classes, so model.keras loads in safe mode.
+import objective  # noqa: E402
+import plots  # noqa: E402
+import priors  # noqa: E402
+import runs  # noqa: E402
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): unit j is active when Var_x E[z_j|x] > 0.01 (scale-dependent).
 INFORMATIVE_UNIT_NATS = 0.1  # A unit is informative when I(x; z_j) reaches this many nats.
@@ -34,7 +50,6 @@ FEW_STEPS = 2000  # Fewer gradient steps than this: a collapsed β <= 1 run is l
 LARGE_FIXED_SIGMA = 0.3  # A fixed Gaussian σ above this leaves the reconstruction term too weak to use z.
 DECODE_BATCH = 1024  # Latent codes decoded per call; bounds memory whatever k is.
 MI_MAX_EXAMPLES = 2000  # Digits in the aggregate-posterior estimate (its cost grows with their square).
-MAX_IWAE_K = 100_000
 EVAL_SEED = 20240611
 STATES = ("healthy", "partial", "collapsed")
 
@@ -295,9 +310,13 @@ def write_figures(vae, run_dir, x, labels, arrays, history, title):
     prior_samples = vae.prior.sample(1000, EVAL_SEED, vae.encode_for_prior())
     if vae.latent_dim == 2:
         plots.latent_manifold(decode, os.path.join(run_dir, "latent_space.png"),
-                              extent=latent_extent(z_mean, prior_samples))
+                              extent=latent_extent(z_mean, prior_samples),
+                              title="Digits decoded across the latent space (1st to 99th percentiles of the "
+                                    "codes and the prior)")
+    states = ["informative" if value >= INFORMATIVE_UNIT_NATS else "unused" for value in arrays["information"]]
     plots.kl_per_dimension(arrays["kl_per_dim"] if arrays["kl_per_dim"] is not None else arrays["information"],
-                           active, os.path.join(run_dir, "kl_per_dim.png"), information=arrays["information"])
+                           active, os.path.join(run_dir, "kl_per_dim.png"), information=arrays["information"],
+                           states=states, title=f"KL and information I(x; z_j) per latent unit: {title}")
     plots.samples(decode(prior_samples[:100]), os.path.join(run_dir, "samples.png"),
                   f"Samples from the prior ({vae.prior.name_in_config})")
     if history:
@@ -371,13 +390,10 @@ def iwae_k_argument(text):
     return value
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True, help="A run folder written by train.py.")
-    parser.add_argument("--iwae-k", default=None, help=f"Importance samples, 1 to {MAX_IWAE_K} (default: the run's).")
-    args = parser.parse_args(argv)
+def main(argv=None, args=None):
+    args = args or parse_args(argv)
     return runs.guard(lambda: reevaluate(args.run, None if args.iwae_k is None else iwae_k_argument(args.iwae_k)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(args=ARGS))

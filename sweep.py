@@ -355,8 +355,19 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    import quiet  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
+
+    tf_log = os.path.join(plan.folder, LOG_DIR, "tensorflow_startup.log")
+    quiet.import_tensorflow(tf_log)
+    if plan.base.output.tensorboard:
+        import tensorboard_log  # Deferred with TensorFlow, which it needs.
+
+        grid = {key: values for key, values in plan.grid.items()}
+        tensorboard_log.write_sweep_hparams(plan.folder, grid)
     rows = result_rows(plan, statuses, walls)
-    print(write_outputs(plan, rows))
+    with quiet.quiet_stderr(tf_log):  # Keras prints loading warnings of its own through the same stream.
+        summary = write_outputs(plan, rows)
+    print(summary)
     print(f"Report: {os.path.join(plan.folder, 'report.html')}")
     return 0 if all(status == "complete" for status in statuses.values()) else EXIT_FAILED
 

@@ -151,6 +151,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
     settings: None, or the run's settings (nested like config.to_dict(), or flat); written once at
         train begin as a markdown table and as HParams (names "section.key"), step 0.
     trial_id: the HParams session group name (e.g. the sweep's run label); default a hash of settings.
+    extra_fn: None, or a function of no arguments returning more {key: number or list} to write with
+        the epoch's logs (per-unit values, the KL weight), which keeps them off Keras's progress line.
 
     Events are flushed after every epoch, so a killed run keeps every epoch it finished. Resume: at
     the first epoch of a fit with initial_epoch = k > 0, events with step > k already on disk (from an
@@ -158,9 +160,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
     epoch that counts; the settings are written again only if no earlier file holds them.
     """
 
-    def __init__(self, log_dir, images_fn=None, settings=None, trial_id=None):
+    def __init__(self, log_dir, images_fn=None, settings=None, trial_id=None, extra_fn=None):
         super().__init__()
         self.log_dir, self.images_fn, self.settings, self.trial_id = log_dir, images_fn, settings, trial_id
+        self.extra_fn = extra_fn
         self._writers, self._started = None, False
 
     def _writer(self, name):
@@ -202,6 +205,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._start(epoch)
         step = epoch + 1
+        logs = {**(logs or {}), **(self.extra_fn() if self.extra_fn is not None else {})}
         for key, value in scalars_of(logs).items():
             name, tag = (VALIDATION, key[4:]) if key.startswith("val_") else (TRAIN, key)
             with self._writer(name).as_default():

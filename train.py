@@ -148,7 +148,7 @@ def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
 
     cfg = setup.cfg
     recorder = RunRecorder(setup, run_dir, history)
-    callbacks = [recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder.grid_index), *callbacks]
+    callbacks = [recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder), *callbacks]
     if first_epoch < cfg.train.epochs:
         train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                         cfg.train.epochs, cfg.data.binarize == "dynamic")
@@ -158,16 +158,16 @@ def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
     return recorder
 
 
-def tensorboard_callbacks(setup, vae, run_dir, grid_index):
+def tensorboard_callbacks(setup, vae, run_dir, recorder):
     """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
     if not setup.cfg.output.tensorboard:
         return []
     import tensorboard_log  # See Setup.
 
-    x = setup.digits.x_val[grid_index]
+    x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
         os.path.join(run_dir, "tensorboard"), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
-        images_fn=lambda: tensorboard_log.image_grid([x, vae.predict(x, verbose=0)]))]
+        images_fn=lambda: tensorboard_log.image_grid([x, vae.predict(x, verbose=0)]), extra_fn=recorder.extra_logs)]
 
 
 def finish(setup, vae, run_dir, history):
@@ -177,11 +177,14 @@ def finish(setup, vae, run_dir, history):
 
     cfg = setup.cfg
     runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
-    plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"))
+    plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
+                      f"Loss per epoch: {setup.description['formula']} (effective β = "
+                      f"{setup.description['effective_beta']:g})")
     steps = np.linspace(0, setup.total_steps, min(setup.total_steps, 2000) + 1)
     plots.kl_schedule(steps, np.asarray(setup.objective.kl_weight_at(steps)),
                       [row["epoch"] * setup.steps_per_epoch for row in history],
-                      [row["kl_weight"] for row in history], os.path.join(run_dir, "kl_schedule.png"))
+                      [row["kl_weight"] for row in history], os.path.join(run_dir, "kl_schedule.png"),
+                      schedule=cfg.loss.kl_schedule)
     evaluated = min(len(setup.digits.x_val), cfg.evaluation.max_examples or len(setup.digits.x_val))
     print(f"Evaluating on {evaluated} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,

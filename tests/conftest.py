@@ -26,12 +26,21 @@ QUICK = ["data.source=mnist_embedded", "data.limit=600", "train.epochs=1", "trai
          "train.batch_shards=1"]
 
 
+def quick_overrides(output_dir, *extra):
+    """The KEY=VALUE settings of a quick run writing into output_dir."""
+    return [*QUICK, f"output.dir={output_dir}", *extra]
+
+
 def quick_sets(output_dir, *extra):
     """--set arguments for a quick run writing into output_dir."""
-    args = []
-    for item in [*QUICK, f"output.dir={output_dir}", *extra]:
-        args += ["--set", item]
-    return args
+    return [word for item in quick_overrides(output_dir, *extra) for word in ("--set", item)]
+
+
+def quick_config(output_dir, *extra):
+    """The validated Config of a quick run writing into output_dir (for in-process train.train/train.run)."""
+    import config
+
+    return config.load(None, quick_overrides(output_dir, *extra))[0]
 
 
 @pytest.fixture

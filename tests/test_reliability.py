@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
 import config
 import train
-from conftest import ROOT, quick_sets, run_cli
+from conftest import ROOT, quick_config, quick_sets, run_cli
 
 RESUME_SETTINGS = ["data.limit=1000", "train.epochs=4", "train.deterministic=true", "output.per_epoch_images=true"]
 
@@ -97,28 +98,47 @@ def test_divergence_stops_with_a_message(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "boom" / "model.keras")
 
 
-def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint(tmp_path, monkeypatch):
-    real_recorder = train.make_recorder
+class PoisoningCallback(keras.callbacks.Callback):
+    """After the first epoch is recorded (the run's recorder comes first), turn every weight into NaN."""
 
-    def poisoning_recorder(setup, run_dir, history):
-        recorder = real_recorder(setup, run_dir, history)
-        record = recorder.on_epoch_end
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            for weight in self.model.trainable_weights:
+                weight.assign(weight * float("nan"))
 
-        def on_epoch_end(epoch, logs=None):
-            record(epoch, logs)
-            if epoch == 0:  # After epoch 1 is recorded, make every weight NaN.
-                for weight in recorder.model.trainable_weights:
-                    weight.assign(weight * float("nan"))
 
-        recorder.on_epoch_end = on_epoch_end
-        return recorder
+class InterruptingCallback(keras.callbacks.Callback):
+    """Ctrl-C right after epoch `after` is recorded, as keras's backup_and_restore_test interrupts training."""
 
-    monkeypatch.setattr(train, "make_recorder", poisoning_recorder)
-    assert train.main(quick_sets(tmp_path, "train.epochs=3", "output.run_name=poison")) == train.EXIT_DIVERGED
-    run_dir = tmp_path / "poison"
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt
+
+
+def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint(tmp_path):
+    cfg = quick_config(tmp_path, "train.epochs=3", "output.run_name=poison")
+    status, run_dir = train.train(cfg, callbacks=[PoisoningCallback()])
+    assert status == train.EXIT_DIVERGED
     assert read_summary(run_dir)["status"] == "diverged"
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1]
-    assert os.path.exists(run_dir / "state" / "checkpoint.weights.h5")
+    assert os.path.exists(os.path.join(run_dir, "state", "checkpoint.weights.h5"))
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path):
+    settings = ("data.limit=256", "train.epochs=3", "train.deterministic=true", "output.tensorboard=false")
+    whole = train.run(quick_config(tmp_path, *settings, "output.run_name=whole"))
+    cfg = quick_config(tmp_path, *settings, "output.run_name=cut")
+    status, run_dir = train.train(cfg, callbacks=[InterruptingCallback(after=2)])
+    assert status == train.EXIT_INTERRUPTED and read_summary(run_dir)["status"] == "interrupted"
+    assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1, 2]
+    resumed = train.run(cfg)
+    assert resumed["status"] == "complete" and resumed["epochs_completed"] == 3
+    assert comparable(read_rows(run_dir)) == comparable(read_rows(tmp_path / "whole"))
+    assert resumed["validation"]["neg_elbo_nats"] == pytest.approx(whole["validation"]["neg_elbo_nats"], rel=1e-6)
 
 
 def write_npz(path, **arrays):

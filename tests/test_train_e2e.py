@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
+import data
 import evaluate
 import config
 import train
-from conftest import quick_sets, run_cli
+from conftest import quick_overrides, quick_sets, run_cli
 
 # In-process runs: TensorFlow has started, so batch slices would run without their own threads.
 COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5",
@@ -71,6 +72,66 @@ def test_a_run_writes_every_output(collapse_runs):
     assert collapse["state"] in ("healthy", "partial", "collapsed")
     assert collapse["detected"] == (collapse["state"] == "collapsed")
     assert summary["objective"]["prior"]["name"] == "standard_normal"
+
+
+def test_tensorboard_holds_every_epochs_terms_units_and_grid(collapse_runs):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    def read(folder):
+        accumulator = event_accumulator.EventAccumulator(folder, size_guidance={"tensors": 0, "images": 0})
+        accumulator.Reload()
+        return accumulator
+
+    board = os.path.join(collapse_runs["sum"], "tensorboard")
+    train_events, validation = read(os.path.join(board, "train")), read(os.path.join(board, "validation"))
+    for tag in ("loss", "kl", "neg_elbo", "kl_weight", "information_per_unit/0", "kl_per_unit/1"):
+        assert [event.step for event in train_events.Tensors(tag)] == [1, 2, 3, 4], tag
+    assert [event.step for event in validation.Tensors("neg_elbo")] == [1, 2, 3, 4]
+    assert len(validation.Tags()["tensors"]) >= 4 and "reconstructions" in str(validation.Tags())
+    final = read(os.path.join(board, "evaluation"))
+    value = float(np.asarray(tf_value(final.Tensors("neg_elbo_nats")[-1])))
+    assert value == pytest.approx(summary_of(collapse_runs["sum"])["validation"]["neg_elbo_nats"], rel=1e-6)
+
+
+def tf_value(event):
+    import tensorflow as tf
+
+    return tf.make_ndarray(event.tensor_proto)
+
+
+def test_a_code_rescaled_by_005_or_20_keeps_its_verdict_and_information(collapse_runs):
+    # Same function, different scale of z: z' = c·z (encoder's last layers), decoder's first layer reads z'/c.
+    import keras
+
+    vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
+    x = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:500]
+    before, _ = evaluate.compute_metrics(vae, x, 5)
+    context = {"effective_beta": 1.0, "kl_weight": 1.0, "reconstruction_reduction": "sum", "likelihood": "bernoulli",
+               "gaussian_sigma": None, "steps": 500}
+    state = evaluate.diagnose(before, context)["state"]
+    for factor in (0.05, 20.0):
+        scaled = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
+        mean_kernel, mean_bias = scaled.encoder.get_layer("z_mean").get_weights()
+        scaled.encoder.get_layer("z_mean").set_weights([factor * mean_kernel, factor * mean_bias])
+        var_kernel, var_bias = scaled.encoder.get_layer("z_log_var").get_weights()
+        scaled.encoder.get_layer("z_log_var").set_weights([var_kernel, var_bias + 2 * math.log(factor)])
+        first = scaled.decoder.layers[1]
+        kernel, bias = first.get_weights()
+        first.set_weights([kernel / factor, bias])
+        after, _ = evaluate.compute_metrics(scaled, x, 5)
+        np.testing.assert_allclose(np.asarray(scaled(x[:8])), np.asarray(vae(x[:8])), atol=1e-4)
+        assert after["mutual_information_nats"] == pytest.approx(before["mutual_information_nats"], rel=1e-3)
+        assert evaluate.diagnose(after, context)["state"] == state != "collapsed"
+    assert before["active_units"] >= 1
+
+
+def test_a_short_beta_1_run_is_collapsed_and_told_to_train_longer(tmp_path):
+    # The case a learner meets first: KL from the codes drifting off the prior, almost no information.
+    summary = train.run(None, quick_overrides(tmp_path, "data.limit=1000", "train.epochs=3", "train.batch_size=128",
+                                              "evaluation.max_examples=1000"))
+    assert summary["collapse"]["state"] == "collapsed", summary["collapse"]["reason"]
+    assert summary["validation"]["mutual_information_nats"] < 0.2
+    assert "Train longer" in summary["collapse"]["advice"]
 
 
 def test_the_per_pixel_mean_collapses_and_the_run_says_so(collapse_runs):
@@ -197,6 +258,8 @@ def test_the_command_line_slices_batches_on_a_multicore_cpu(tmp_path):
     assert ("Each batch runs as" in result.stdout) == (shards > 1)
     assert shards == 1 or f"Each batch runs as {shards} slices" in result.stdout
     assert "thread pools could be split" not in result.stdout  # a fresh process: the split took effect
+    for chatter in ("I0000", "oneDNN", "cuInit", "cuda", "absl"):  # TensorFlow's start-up lines stay off the console.
+        assert chatter not in result.stderr and chatter not in result.stdout, chatter
     (run_dir,) = run_dirs(str(tmp_path))
     summary = summary_of(run_dir)
     assert summary["status"] == "complete" and summary["epochs_completed"] == 2
