@@ -398,7 +398,7 @@ def print_result(validation, verdict, run_dir):
     print(f"Validation (β = 1): -ELBO {validation['neg_elbo_nats']:.2f} nats/digit "
           f"= reconstruction {validation['reconstruction_nats']:.2f} + KL {validation['kl_nats']:.4f}; "
           f"IWAE (k={validation['iwae_k']}) {validation['iwae_nll_nats']:.2f} nats; {kl_text}"
-          f"information per unit {[round(v, 3) for v in validation['information_per_unit_nats']]} nats; "
+          f"information per unit [{', '.join(f'{v:.3g}' for v in validation['information_per_unit_nats'])}] nats; "
           f"active units (Burda) {validation['active_units']}/{validation['latent_dim']}.")
     print(f"Verdict: {verdict['state'].upper()}: {verdict['reason']}")
     print(f"Advice: {verdict['advice']}")
