@@ -28,7 +28,7 @@ try:
 except ImportError:  # Not on Windows: runs there go unlocked.
     fcntl = None
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
@@ -103,7 +103,13 @@ def read_csv_rows(path):
             rows = list(csv.DictReader(handle))
     except OSError:
         return []
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise RunFolderError(f"{path} is not a CSV written by train.py ({first_line(error)}); restore it or delete it.")
+    try:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+    except (TypeError, ValueError) as error:
+        raise RunFolderError(f"{path} holds a value that is not a number ({first_line(error)}); restore the file "
+                             f"or delete it (it only feeds the rate-distortion figure).")
 
 
 def read_json(path):
@@ -380,6 +386,11 @@ def guard(action):
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:  # The machine, not the input: a full disk, a folder gone, a permission changed.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or first_line(error)}{where}. Nothing finished is lost: fix that and run the "
+              f"same command again to resume from the last checkpoint.", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 def update_summary(run_dir, **fields):

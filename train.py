@@ -4,7 +4,7 @@
 
 Prints the objective as a multiple of the ELBO (the effective β), trains, and
 writes into outputs/<run>/: config.yaml, metrics.csv, model.keras, summary.json
-and the figures. Exit status: 0 done, 2 bad input, 3 diverged, 130 interrupted.
+and the figures. Exit status: 0 done, 2 bad input, 3 diverged, 4 the machine failed us (a full disk), 130 interrupted.
 
 From Python (a notebook cell): `summary = train.run("config.yaml", overrides=["train.epochs=5"])`.
 """
@@ -91,7 +91,7 @@ class Setup:
                                               self.objective.kl_weight, latent_dim, self.num_pixels, loss.likelihood,
                                               sigma)
         self.statement = objective.statement(self.description, latent_dim, self.num_pixels)
-        self.notes = digits.notes + objective.teaching_warnings(
+        self.notes = objective.teaching_warnings(
             loss, cfg.data.binarize, latent_dim, self.num_pixels, self.total_steps, self.objective.warmup_steps)
         # Keras runs whole executions even across an epoch's end, which would shift later epochs'
         # batches; so use the largest divisor of the steps per epoch up to the configured number.
@@ -139,7 +139,8 @@ def start_run(cfg, run_dir, resume, setup, vae):
     description = {**setup.description, "likelihood": vae.likelihood.describe(), "prior": vae.prior.describe()}
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
-                        epochs_planned=cfg.train.epochs, objective=description, notes=setup.notes)
+                        epochs_planned=cfg.train.epochs, objective=description,
+                        notes=setup.digits.notes + setup.notes)
 
 
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
@@ -219,7 +220,6 @@ def train(cfg, callbacks=(), quiet_console=False):
     for note in digits.notes:  # The data's own warnings come before anything that depends on them.
         print(note)
     setup = Setup(cfg, digits)
-    setup.notes = setup.notes[len(digits.notes):]
     thread_note = configure_threads(setup.batch_shards)
     if thread_note:
         setup.notes.append(thread_note)
@@ -231,7 +231,6 @@ def train(cfg, callbacks=(), quiet_console=False):
     for note in setup.notes:
         print(note)
     print(where)
-    run_lock = runs.lock_run_dir(run_dir)  # noqa: F841  Held until train() returns; another process is refused.
 
     import keras  # See Setup.
     import tensorflow as tf
@@ -241,6 +240,8 @@ def train(cfg, callbacks=(), quiet_console=False):
         tf.config.experimental.enable_op_determinism()
     vae = setup.build_vae()
     history = []
+    # Taken last before the folder's first files: an interruption before this leaves no folder behind.
+    run_lock = runs.lock_run_dir(run_dir)  # noqa: F841  Held until train() returns; another process is refused.
     try:
         start_run(cfg, run_dir, resume, setup, vae)
         if quiet_console:
@@ -260,6 +261,12 @@ def train(cfg, callbacks=(), quiet_console=False):
         runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")
         return EXIT_INTERRUPTED, run_dir
+    except OSError as error:  # A full disk, say: record it if we still can; runs.guard says it in one line.
+        try:
+            runs.update_summary(run_dir, status="failed", error=runs.first_line(error), epochs_completed=len(history))
+        except OSError:
+            pass
+        raise
     return 0, run_dir
 
 

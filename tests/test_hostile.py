@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 import config
+import evaluate
 import runs
 import sweep
 import train
-from conftest import ROOT, quick_sets, run_cli
+from conftest import ROOT, quick_config, quick_sets, run_cli
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -292,3 +293,122 @@ def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
     if runs.pid_alive(pid) and not mark.exists():
         os.kill(pid, signal.SIGKILL)
     assert mark.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py on damaged run folders, and faults outside training. One finished run is shared.
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    status, run_dir = train.train(quick_config(out, "output.run_name=done", "output.tensorboard=false"))
+    assert status == 0
+    return run_dir
+
+
+def copy_of(run_dir, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def damage_model(run_dir, how):
+    import zipfile
+
+    path = os.path.join(run_dir, "model.keras")
+    if how == "truncated":
+        with open(path, "rb") as handle:
+            data = handle.read()
+        with open(path, "wb") as handle:
+            handle.write(data[: len(data) // 3])
+    elif how == "empty":
+        open(path, "wb").close()
+    elif how == "not a zip":
+        with open(path, "w") as handle:
+            handle.write("hello")
+    elif how == "directory":
+        os.remove(path)
+        os.mkdir(path)
+    else:  # Rewrite one member of the archive.
+        member, text = how
+        with zipfile.ZipFile(path) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        members[member] = text.encode() if isinstance(text, str) else text
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+
+
+LAMBDA_CONFIG = ('{"module": "keras.layers", "class_name": "Lambda", "config": {"name": "l", "function": '
+                 '{"class_name": "__lambda__", "config": {"code": "YWJj", "defaults": null, "closure": null}}}}')
+SYSTEM_CONFIG = '{"module": "os", "class_name": "system", "config": "echo pwned > /tmp/vae_pwned"}'
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "not a zip", "directory", ("config.json", "garbage{"),
+                                 ("config.json", LAMBDA_CONFIG), ("config.json", SYSTEM_CONFIG),
+                                 ("model.weights.h5", b"not hdf5")],
+                         ids=["truncated", "empty", "not-zip", "directory", "garbage-config", "lambda", "os-system",
+                              "garbage-weights"])
+def test_evaluate_refuses_a_damaged_or_unsafe_model_in_one_line(finished_run, tmp_path, capsys, how):
+    run_dir = copy_of(finished_run, tmp_path)
+    damage_model(run_dir, how)
+    assert evaluate.main(["--run", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not os.path.exists("/tmp/vae_pwned")
+
+
+@pytest.mark.parametrize("file, text, fragment", [
+    ("summary.json", "[1, 2]", "holds no finished run"),
+    ("summary.json", '{"status": "complete"}', "does not name its dataset"),
+    ("summary.json", '{"status": "complete", "dataset": "imagenet"}', "cannot be used"),
+    ("metrics.csv", "epoch,loss\n1,abc\n", "not a number"),
+    ("config.yaml", "model: [1, 2", "cannot be used"),
+])
+def test_evaluate_refuses_damaged_run_files_in_one_line(finished_run, tmp_path, capsys, file, text, fragment):
+    run_dir = copy_of(finished_run, tmp_path)
+    with open(os.path.join(run_dir, file), "w") as handle:
+        handle.write(text)
+    assert evaluate.main(["--run", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+@pytest.mark.parametrize("k, fragment", [("-5", "from 1 to"), ("0", "from 1 to"), ("many", "expects an integer"),
+                                         (str(10 ** 30), "from 1 to")])
+def test_evaluate_checks_iwae_k(finished_run, capsys, k, fragment):
+    assert evaluate.main(["--run", str(finished_run), "--iwae-k", k]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_ctrl_c_during_the_final_evaluation_leaves_an_interrupted_run_that_resumes(tmp_path, monkeypatch):
+    real = evaluate.evaluate_run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    cfg = quick_config(tmp_path, "output.run_name=late", "output.tensorboard=false")
+    status, run_dir = train.train(cfg)
+    assert status == train.EXIT_INTERRUPTED and runs.run_status(run_dir) == "interrupted"
+    monkeypatch.setattr(evaluate, "evaluate_run", real)
+    summary = train.run(cfg)
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 1
+
+
+def test_a_full_disk_during_training_is_one_line_exit_4_and_resumable(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr(runs, "save_checkpoint", full)
+    args = quick_sets(tmp_path, "output.run_name=full", "output.tensorboard=false")
+    assert train.main(args) == runs.EXIT_ENVIRONMENT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: No space left on device"), err
+    assert runs.run_status(os.path.join(tmp_path, "full")) == "failed"
+    monkeypatch.undo()
+    assert train.main(args) == 0 and runs.run_status(os.path.join(tmp_path, "full")) == "complete"

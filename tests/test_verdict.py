@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 
-N = 2000
+N = 1000
 
 
 def code(signal, noise, n=N, seed=0):
