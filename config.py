@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 PRIORS = ("standard_normal", "normal", "mixture", "vamp")
 SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
 # λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
@@ -202,6 +203,9 @@ class TrainConfig:
     batch_shards: int = _f(
         0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
            "1 with a GPU.", ge=0, le=64)
+    precision: Literal[PRECISIONS] = _f(
+        "float32", "Arithmetic of the encoder and decoder: float32 (the tutorial's) or mixed bf16/fp16 (weights, "
+                   "losses, evaluation and model.keras stay float32).")
 
 
 @dataclass

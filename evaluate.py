@@ -61,7 +61,7 @@ def _decode_logits(vae, z):
 def encode(vae, x):
     """Posterior moments for many digits, in batches: z_mean, z_log_var as (n, latent_dim) arrays."""
     parts = [vae.encoder_moments(x[i:i + DECODE_BATCH], training=False) for i in range(0, len(x), DECODE_BATCH)]
-    return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(2)]
+    return [np.concatenate([np.asarray(p[j], dtype="float32") for p in parts]) for j in range(2)]
 
 
 def evaluation_log_sigma(vae, x, z_mean):

@@ -21,12 +21,12 @@ import tensorflow as tf
 from keras import layers
 
 
-def column_mask(dj, height, width):
-    """(H·W,) float mask of the flattened image: 1 where column c + dj lies inside it; None if dj = 0."""
+def column_mask(dj, height, width, dtype="float32"):
+    """(H·W,) mask of the flattened image, of dtype: 1 where column c + dj lies inside it; None if dj = 0."""
     if dj == 0:
         return None
     columns = np.arange(height * width) % width
-    return tf.constant(((columns + dj >= 0) & (columns + dj < width)).astype("float32"))
+    return tf.constant(((columns + dj >= 0) & (columns + dj < width)).astype("float32"), dtype=dtype)
 
 
 def tap_conv_transpose(x, kernel):
@@ -69,7 +69,7 @@ def tap_conv_transpose(x, kernel):
         for j in range(kw):
             starts = [pad + (i - ph) * width + j - pw for i in range(kh)]  # Reading pixel + di·W + dj.
             term = tf.add_n([padded[i, j, :, :, s:s + size] for i, s in enumerate(starts)])  # (out, batch, H·W)
-            mask = column_mask(j - pw, height, width)
+            mask = column_mask(j - pw, height, width, x.dtype)
             terms.append(term if mask is None else term * mask)
         y = tf.reshape(tf.add_n(terms), (out_channels, -1, height, width))
         y = tf.transpose(y, (1, 2, 3, 0))  # (batch, H, W, out)
@@ -81,7 +81,7 @@ def tap_conv_transpose(x, kernel):
             for i, j in taps:
                 start = pad - (i - ph) * width - (j - pw)
                 plane = padded_dy[:, :, start:start + size]
-                mask = column_mask(pw - j, height, width)
+                mask = column_mask(pw - j, height, width, x.dtype)
                 shifted.append(plane if mask is None else plane * mask)
             dplanes = tf.reshape(tf.stack(shifted), (kh * kw * out_channels, -1))  # (kh·kw·out, batch·H·W)
             dx = tf.matmul(dplanes, weights, transpose_a=True, transpose_b=True)  # (batch·H·W, in)

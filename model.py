@@ -62,7 +62,7 @@ def build_encoder(latent_dim, seed=None, image_shape=IMAGE_SHAPE):
     x = layers.Dense(16, activation="relu")(x)
     z_mean = layers.Dense(latent_dim, name="z_mean")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
-    z = Sampling(seed=seed, name="z")([z_mean, z_log_var])
+    z = Sampling(seed=seed, name="z", dtype="float32")([z_mean, z_log_var])  # Noise in float32 under any policy.
     return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
 
 
@@ -203,7 +203,7 @@ class VAE(keras.Model):
 
     def decode(self, z):
         """Latent codes (batch, latent_dim) -> mean images (batch, H, W, C)."""
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(ops.cast(self.decoder(z), "float32"))
 
     @property
     def sampling(self):
@@ -255,9 +255,11 @@ class VAE(keras.Model):
         epsilon = self.sampling.draw((ops.shape(x)[0], self.latent_dim))
 
         def one_slice(images, noise):
-            z_mean, z_log_var = self.encoder_moments(images, training=training)
+            # Under a mixed-precision policy the networks compute in 16 bits; the code, the KL and the
+            # likelihood are computed in float32 from here on. (No-ops in float32.)
+            z_mean, z_log_var = (ops.cast(t, "float32") for t in self.encoder_moments(images, training=training))
             z = reparameterize(z_mean, z_log_var, noise)
-            return z_mean, z_log_var, z, self.decoder(z, training=training)
+            return z_mean, z_log_var, z, ops.cast(self.decoder(z, training=training), "float32")
 
         return map_shards(one_slice, [x, epsilon], self.batch_shards)
 
@@ -289,7 +291,8 @@ class VAE(keras.Model):
         x = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
-        grads = tape.gradient(terms["loss"], self.trainable_weights)
+        # scale_loss is the identity except under mixed_float16's LossScaleOptimizer, whose apply unscales.
+        grads = tape.gradient(self.optimizer.scale_loss(terms["loss"]), self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         return self._report(terms, ops.shape(x)[0])
 
@@ -346,8 +349,17 @@ def _from_version_1_config(cls, config):
     return vae
 
 
-def build_vae(model_cfg, loss_cfg, seed, image_shape=IMAGE_SHAPE):
-    """The VAE a config describes (model and loss sections), for images of image_shape (H, W, C)."""
-    encoder = build_encoder(model_cfg.latent_dim, seed=seed, image_shape=image_shape)
-    decoder = build_decoder(model_cfg.latent_dim, model_cfg.fast_layers, image_shape)
+def build_vae(model_cfg, loss_cfg, seed, image_shape=IMAGE_SHAPE, precision="float32"):
+    """The VAE a config describes (model and loss sections), for images of image_shape (H, W, C).
+
+    precision: the Keras dtype policy of the encoder's and decoder's layers (train.precision); the
+    sampling layer, the likelihood and the prior stay float32, and so do all weights.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        encoder = build_encoder(model_cfg.latent_dim, seed=seed, image_shape=image_shape)
+        decoder = build_decoder(model_cfg.latent_dim, model_cfg.fast_layers, image_shape)
+    finally:
+        keras.config.set_dtype_policy(previous)
     return VAE(encoder, decoder, likelihoods.build(loss_cfg), priors.build(model_cfg, image_shape))

@@ -97,21 +97,31 @@ class Setup:
         # batches; so use the largest divisor of the steps per epoch up to the configured number.
         limit = min(train.steps_per_execution, self.steps_per_epoch)
         self.steps_per_execution = max(k for k in range(1, limit + 1) if self.steps_per_epoch % k == 0)
+        if train.precision != "float32":
+            self.notes.append(f"NOTE: the encoder and decoder compute in {train.precision} (weights, the losses, the "
+                              f"evaluation and model.keras stay float32).")
         if self.steps_per_execution != train.steps_per_execution:
             self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
                               f"of the {self.steps_per_epoch} steps per epoch up to train.steps_per_execution "
                               f"{train.steps_per_execution}); same math, different speed.")
 
-    def build_vae(self):
-        """The configured VAE, compiled with the run's optimizer, objective and batch slices."""
+    def build_vae(self, precision=None):
+        """The configured VAE, compiled with the run's optimizer, objective and batch slices.
+
+        precision: train.precision by default; finish builds a float32 twin to save and evaluate.
+        """
         import keras  # See Setup.
 
         import model
 
         cfg = self.cfg
-        vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape)
-        vae.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate), objective=self.objective,
-                    batch_shards=self.batch_shards, steps_per_execution=self.steps_per_execution)
+        precision = precision or cfg.train.precision
+        vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape, precision)
+        optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
+        if precision == "mixed_float16":  # float16 gradients underflow without a (dynamic) loss scale.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        vae.compile(optimizer=optimizer, objective=self.objective, batch_shards=self.batch_shards,
+                    steps_per_execution=self.steps_per_execution)
         return vae
 
 
@@ -139,7 +149,7 @@ def start_run(cfg, run_dir, resume, setup, vae):
     description = {**setup.description, "likelihood": vae.likelihood.describe(), "prior": vae.prior.describe()}
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
-                        epochs_planned=cfg.train.epochs, objective=description,
+                        epochs_planned=cfg.train.epochs, objective=description, precision=cfg.train.precision,
                         notes=setup.digits.notes + setup.notes)
 
 
@@ -177,6 +187,9 @@ def finish(setup, vae, run_dir, history):
     import plots
 
     cfg = setup.cfg
+    if cfg.train.precision != "float32":  # Save and evaluate the trained weights in float32 arithmetic.
+        trained, vae = vae, setup.build_vae("float32")
+        vae.set_weights(trained.get_weights())
     runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
     plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
                       f"Loss per epoch: {setup.description['formula']} (effective β = "

@@ -240,3 +240,28 @@ def test_a_model_saved_by_version_1_loads_with_identical_outputs(name):
     if name == "v1_gaussian_learned":
         assert math.isclose(float(vae.likelihood.learned_log_sigma), -1.3, rel_tol=1e-6)  # Moved from the VAE.
         assert vae.terms_tracker.names[-1] == "sigma"
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_computes_the_networks_in_16_bits_and_the_objective_in_float32(precision):
+    import config
+
+    cfg = config.from_dict({"loss": {"likelihood": "gaussian", "gaussian_sigma": "learned"}})
+    mixed = model.build_vae(cfg.model, cfg.loss, 0, precision=precision)
+    plain = model.build_vae(cfg.model, cfg.loss, 0)
+    assert mixed.decoder.get_layer("logits").compute_dtype == precision.split("_")[1]
+    assert mixed.encoder.get_layer("z").compute_dtype == "float32"  # The sampling noise stays float32.
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    plain.set_weights(mixed.get_weights())
+    x = images(16)
+    for vae in (mixed, plain):
+        vae.compile(optimizer="adam")
+        vae.reseed(0)
+    terms_mixed, terms_plain = mixed.compute_terms(x, training=False), plain.compute_terms(x, training=False)
+    assert all(t.dtype == "float32" for t in terms_mixed.values())
+    assert float(terms_mixed["neg_elbo"]) == pytest.approx(float(terms_plain["neg_elbo"]), rel=1e-3)
+    # 16-bit arithmetic rounds to 3 (bfloat16) or 4 (float16) significant digits: the logits agree to that.
+    z = plain.encoder_moments(x)[0]
+    logits_mixed, logits_plain = (np.asarray(v.decoder(z), dtype="float64") for v in (mixed, plain))
+    error = np.abs(logits_mixed - logits_plain).max() / np.abs(logits_plain).max()
+    assert 1e-6 < error < 3e-2

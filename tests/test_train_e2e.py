@@ -223,6 +223,7 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
     ["model.prior=normal", "model.prior_scale=0.5"],
     ["model.prior=mixture", "model.prior_components=3"],
     ["model.prior=vamp", "model.prior_components=3"],
+    ["train.precision=mixed_bfloat16"],
 ])
 def test_every_option_trains_without_nan(tmp_path, extra):
     assert train.main(quick_sets(tmp_path, *extra)) == 0
@@ -234,6 +235,11 @@ def test_every_option_trains_without_nan(tmp_path, extra):
     assert summary["validation"]["iwae_nll_nats"] <= summary["validation"]["neg_elbo_nats"] + 0.05
     with open(os.path.join(run_dir, "metrics.csv")) as handle:
         assert all(np.isfinite(float(v)) for row in csv.DictReader(handle) for v in row.values())
+    if "train.precision=mixed_bfloat16" in extra:  # Trained in bfloat16, saved and evaluated in float32.
+        import keras
+
+        saved = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
+        assert saved.decoder.get_layer("logits").compute_dtype == "float32" and summary["precision"] == "mixed_bfloat16"
 
 
 def test_batch_shards_resolve_and_threads_are_left_alone_once_tensorflow_runs(monkeypatch):
