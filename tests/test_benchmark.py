@@ -7,6 +7,9 @@ import sys
 
 from conftest import ROOT
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import throughput  # noqa: E402
+
 
 def test_throughput_benchmark_prints_its_table_and_speedup_line_last():
     result = subprocess.run(
@@ -16,8 +19,11 @@ def test_throughput_benchmark_prints_its_table_and_speedup_line_last():
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup_vs_tutorial=\d+\.\d{3}", lines[-1])
-    rows = {line.split()[0]: line.split() for line in lines if re.match(r"(tutorial|ours|plain)\s+\d", line)}
-    assert set(rows) == {"tutorial", "ours", "plain"}
+    rows = {line.split()[0]: line.split() for line in lines
+            if re.match(r"(tutorial|ours|plain|mixed_bfloat16)\s+\d", line)}
+    bf16 = throughput.cpu_has_bf16()
+    assert set(rows) == {"tutorial", "ours", "plain"} | ({"mixed_bfloat16"} if bf16 else set())
+    assert any(re.fullmatch(r"speedup_mixed_bfloat16_vs_tutorial=\d+\.\d{3}", line) for line in lines) == bf16
     assert float(rows["tutorial"][3]) == 1.0  # the tutorial's ratio to itself
     assert float(rows["ours"][4]) == 1.0
     assert "plain: 1 batch shard(s)" in result.stdout
