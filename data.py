@@ -201,7 +201,8 @@ def _read_image(file):
         raise DataError(f"'{file}' is not a PNG or JPEG image; data.source folder reads only images, so move "
                         f"it out of the folder.")
     except Exception as error:  # OSError on truncated files, PermissionError, decompression bombs.
-        raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {error}); replace it "
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {reason}); replace it "
                         f"or move it out of the folder.")
     return array
 
@@ -264,7 +265,8 @@ def load_digits(data_cfg, seed=0):
 
     Args:
         data_cfg: config.DataConfig: source (auto, mnist, fashion_mnist, cifar10, mnist_embedded, npz
-            or folder), path (the .npz for npz, the folder for folder), limit (keep the first `limit` training digits), train_on
+            or folder), path (the .npz for npz, the folder for folder), limit (keep the first `limit`
+            training digits), train_on
             ("train" validates on the held-out split; "all" also trains on it), binarize ("none",
             "static": sampled once, "dynamic": validation sampled once here, training digits
             resampled in every batch by train_batches).
@@ -287,8 +289,9 @@ def load_digits(data_cfg, seed=0):
         name = f"folder:{data_cfg.path}"
         notes.append(f"NOTE: data.source folder: {_shape_text(train[0].shape[1:])} (H×W×C) images, labels "
                      f"{_label_text(label_names)}. A folder has no test split, so "
-                     f"{FOLDER_VALIDATION_FRACTION:.0%} of each label's images (at least 1), chosen by train.seed, "
-                     f"are held out for validation: {len(train[0])} training and {len(test[0])} validation images.")
+                     f"{FOLDER_VALIDATION_FRACTION:.0%} of each label's images (at least 1 of a label with two or "
+                     f"more), chosen by train.seed, are held out for validation: {len(train[0])} training and "
+                     f"{len(test[0])} validation images.")
     elif source == "mnist_embedded":
         train, test = load_embedded_mnist(seed)
         name = source
