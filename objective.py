@@ -6,7 +6,7 @@ rec_scale·[Σ NLL + β·KL] with β = λ·kl_scale/rec_scale. Gradient descent 
 not care about the overall positive factor rec_scale (Adam almost entirely
 ignores it), so the run optimises a β-VAE objective with this β. β = 1 is the
 ELBO (Kingma & Welling 2014); β_norm = β·J/D is the normalised β of Higgins
-et al. (2017), with J latent dimensions and D pixels.
+et al. (2017), with J latent dimensions and D = H·W·C pixel values.
 """
 
 import dataclasses
@@ -96,8 +96,10 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
         meaning = f"a β-VAE objective that weights the KL {beta:g}× more than the ELBO does"
     else:
         meaning = f"a β-VAE objective that weights the KL at {beta:g}× the ELBO's weight"
+    # D = H·W·C pixel values (784 for MNIST, 3,072 for 32×32 RGB) and J: the sizes β_norm = β·J/D uses.
     result = {"formula": formula, "meaning": meaning, "effective_beta": beta,
-              "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight}
+              "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight,
+              "num_pixels": int(num_pixels), "latent_dim": int(latent_dim)}
     if likelihood == "gaussian" and isinstance(gaussian_sigma, (int, float)):
         # SSE/(2σ²) + β·KL = (1/(2σ²))·[SSE + 2σ²β·KL] up to a constant.
         result["sse_equivalent_beta"] = 2.0 * gaussian_sigma ** 2 * beta

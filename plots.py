@@ -1,8 +1,9 @@
 """Figures a person reads: reconstruction grids, latent plots, loss curves, schedules.
 
 Every function takes plain numpy arrays (or a decode function) and a path, and
-writes one PNG atomically. One convention throughout: 150 dpi, digits dark on light
-(`gray_r`), as printed digits are.
+writes one PNG atomically. One convention throughout: 150 dpi, greyscale images dark on
+light (`gray_r`), as printed digits are; colour images (C = 3) as they are. Images are
+(n, H, W, C) in [0, 1] with C = 1 or 3, any H×W.
 """
 
 import io
@@ -41,16 +42,39 @@ def _suptitle(fig, title, fontsize=10):
         fig.suptitle(_wrap(title, fig.get_figwidth(), fontsize), fontsize=fontsize)
 
 
-def pick_one_per_class(labels, per_class=1):
-    """Indices of the first `per_class` examples of every label, ordered by label."""
+GRID_COLUMNS = 10  # Columns a reconstruction grid aims at: one per MNIST class.
+MAX_GRID_CLASSES = 20  # More labels than this (a folder of many): the grid shows the first ones.
+
+
+def pick_one_per_class(labels, per_class=None):
+    """Indices of the first `per_class` examples of every label, ordered by label. By default one per
+    label, or more when there are fewer than GRID_COLUMNS labels (a folder with one or three labels
+    still fills a row of about ten); at most MAX_GRID_CLASSES labels."""
+    classes = np.unique(labels)[:MAX_GRID_CLASSES]
+    per_class = per_class or max(1, GRID_COLUMNS // len(classes))
     chosen = []
-    for label in np.unique(labels):
+    for label in classes:
         chosen.extend(np.flatnonzero(labels == label)[:per_class].tolist())
     return np.array(chosen)
 
 
+def _show(ax, image, **kwargs):
+    """imshow of one (H, W, C) image in [0, 1]: greyscale (C = 1) dark on light, colour as it is."""
+    image = np.clip(np.asarray(image), 0, 1)
+    if image.shape[-1] == 1:
+        return ax.imshow(image[..., 0], cmap=DIGIT_CMAP, vmin=0, vmax=1, **kwargs)
+    return ax.imshow(image, **kwargs)
+
+
+def _tile(images, rows, cols):
+    """(rows·cols, H, W, C) images as one (rows·H, cols·W, C) image, row by row."""
+    _, height, width, channels = images.shape
+    grid = images[:rows * cols].reshape(rows, cols, height, width, channels).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * height, cols * width, channels)
+
+
 def image_rows(rows, row_titles, col_titles, path, title=None):
-    """A grid of 28×28 images: one row per entry of `rows` (each (n, 28, 28, 1)), labelled.
+    """A grid of images: one row per entry of `rows` (each (n, H, W, C), C = 1 or 3), labelled.
 
     A long `title` (e.g. with β, −ELBO and the verdict) is wrapped to the figure's width.
     """
@@ -61,7 +85,7 @@ def image_rows(rows, row_titles, col_titles, path, title=None):
     for r, (images, row_title) in enumerate(zip(rows, row_titles)):
         for c in range(n_cols):
             ax = axes[r, c]
-            ax.imshow(np.clip(images[c, ..., 0], 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1)
+            _show(ax, images[c])
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0 and col_titles is not None:
@@ -86,11 +110,9 @@ def latent_manifold(decode, path, n=20, scale=1.0, extent=None, title=None):
     xs = np.linspace(xmin, xmax, n, dtype="float32")
     ys = np.linspace(ymin, ymax, n, dtype="float32")
     z = np.array([[xi, yi] for yi in ys[::-1] for xi in xs], dtype="float32")  # (n*n, 2), top row = max y
-    images = decode(z)[..., 0].reshape(n, n, 28, 28)
-    figure = images.transpose(0, 2, 1, 3).reshape(n * 28, n * 28)
+    figure = _tile(np.asarray(decode(z)), n, n)  # (n·H, n·W, C)
     fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(np.clip(figure, 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1, extent=(xmin, xmax, ymin, ymax),
-              aspect="auto")
+    _show(ax, figure, extent=(xmin, xmax, ymin, ymax), aspect="auto")
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     ax.set_title(_wrap(title or "Digits decoded across the latent space", 8, 12))
@@ -100,12 +122,13 @@ def latent_manifold(decode, path, n=20, scale=1.0, extent=None, title=None):
 def latent_clusters(z_mean, labels, path, dims=(0, 1)):
     """Posterior means of validation digits, coloured by class, on two latent dimensions."""
     fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = "tab10" if len(np.unique(labels)) <= 10 else "tab20"  # Distinct colours for up to 20 folder labels.
     if z_mean.shape[1] == 1:
-        points = ax.scatter(z_mean[:, 0], np.zeros(len(z_mean)), c=labels, cmap="tab10", s=4)
+        points = ax.scatter(z_mean[:, 0], np.zeros(len(z_mean)), c=labels, cmap=cmap, s=4)
     else:
-        points = ax.scatter(z_mean[:, dims[0]], z_mean[:, dims[1]], c=labels, cmap="tab10", s=4)
+        points = ax.scatter(z_mean[:, dims[0]], z_mean[:, dims[1]], c=labels, cmap=cmap, s=4)
         ax.set_ylabel(f"z_mean[{dims[1]}]")
-    fig.colorbar(points, ax=ax, label="digit")
+    fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(f"z_mean[{dims[0]}]")
     ax.set_title("Validation digits in the latent space (posterior means)")
     _save(fig, path)
@@ -331,11 +354,10 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=
 
 
 def samples(images, path, title="Samples from the prior"):
-    """A square grid of images (n, 28, 28, 1)."""
+    """A square grid of images (n, H, W, C)."""
     side = int(np.sqrt(len(images)))
-    grid = images[: side * side, ..., 0].reshape(side, side, 28, 28).transpose(0, 2, 1, 3)
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(np.clip(grid.reshape(side * 28, side * 28), 0, 1), cmap=DIGIT_CMAP, vmin=0, vmax=1)
+    _show(ax, _tile(np.asarray(images), side, side))
     ax.set_axis_off()
     ax.set_title(_wrap(title, 6, 12))
     _save(fig, path)

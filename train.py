@@ -29,6 +29,7 @@ EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EX
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md).
 SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
+MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at (Setup).
 
 
 def available_threads():
@@ -96,14 +97,19 @@ class Setup:
         # Keras runs whole executions even across an epoch's end, which would shift later epochs'
         # batches; so use the largest divisor of the steps per epoch up to the configured number.
         limit = min(train.steps_per_execution, self.steps_per_epoch)
+        bound = f"train.steps_per_execution {train.steps_per_execution}"
+        terminal_limit = max(1, self.steps_per_epoch // MIN_EXECUTIONS_IN_A_TERMINAL)
+        if sys.stdout.isatty() and terminal_limit < limit:  # Keras's bar moves once per execution.
+            limit, bound = terminal_limit, (f"{terminal_limit}, so that the progress bar in this terminal moves "
+                                            f"at least {MIN_EXECUTIONS_IN_A_TERMINAL} times an epoch")
         self.steps_per_execution = max(k for k in range(1, limit + 1) if self.steps_per_epoch % k == 0)
         if train.precision != "float32":
             self.notes.append(f"NOTE: the encoder and decoder compute in {train.precision} (weights, the losses, the "
                               f"evaluation and model.keras stay float32).")
         if self.steps_per_execution != train.steps_per_execution:
             self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
-                              f"of the {self.steps_per_epoch} steps per epoch up to train.steps_per_execution "
-                              f"{train.steps_per_execution}); same math, different speed.")
+                              f"of the {self.steps_per_epoch} steps per epoch up to {bound}); same math, "
+                              f"different speed.")
 
     def build_vae(self, precision=None):
         """The configured VAE, compiled with the run's optimizer, objective and batch slices.

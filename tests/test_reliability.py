@@ -165,7 +165,8 @@ def test_a_valid_npz_trains(tmp_path):
 
 @pytest.mark.parametrize("change, fragment", [
     ({"x_train": None}, "lacks x_train"),
-    ({"x_train": np.zeros((5, 32, 32))}, "must have shape (N, 28, 28)"),
+    ({"x_train": np.zeros((5, 30, 30))}, "H and W must be divisible by 4"),
+    ({"x_train": np.zeros((5, 32, 32))}, "x_train images are 32×32×1 but x_test images are 28×28×1"),
     ({"x_train": np.full((300, 28, 28), 300.0)}, "pixels must lie in [0, 1] or [0, 255]"),
     ({"x_train": np.full((300, 28, 28), np.nan)}, "NaN"),
     ({"y_train": np.zeros(7, "int64")}, "must be 300 integer labels"),
