@@ -156,7 +156,7 @@ def start_run(cfg, run_dir, resume, setup, vae):
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
                         epochs_planned=cfg.train.epochs, objective=description, precision=cfg.train.precision,
-                        notes=setup.digits.notes + setup.notes)
+                        notes=setup.digits.notes + setup.notes, label_names=setup.digits.label_names)
 
 
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import config
 import runs
-import train
 from conftest import ROOT, run_cli
 
 

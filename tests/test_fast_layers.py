@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 import fast_layers
-import data
 import model
 from conftest import ROOT, build_vae
 
