@@ -428,6 +428,15 @@ def from_dict(raw, extra_sections=()):
     return cfg
 
 
+def with_defaults(raw):
+    """A config dict as this version reads it: every field present, defaults filled in for fields that an
+    earlier version did not have. A dict this version refuses comes back unchanged (it then differs)."""
+    try:
+        return from_dict(raw).to_dict()
+    except (ConfigError, TypeError):
+        return raw
+
+
 def read_yaml(path):
     """Read a YAML file with the bounded safe loader; every failure is a ConfigError of one line."""
     try:

@@ -172,10 +172,10 @@ def diagnose(validation, context):
     latent_dim, total = len(per_unit), validation["mutual_information_nats"]
     informative = int(sum(value >= INFORMATIVE_UNIT_NATS for value in per_unit))
     spread = validation["reconstruction_spread"]
-    numbers = (f"I(x; z) = {total:.3f} nats (this estimate shows at most log N = "
+    numbers = (f"I(x; z) = {_nats(total)} nats (this estimate shows at most log N = "
                f"{validation['mutual_information_cap_nats']:.2f}); {informative}/{latent_dim} units carry at "
-               f"least {INFORMATIVE_UNIT_NATS:g} nats; KL {validation['kl_nats']:.3f} nats = {total:.3f} of "
-               f"information + {validation['marginal_kl_nats']:.3f} of mismatch between the codes' overall "
+               f"least {INFORMATIVE_UNIT_NATS:g} nats; KL {_nats(validation['kl_nats'])} nats = {_nats(total)} of "
+               f"information + {_nats(validation['marginal_kl_nats'])} of mismatch between the codes' overall "
                f"distribution and the prior; reconstructions vary {spread:.1%} as much as the inputs")
     if total < COLLAPSED_BELOW_NATS:
         state = "collapsed"
@@ -193,6 +193,11 @@ def diagnose(validation, context):
         reason = f"healthy: every latent unit carries information ({numbers})."
     return {"state": state, "detected": state == "collapsed", "informative_units": informative,
             "reason": reason, "advice": advice(state, informative, latent_dim, context)}
+
+
+def _nats(value):
+    """Nats to 3 decimals, with estimates that round to zero printed as 0.000 rather than -0.000."""
+    return f"{0.0 if abs(value) < 5e-4 else value:.3f}"
 
 
 def advice(state, informative, latent_dim, context):

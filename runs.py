@@ -191,7 +191,8 @@ def _same_settings(run_dir, cfg_dict):
             stored = yaml.safe_load(handle)
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(stored, dict) and config_fingerprint(stored) == config_fingerprint(cfg_dict)
+    # Filled with defaults: a run started by a version with fewer settings resumes with this one.
+    return isinstance(stored, dict) and config_fingerprint(config.with_defaults(stored)) == config_fingerprint(cfg_dict)
 
 
 def choose_run_dir(cfg_dict):

@@ -161,10 +161,7 @@ def make_plan(args):
     grid = add_seeds(check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid),
                      args.seeds, base.train.seed)
     planned = plan_runs(raw, grid)
-    base_dict = base.to_dict()
-    for key in ("dir", "run_name"):  # Where outputs go is not part of what the sweep means.
-        del base_dict["output"][key]
-    spec = {"grid": grid, "base": base_dict}
+    spec = {"grid": grid, "base": sweep_base(base.to_dict())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
     name = args.name or yaml_name or "_".join(key.split(".")[1] for key in grid) + f"_{digest}"
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
@@ -177,12 +174,27 @@ def make_plan(args):
     return Plan(base, grid, spec, folder, planned, args.workers)
 
 
+def sweep_base(cfg_dict):
+    """The base config as sweep.yaml records it: every field, except where outputs go (not what the sweep means)."""
+    base = config.with_defaults(cfg_dict)
+    for key in ("dir", "run_name"):
+        base.get("output", {}).pop(key, None)
+    return base
+
+
+def same_sweep(stored, wanted):
+    """Whether a sweep.yaml holds the wanted sweep; fields added since it was written count at their defaults."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("base"), dict):
+        return False
+    return {**stored, "base": sweep_base(stored["base"])} == wanted
+
+
 def prepare_folder(plan):
     """Create the sweep folder, or check an existing one holds this very sweep; write each run's config."""
     spec_path = os.path.join(plan.folder, "sweep.yaml")
     wanted = yaml.safe_load(yaml.safe_dump(plan.spec))  # Compare as YAML reads it back.
     if os.path.exists(spec_path):
-        if config.read_yaml(spec_path) != wanted:
+        if not same_sweep(config.read_yaml(spec_path), wanted):
             raise config.ConfigError(f"{plan.folder} holds a different sweep (its sweep.yaml differs); "
                                      f"use another --name, or the settings recorded there.")
     elif os.path.isdir(plan.folder) and os.listdir(plan.folder):

@@ -297,3 +297,25 @@ def test_findings_with_a_failed_run():
     assert "Collapse follows effective β: every setting with β ≥ 784 collapsed in all seeds" in text
     assert sweep_report.aggregate(rows)[1]["n"] == 1 and sweep_report.aggregate(rows)[1]["planned"] == 2
     assert sweep_report.findings([make_row("b", 1.0, 1, 0, status="failed")]).startswith("No run has finished")
+
+
+def test_a_sweep_folder_of_an_earlier_version_is_recognised_with_the_new_fields_at_their_defaults():
+    import config
+
+    wanted = {"grid": {"loss.kl_weight": [1, 10]}, "base": sweep.sweep_base(config.Config().to_dict())}
+    older = {"grid": wanted["grid"], "base": {k: dict(v) for k, v in wanted["base"].items()}}
+    del older["base"]["train"]["precision"], older["base"]["output"]["tensorboard"]  # Fields added later.
+    assert sweep.same_sweep(older, wanted)
+    older["base"]["train"]["epochs"] = 3
+    assert not sweep.same_sweep(older, wanted)
+    assert not sweep.same_sweep(["not", "a", "spec"], wanted)
+
+
+def test_a_run_started_by_an_earlier_version_resumes(tmp_path):
+    import config
+
+    cfg = config.Config().to_dict()
+    stored = {k: dict(v) for k, v in cfg.items()}
+    del stored["train"]["precision"]
+    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(stored))
+    assert runs._same_settings(str(tmp_path), cfg)
