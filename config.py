@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 PRIORS = ("standard_normal", "normal", "mixture", "vamp")
 SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+DISTRIBUTE = ("none", "mirrored", "multi_worker")  # train.distribute; train.make_strategy builds each.
 
 # Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
 # λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
@@ -202,6 +203,9 @@ class TrainConfig:
     batch_shards: int = _f(
         0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
            "1 with a GPU.", ge=0, le=64)
+    distribute: Literal[DISTRIBUTE] = _f(
+        "none", "Data-parallel training with tf.distribute: none (one device), mirrored (every GPU of this machine) "
+                "or multi_worker (several machines, from $TF_CONFIG). batch_size stays the global batch.")
 
 
 @dataclass
