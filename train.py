@@ -161,6 +161,12 @@ class Setup:
             self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
                               f"of the {self.steps_per_epoch} steps per epoch up to train.steps_per_execution "
                               f"{train.steps_per_execution}); same math, different speed.")
+        if self.strategy and self.steps_per_execution > 1:
+            # Keras 3.15's multi-step loop fails under MirroredStrategy even for one Dense layer ("You must feed
+            # a value for placeholder tensor ... while/cond"), so a distributed run calls in once per step.
+            self.steps_per_execution = 1
+            self.notes.append(f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's "
+                              f"multi-step loop fails under tf.distribute); same math, a little slower.")
 
     def build_vae(self):
         """The configured VAE, compiled with the run's optimizer, objective and batch slices."""
