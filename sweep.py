@@ -249,7 +249,11 @@ def train_process(command, log_file, overrides, stop_wait=STOP_WAIT_SECONDS):
         log.flush()
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
-            return child.wait()
+            while True:  # Polling: ray.cancel sets Python's interrupt flag, which a blocking wait never sees.
+                try:
+                    return child.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
         except BaseException:
             child.send_signal(signal.SIGTERM)
             try:
@@ -442,6 +446,16 @@ def train_one(plan, run, executor, progress):
     return status, seconds
 
 
+def finished_futures(futures, poll_seconds=0.5):
+    """as_completed, waking every poll_seconds: a Ctrl-C that lands on another thread (Ray's, a pool's)
+    only sets Python's flag, which the main thread acts on when it runs, not while blocked in a wait."""
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=poll_seconds,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
+        yield from done
+
+
 def run_all(plan, executor=None):
     """Train the runs that are not finished yet, through executor (default: the local backend).
     Returns ({label: status}, {label: wall seconds})."""
@@ -460,7 +474,7 @@ def run_all(plan, executor=None):
     with concurrent.futures.ThreadPoolExecutor(executor.pool_size(todo)) as pool:
         futures = {pool.submit(train_one, plan, run, executor, progress): run for run in todo}
         try:
-            for future in concurrent.futures.as_completed(futures):
+            for future in finished_futures(futures):
                 label = futures[future].label
                 statuses[label], seconds = future.result()
                 walls[label] = walls.get(label, 0.0) + seconds  # A resumed run's wall time adds up.
