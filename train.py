@@ -164,6 +164,8 @@ class Setup:
         if self.strategy and self.steps_per_execution > 1:
             # Keras 3.15's multi-step loop fails under MirroredStrategy even for one Dense layer ("You must feed
             # a value for placeholder tensor ... while/cond"), so a distributed run calls in once per step.
+            if self.steps_per_execution != train.steps_per_execution:
+                self.notes.pop()  # The divisor note just above, superseded by this one.
             self.steps_per_execution = 1
             self.notes.append(f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's "
                               f"multi-step loop fails under tf.distribute); same math, a little slower.")
