@@ -29,6 +29,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # data.source: implemented in data.py (load_digits); the sources in PATH_SOURCES read data.path.
 DATA_SOURCES = ("auto", "mnist", "fashion_mnist", "cifar10", "mnist_embedded", "npz", "folder")
 PATH_SOURCES = ("npz", "folder")
+DISTRIBUTE = ("none", "mirrored", "multi_worker")  # train.distribute; train.make_strategy builds each.
 
 # Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
 # λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
@@ -211,6 +212,9 @@ class TrainConfig:
     precision: Literal[PRECISIONS] = _f(
         "float32", "Arithmetic of the encoder and decoder: float32 (the tutorial's) or mixed bf16/fp16 (weights, "
                    "losses, evaluation and model.keras stay float32).")
+    distribute: Literal[DISTRIBUTE] = _f(
+        "none", "Data-parallel training with tf.distribute: none (one device), mirrored (every GPU of this machine) "
+                "or multi_worker (several machines, from $TF_CONFIG). batch_size stays the global batch.")
 
 
 @dataclass

@@ -29,8 +29,9 @@ class Likelihood(keras.layers.Layer):
         """E[x|z] per pixel value, same shape as logits: the image a reconstruction shows."""
         return ops.sigmoid(logits)
 
-    def log_sigma(self, x, logits):
-        """log σ in force for this batch (a scalar), or None for likelihoods without a σ."""
+    def log_sigma(self, x, logits, batch_mean=None):
+        """log σ in force for this batch (a scalar), or None for likelihoods without a σ. batch_mean:
+        the mean over the global batch under tf.distribute (model.GlobalBatch.mean), else None."""
         return None
 
     def describe(self):
@@ -85,11 +86,11 @@ class Gaussian(Likelihood):
             log_sigma = self.log_sigma(x, logits)
         return losses.gaussian_nll(x, ops.sigmoid(logits), log_sigma)
 
-    def log_sigma(self, x, logits):
+    def log_sigma(self, x, logits, batch_mean=None):
         if self.sigma == "learned":
             return self.learned_log_sigma
         if self.sigma == "optimal":
-            return losses.optimal_log_sigma(x, ops.sigmoid(logits))
+            return losses.optimal_log_sigma(x, ops.sigmoid(logits), batch_mean)
         return ops.convert_to_tensor(math.log(float(self.sigma)), dtype="float32")
 
     def describe(self):

@@ -55,14 +55,23 @@ def gaussian_nll(x, mean, log_sigma):
     return -gaussian_log_density(x, mean, 2.0 * log_sigma)
 
 
-def optimal_log_sigma(x, mean):
+def optimal_log_sigma(x, mean, batch_mean=None):
     """log σ* for a Gaussian decoder with one shared σ: σ*² is the mean squared error over the batch.
 
     Floored at log σ = -6, as in the σ-VAE (Rybkin et al. 2021), so a perfect fit
     cannot drive the density to infinity. Returns a scalar.
+
+    batch_mean: (batch, ...) -> (...), the mean over the global batch when the batch is split
+    between replicas (model.GlobalBatch.mean); None: this batch's plain mean.
+    No gradient flows through σ*: it minimises the batch's mean NLL, D·[mse/(2σ²) + log σ] + const,
+    whose derivative in log σ, D·(1 - mse/σ²), is 0 at σ² = mse (below the floor σ* is a
+    constant), so the dropped term is 0 up to the 1e-12 guard (envelope theorem). Stopping it
+    also keeps replicated training exact: there each replica only sees its own examples' share
+    of ∂loss/∂σ, which is not 0 on its own.
     """
-    mse = ops.mean(ops.square(x - mean))
-    return ops.maximum(0.5 * ops.log(mse + 1e-12), -6.0)
+    squared = ops.square(x - mean)  # (batch, H, W, C)
+    mse = ops.mean(squared) if batch_mean is None else ops.mean(batch_mean(squared))
+    return ops.stop_gradient(ops.maximum(0.5 * ops.log(mse + 1e-12), -6.0))
 
 
 def continuous_bernoulli_log_norm(logits):
@@ -101,8 +110,14 @@ def continuous_bernoulli_mean(logits):
 
 
 def sum_over_pixels(per_pixel):
-    """Sum a (batch, ...) tensor over all but the batch axis; returns (batch,)."""
-    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], -1)), axis=1)
+    """Sum a (batch, ...) tensor over all but the batch axis; returns (batch,).
+
+    The flattened size is spelled out when it is static: reshape cannot infer a -1 for an empty
+    batch, which a replica gets when the global batch is smaller than the number of replicas.
+    """
+    inner = per_pixel.shape[1:]
+    size = math.prod(inner) if all(d is not None for d in inner) else -1
+    return ops.sum(ops.reshape(per_pixel, (ops.shape(per_pixel)[0], size)), axis=1)
 
 
 def gaussian_kl(z_mean, z_log_var, prior_log_var=0.0):
@@ -116,18 +131,24 @@ def gaussian_kl(z_mean, z_log_var, prior_log_var=0.0):
     return 0.5 * (ops.expm1(ratio) - ratio + ops.square(z_mean) * math.exp(-prior_log_var))
 
 
-def free_bits_kl(kl_per_dim, free_bits):
+def batch_average(values):
+    """The mean over the batch axis: (batch, ...) -> (...)."""
+    return ops.mean(values, axis=0)
+
+
+def free_bits_kl(kl_per_dim, free_bits, batch_mean=batch_average):
     """The KL the training objective sees under free bits (Kingma et al. 2016).
 
     Each dimension's KL is averaged over the batch and then floored at τ nats:
     sum_j max(mean_batch KL_j, τ). Below τ the gradient is zero, so the encoder is
     free to use those nats. Returns a scalar; with τ = 0 this is the batch-mean KL.
+    batch_mean averages over the (global) batch, see training_objective.
     """
-    return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
+    return ops.sum(ops.maximum(batch_mean(kl_per_dim), free_bits))
 
 
 def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reconstruction_reduction,
-                       kl_reduction, kl_weight, free_bits=0.0):
+                       kl_reduction, kl_weight, free_bits=0.0, batch_mean=batch_average):
     """The loss that training minimises, averaged over the batch. Returns a scalar.
 
     Per example: rec_scale·Σ_pixels NLL + kl_weight·kl_scale·Σ_j KL_j, where a
@@ -144,8 +165,12 @@ def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reco
         reconstruction_reduction, kl_reduction: "sum" or "mean".
         kl_weight: λ, a float or a scalar tensor (the weight in force under a schedule).
         free_bits: τ in nats per latent dimension; 0 disables it.
+        batch_mean: (batch, ...) -> (...), the mean over the batch. Under tf.distribute each replica
+            holds a slice of the global batch, and model.GlobalBatch.mean averages over the global
+            batch instead, so the free-bits floor max(mean KL_j, τ) and the reductions refer to the
+            global batch, as on one device.
     """
     rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
     kl_scale = 1.0 / latent_dim if kl_reduction == "mean" else 1.0
-    kl = free_bits_kl(kl_per_dim, free_bits)
-    return rec_scale * ops.mean(rec_per_example) + kl_weight * kl_scale * kl
+    kl = free_bits_kl(kl_per_dim, free_bits, batch_mean)
+    return rec_scale * batch_mean(rec_per_example) + kl_weight * kl_scale * kl

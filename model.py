@@ -102,6 +102,65 @@ def map_shards(fn, inputs, shards):
     return [tf.concat(parts, axis=0)[:batch] for parts in zip(*outputs)]
 
 
+class GlobalBatch:
+    """A replica's place in the step's global batch, and means over the global batch.
+
+    Under tf.distribute (train.distribute mirrored or multi_worker) Keras runs train_step once per
+    replica on its local slice of the global batch (MirroredStrategy: consecutive slices in replica
+    order, the first ones one example larger), and the optimizer SUMs the replicas' gradients.
+    mean(v) is the global-batch mean on every replica, with a gradient through this replica's own
+    examples only: local_sum/B + stop_gradient(all_reduce(local_sum)/B - local_sum/B), B the global
+    batch size. A loss built from such means, f(mean(a), mean(b), ...), has the single-device
+    value on every replica, and its gradient on replica r is f'·∂(replica r's share of the means):
+    the shares add up over the replicas to exactly the single-device gradient. So a sum or mean
+    reduction, λ and the free-bits floor max(mean KL_j, τ) keep their global-batch meaning, with no
+    1/replicas factor to forget (averaging per replica and then summing would multiply the
+    learning rate by the number of replicas).
+
+    Outside a replica context of more than one replica (one device; evaluation) every mean is the
+    plain batch mean, exactly as before this class existed.
+    """
+
+    def __init__(self, local_size):
+        self.local_size = local_size  # Examples on this replica (may be 0 for a last batch < replicas).
+        context = tf.distribute.get_replica_context()
+        self.context = context if context is not None and context.num_replicas_in_sync > 1 else None
+        self.size, self.offset = local_size, 0
+        if self.context is None:
+            return
+        replica = self.context.replica_id_in_sync_group
+        # Every replica's size in one all-reduce (float32: NCCL and the ring all-reduce both take it;
+        # exact below 2**24): (replicas,).
+        mine = tf.one_hot(replica, self.context.num_replicas_in_sync) * tf.cast(local_size, "float32")
+        sizes = tf.cast(self.context.all_reduce(tf.distribute.ReduceOp.SUM, mine), "int32")
+        self.size = tf.reduce_sum(sizes)
+        self.offset = tf.reduce_sum(sizes[:replica])
+
+    @property
+    def replicated(self):
+        return self.context is not None
+
+    def mean(self, values):
+        """(local batch, ...) -> (...): the mean over the global batch (see the class)."""
+        if self.context is None:
+            return ops.mean(values, axis=0)
+        local = ops.sum(values, axis=0) / ops.cast(self.size, values.dtype)
+        total = self.context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(local))
+        return local + tf.stop_gradient(total - local)
+
+    def local_mean(self, values):
+        """(local batch, ...) -> (...): the mean over this replica's examples (0 when it has none)."""
+        if self.context is None:
+            return ops.mean(values, axis=0)
+        return ops.divide_no_nan(ops.sum(values, axis=0), ops.cast(self.local_size, values.dtype))
+
+    def own_rows(self, global_values):
+        """This replica's rows of a (global batch, ...) tensor, in the order the batch was split."""
+        if self.context is None:
+            return global_values
+        return global_values[self.offset:self.offset + self.local_size]
+
+
 @keras.saving.register_keras_serializable(package="vae_kl")
 class WeightedMeans(keras.metrics.Metric):
     """Running means of several scalars, each batch weighted by its size; result() is {name: mean}.
@@ -196,6 +255,15 @@ class VAE(keras.Model):
     def metrics(self):
         return [self.terms_tracker]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (checked on 3.15) builds a model under tf.distribute from its first batch averaged over the
+        # replicas, which fails when the replicas' slices differ in size (a global batch of 45 on 2 replicas:
+        # 23 and 22 digits). This VAE is built at construction; with its optimizer built too (train.Setup
+        # builds it in the strategy's scope) there is nothing left to build, so that step is skipped.
+        if self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def call(self, inputs, training=False):
         """Reconstruct images from their posterior means: (batch, H, W, C) -> same shape."""
         z_mean, _, _ = self.encoder(inputs, training=training)
@@ -244,15 +312,21 @@ class VAE(keras.Model):
         """images -> (z_mean, z_log_var), the callable a prior gets (the VampPrior encodes its pseudo-inputs)."""
         return lambda images: self.encoder_moments(images, training=training)
 
-    def forward(self, x, training):
+    def forward(self, x, training, batch=None):
         """z_mean, z_log_var, z (batch, latent_dim) and logits (batch, H, W, C) for images x.
 
         The encoder and decoder run on batch_shards slices of x: independent ops, which TensorFlow's
         inter-op threads execute at the same time. The noise ε is drawn first, for the whole batch,
         from the encoder's sampling layer, exactly as the unsharded encoder draws it, so the results
         do not depend on batch_shards.
+
+        batch: the GlobalBatch x belongs to. Under tf.distribute every replica's generator holds the
+        same state, so each replica draws the noise of the whole global batch (global batch,
+        latent_dim) and keeps its own rows: each digit gets the ε it gets on one device, rather than
+        every replica reusing the same first rows.
         """
-        epsilon = self.sampling.draw((ops.shape(x)[0], self.latent_dim))
+        batch = batch or GlobalBatch(ops.shape(x)[0])
+        epsilon = batch.own_rows(self.sampling.draw((batch.size, self.latent_dim)))
 
         def one_slice(images, noise):
             # Under a mixed-precision policy the networks compute in 16 bits; the code, the KL and the
@@ -263,17 +337,23 @@ class VAE(keras.Model):
 
         return map_shards(one_slice, [x, epsilon], self.batch_shards)
 
-    def compute_terms(self, x, training):
-        """Forward pass and every loss term for a batch of images x (batch, H, W, C)."""
-        z_mean, z_log_var, z, logits = self.forward(x, training)
-        log_sigma = self.likelihood.log_sigma(x, logits)
+    def compute_terms(self, x, training, batch=None):
+        """Forward pass and every loss term for a batch of images x (batch, H, W, C).
+
+        Under tf.distribute (see GlobalBatch) "loss" and "sigma" are the global batch's, and the other
+        terms are means over this replica's digits: the trackers weight both by the local batch size,
+        and their replicas' sums give the global means.
+        """
+        batch = batch or GlobalBatch(ops.shape(x)[0])
+        z_mean, z_log_var, z, logits = self.forward(x, training, batch)
+        log_sigma = self.likelihood.log_sigma(x, logits, batch.mean if batch.replicated else None)
         reconstruction = losses.sum_over_pixels(self.likelihood.nll(x, logits, log_sigma))  # (batch,) nats per digit
         kl_terms = self.prior.kl(z_mean, z_log_var, z, self.encode_for_prior(training))  # (batch, latent_dim or 1)
         step = self.optimizer.iterations if self.optimizer is not None else 0
-        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step)
+        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step, batch.mean)
         kl = ops.sum(kl_terms, axis=1)  # (batch,) true KL, whatever free bits did to the loss
-        terms = {"loss": loss, "reconstruction": ops.mean(reconstruction), "kl": ops.mean(kl),
-                 "neg_elbo": ops.mean(reconstruction + kl)}
+        terms = {"loss": loss, "reconstruction": batch.local_mean(reconstruction), "kl": batch.local_mean(kl),
+                 "neg_elbo": batch.local_mean(reconstruction + kl)}
         if log_sigma is not None:
             terms["sigma"] = ops.exp(log_sigma)
         return terms
@@ -291,6 +371,8 @@ class VAE(keras.Model):
         x = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
+        # Under tf.distribute this is replica r's share of the global-batch gradient (GlobalBatch); Keras's
+        # optimizer all-reduces (SUMs) the shares before applying them. No 1/replicas factor belongs here.
         # scale_loss is the identity except under mixed_float16's LossScaleOptimizer, whose apply unscales.
         grads = tape.gradient(self.optimizer.scale_loss(terms["loss"]), self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)

@@ -51,11 +51,12 @@ class Objective:
         return self.kl_weight * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
                                                         self.kl_cycles, self.kl_ramp_ratio)
 
-    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step):
-        """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K)."""
+    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=losses.batch_average):
+        """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K);
+        batch_mean averages over the global batch (see losses.training_objective)."""
         return losses.training_objective(reconstruction, kl_terms, num_pixels, latent_dim,
                                          self.reconstruction_reduction, self.kl_reduction, self.kl_weight_at(step),
-                                         self.free_bits)
+                                         self.free_bits, batch_mean)
 
 
 def scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):

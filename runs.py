@@ -34,6 +34,7 @@ FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
 MAX_RUN_NAME = 100  # Characters; '-N' suffixes and 4-byte characters still fit the 255-byte file-name limit.
 LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, flock'ed while it lives.
+UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
 PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
 _TEMP_NAME = re.compile(r"\.tmp-(\d+)-")  # atomic_* temporary files: .tmp-<pid>-...
 _UMASK = os.umask(0)
@@ -121,8 +122,14 @@ def read_json(path):
 
 
 def config_fingerprint(cfg_dict):
-    """A short hash of the settings that change what is learned (not where outputs go)."""
+    """A short hash of the settings that change what is learned (not where outputs go).
+
+    train.distribute is left out: replicas compute the single-device objective and gradient
+    (model.GlobalBatch), so a run started on several devices may resume on one, and the names of
+    run folders made before the key existed stay the same."""
     relevant = {k: v for k, v in cfg_dict.items() if k != "output"}
+    if isinstance(relevant.get("train"), dict):
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in UNLEARNED_TRAIN_KEYS}
     text = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 

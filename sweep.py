@@ -2,6 +2,7 @@
 
     python sweep.py --config config.yaml --grid loss.kl_weight=0.001,0.01,0.1,1,10 \
         --grid loss.reconstruction_reduction=sum,mean [--seeds N] [--set KEY=VALUE ...] [--workers N] [--name NAME]
+        [--backend local|ray [--address ADDRESS] [--cpus-per-run N] [--gpus-per-run N]]
 
 The grid can instead come from a `sweep:` section (name, grid) of the config file.
 --seeds N trains every setting with the seeds train.seed, train.seed + 1, ..., + N - 1
@@ -9,7 +10,8 @@ The grid can instead come from a `sweep:` section (name, grid) of the config fil
 Runs train in <output.dir>/sweep_<name>/<label>/; the sweep folder also holds
 sweep.yaml, configs/, logs/, results.csv, results.md, comparison.png,
 rate_distortion.png and report.html. Re-running skips finished runs and resumes
-unfinished ones. Exit status: 0 all runs complete, 1 a run failed or diverged,
+unfinished ones. --backend ray runs each train.py as a Ray task (a local Ray
+instance, or the cluster at --address); everything else is the same. Exit status: 0 all runs complete, 1 a run failed or diverged,
 2 bad input (nothing trained), 130 interrupted.
 """
 
@@ -22,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +45,10 @@ RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where eac
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is waited for.
+STOP_WAIT_SECONDS = 60  # How long an interrupted train.py may take to save its state before it is killed.
+PARENT_PID_VARIABLE = runs.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
+BACKENDS = ("local", "ray")
+CLUSTER_REQUIREMENTS = "requirements-cluster.txt"
 
 
 @dataclass
@@ -217,16 +224,163 @@ def log_path(plan, run):
     return os.path.join(plan.folder, LOG_DIR, f"{run.label}.log")
 
 
-def child_env(workers):
-    """Environment for one train.py: its share of the cores, so N workers do not oversubscribe them.
+def threads_per_run(workers):
+    """Each run's share of this machine's cores when `workers` runs train at once."""
+    return max(1, runs.available_cores() // workers)
+
+
+def thread_overrides(threads):
+    """The environment variables that hold one train.py to `threads` CPU threads.
 
     TensorFlow reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS when it creates its
     thread pools (checked on TF 2.21); OMP_NUM_THREADS covers oneDNN's OpenMP pool.
     """
-    threads = str(max(1, runs.available_cores() // workers))
-    # The child stops (like Ctrl-C, resumable) when this process dies, even by SIGKILL: no orphans.
-    return dict(os.environ, **{name: threads for name in THREAD_VARIABLES},
-                **{runs.PARENT_PID_VARIABLE: str(os.getpid())})
+    return {name: str(max(1, int(threads))) for name in THREAD_VARIABLES}
+
+
+def child_env(workers):
+    """Environment for one train.py started by this process: its share of the cores, so N workers do not
+    oversubscribe them, and this process as the parent whose death stops it (like Ctrl-C, resumable)."""
+    return dict(os.environ, **thread_overrides(threads_per_run(workers)), **{PARENT_PID_VARIABLE: str(os.getpid())})
+
+
+def train_process(command, log_file, overrides, stop_wait=STOP_WAIT_SECONDS):
+    """Run one train.py as a child of this process, its output appended to log_file; returns its exit code.
+
+    Both backends run every run through this function: the local one in a thread of the sweep, the Ray
+    one inside a Ray task, on whichever machine Ray chose (the sweep folder must then be on a file system
+    every machine sees). It uses only the standard library, so Ray can ship it by value.
+    overrides: variables on top of this process's environment (a Ray worker's holds the GPUs Ray gave
+    it). The child gets this process's pid as its parent, so it stops, resumably, if this process dies,
+    even by SIGKILL. If this call is interrupted (ray.cancel raises KeyboardInterrupt in the task), the
+    child gets SIGTERM, train.py's Ctrl-C, and stop_wait seconds to save its state.
+    """
+    env = dict(os.environ, **overrides, **{PARENT_PID_VARIABLE: str(os.getpid())})
+    with open(log_file, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            while True:  # Polling: ray.cancel sets Python's interrupt flag, which a blocking wait never sees.
+                try:
+                    return child.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        except BaseException:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(stop_wait)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+
+
+class LocalExecutor:
+    """Runs train_process in this process; the sweep's thread pool of --workers threads calls it."""
+
+    name = "local"
+
+    def __init__(self, workers):
+        self.workers, self.overrides = workers, thread_overrides(threads_per_run(workers))
+
+    def pool_size(self, todo):
+        return self.workers
+
+    def run(self, command, log_file):
+        return train_process(command, log_file, self.overrides)
+
+    def cancel(self):
+        """Nothing to do: Ctrl-C reaches the children through the terminal's process group."""
+
+    def close(self):
+        pass
+
+
+class RayExecutor:
+    """Runs train_process as one Ray task per run, with one run's resources declared to Ray.
+
+    Ray decides how many runs train at once from those resources: num_cpus = the share of cores the local
+    backend gives a run (cores // --workers, or --cpus-per-run), num_gpus = --gpus-per-run. The sweep keeps
+    one thread per run waiting for its task, so the progress lines, the statuses and the resume logic are
+    the local backend's ("started" then means submitted to Ray).
+    """
+
+    name = "ray"
+
+    def __init__(self, ray, cpus, gpus, started):
+        self.ray, self.cpus, self.gpus, self.started = ray, cpus, gpus, started
+        self.task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_process)
+        self.overrides = thread_overrides(cpus)
+        self.pending, self.lock, self.cancelled = set(), threading.Lock(), False
+
+    def pool_size(self, todo):
+        return max(1, len(todo))  # Every run is submitted; Ray queues what its resources cannot run yet.
+
+    def run(self, command, log_file):
+        with self.lock:
+            if self.cancelled:
+                return EXIT_INTERRUPTED
+            ref = self.task.remote(command, log_file, self.overrides)
+            self.pending.add(ref)
+        try:
+            return self.ray.get(ref)
+        except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.RayError) as error:
+            if self.cancelled:
+                return EXIT_INTERRUPTED
+            with open(log_file, "a", encoding="utf-8") as log:  # The run is reported failed, with this reason.
+                log.write(f"sweep.py: the Ray task failed: {runs.first_line(error)}\n")
+            return EXIT_FAILED
+        finally:
+            with self.lock:
+                self.pending.discard(ref)
+
+    def cancel(self):
+        """Ctrl-C: cancel every task (a running one gets KeyboardInterrupt, and train_process hands its
+        train.py a SIGTERM), then wait for them to end, so each run has saved its state."""
+        with self.lock:
+            self.cancelled = True
+            pending = list(self.pending)
+        for ref in pending:
+            self.ray.cancel(ref)
+        if pending:
+            self.ray.wait(pending, num_returns=len(pending), timeout=STOP_WAIT_SECONDS + 10)
+
+    def close(self):
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_executor(args):
+    """The backend's executor; for ray, import it and connect (or start a local instance). Raises
+    ConfigError on bad options, a missing ray or an unreachable cluster, before anything is created."""
+    if args.gpus_per_run < 0 or (args.cpus_per_run is not None and args.cpus_per_run <= 0):
+        raise config.ConfigError("--gpus-per-run must be >= 0 and --cpus-per-run > 0.")
+    if args.backend == "local":
+        if args.address or args.gpus_per_run or args.cpus_per_run is not None:
+            raise config.ConfigError("--address, --cpus-per-run and --gpus-per-run are read by --backend ray only.")
+        return LocalExecutor(args.workers)
+    try:
+        import ray  # Optional: only this backend needs it.
+    except ImportError:
+        raise config.ConfigError(f"--backend ray needs the ray package, which is not installed; "
+                                 f"pip install -r {CLUSTER_REQUIREMENTS}.")
+    try:
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers need not import sweep.py.
+    except (ImportError, AttributeError, ValueError):
+        pass  # Run as a script, this module is __main__, which cloudpickle ships by value anyway.
+    cpus = args.cpus_per_run if args.cpus_per_run is not None else threads_per_run(args.workers)
+    try:
+        if args.address:
+            ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=runs.available_cores(), include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
+                                 f"{runs.first_line(error)}")
+    return RayExecutor(ray, cpus, args.gpus_per_run, started=True)
 
 
 def clear_stillborn(run_dir):
@@ -282,8 +436,9 @@ def format_seconds(seconds):
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def train_one(plan, run, env, progress):
-    """Run train.py for one setting, its output appended to logs/<label>.log. Returns (status, seconds)."""
+def train_one(plan, run, executor, progress):
+    """Run train.py for one setting through the executor, its output appended to logs/<label>.log.
+    Returns (status, seconds)."""
     run_dir = os.path.join(plan.folder, run.label)
     owner = wait_for_owner(run_dir)
     if owner is not None:  # Never train the same setting twice at once, nor into '<label>-2'.
@@ -294,11 +449,7 @@ def train_one(plan, run, env, progress):
     command = [sys.executable, os.path.join(HERE, "train.py"), "--config", config_path(plan, run)]
     progress.started(run.label)
     begin = time.monotonic()
-    with open(log_path(plan, run), "a", encoding="utf-8") as log:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=env).returncode
+    code = executor.run(command, log_path(plan, run))
     seconds = time.monotonic() - begin
     status = runs.run_status(run_dir)  # summary.json is the authority; the exit code only fills gaps.
     if status not in runs.FINAL_STATUSES:
@@ -307,8 +458,20 @@ def train_one(plan, run, env, progress):
     return status, seconds
 
 
-def run_all(plan):
-    """Train the runs that are not finished yet. Returns ({label: status}, {label: wall seconds})."""
+def finished_futures(futures, poll_seconds=0.5):
+    """as_completed, waking every poll_seconds: a Ctrl-C that lands on another thread (Ray's, a pool's)
+    only sets Python's flag, which the main thread acts on when it runs, not while blocked in a wait."""
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=poll_seconds,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
+        yield from done
+
+
+def run_all(plan, executor=None):
+    """Train the runs that are not finished yet, through executor (default: the local backend).
+    Returns ({label: status}, {label: wall seconds})."""
+    executor = executor or LocalExecutor(plan.workers)
     statuses, todo = {}, []
     for run in plan.runs:
         status = runs.run_status(os.path.join(plan.folder, run.label))
@@ -320,17 +483,18 @@ def run_all(plan):
     walls_path = os.path.join(plan.folder, "wall_seconds.json")
     walls = runs.read_json(walls_path) or {}
     progress = Progress(len(plan.runs), len(statuses), plan.workers)
-    env = child_env(plan.workers)
-    with concurrent.futures.ThreadPoolExecutor(plan.workers) as pool:
-        futures = {pool.submit(train_one, plan, run, env, progress): run for run in todo}
+    with concurrent.futures.ThreadPoolExecutor(executor.pool_size(todo)) as pool:
+        futures = {pool.submit(train_one, plan, run, executor, progress): run for run in todo}
         try:
-            for future in concurrent.futures.as_completed(futures):
+            for future in finished_futures(futures):
                 label = futures[future].label
                 statuses[label], seconds = future.result()
                 walls[label] = walls.get(label, 0.0) + seconds  # A resumed run's wall time adds up.
                 runs.atomic_write_json(walls_path, walls)
-        except KeyboardInterrupt:  # The children got the same Ctrl-C and save their state.
-            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:  # Local children got the same Ctrl-C; Ray tasks are cancelled. Both save state.
+            pool.shutdown(wait=False, cancel_futures=True)
+            executor.cancel()
+            pool.shutdown(wait=True)
             raise
     return statuses, walls
 
@@ -348,6 +512,14 @@ def parse_args(argv):
                                                              "mean ± standard error over them.")
     parser.add_argument("--workers", type=int, default=1, help="Runs trained in parallel (default 1); the cores "
                                                                "are shared out between them.")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="local: train.py children of this process (default); ray: one Ray task per run "
+                             "(pip install -r requirements-cluster.txt).")
+    parser.add_argument("--address", default=None, help="ray: the cluster to join, e.g. auto or ray://head:10001 "
+                                                        "(default: start a local Ray instance).")
+    parser.add_argument("--cpus-per-run", type=float, default=None,
+                        help="ray: CPUs each run asks Ray for (default: cores // --workers, the local share).")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs each run asks Ray for (default 0).")
     parser.add_argument("--name", default=None, help="Sweep folder <output.dir>/sweep_NAME (default: sweep.name, "
                                                      "else the grid keys and a hash of the settings).")
     return parser.parse_args(argv)
@@ -357,16 +529,26 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         plan = make_plan(args)
-        prepare_folder(plan)
+        executor = make_executor(args)
     except (config.ConfigError, runs.RunFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {plan.workers} worker(s).", flush=True)
     try:
-        statuses, walls = run_all(plan)
+        prepare_folder(plan)
+    except (config.ConfigError, runs.RunFolderError) as error:
+        executor.close()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    where = (f"{plan.workers} worker(s)" if executor.name == "local" else
+             f"Ray tasks of {executor.cpus:g} CPU(s)" + (f" and {executor.gpus:g} GPU(s)" if executor.gpus else ""))
+    print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {where}.", flush=True)
+    try:
+        statuses, walls = run_all(plan, executor)
     except KeyboardInterrupt:
         print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        executor.close()
     import quiet  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
 
     tf_log = os.path.join(plan.folder, LOG_DIR, "tensorflow_startup.log")

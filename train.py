@@ -10,7 +10,9 @@ From Python (a notebook cell): `summary = train.run("config.yaml", overrides=["t
 """
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -71,6 +73,55 @@ def configure_threads(shards):
     return None
 
 
+def read_tf_config(environ=None):
+    """The task this process is in the cluster, from $TF_CONFIG (what MultiWorkerMirroredStrategy reads):
+    (task type, index, number of workers). Raises config.ConfigError, one line, when it is missing or invalid."""
+    example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}\' (README: Several GPUs and a cluster)')
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        raise config.ConfigError(f"train.distribute multi_worker reads the cluster from $TF_CONFIG, which is not set; "
+                                 f"set it on every machine, {example}.")
+    try:
+        spec = json.loads(text)
+    except ValueError as error:
+        raise config.ConfigError(f"$TF_CONFIG is not valid JSON ({error.msg} at character {error.pos + 1}); {example}.")
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    if not isinstance(cluster, dict) or not cluster.get("worker"):
+        raise config.ConfigError(f"$TF_CONFIG needs a cluster with a non-empty worker list, received "
+                                 f"{config.quote(text)}; {example}.")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) and ":" in a for a in addresses):
+            raise config.ConfigError(f"$TF_CONFIG cluster.{kind} must be a list of \"host:port\" strings, received "
+                                     f"{config.quote(addresses)}.")
+    task = spec.get("task")
+    kind, index = (task.get("type"), task.get("index")) if isinstance(task, dict) else (None, None)
+    if kind not in ("chief", "worker") or kind not in cluster or isinstance(index, bool) or \
+            not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise config.ConfigError(f"$TF_CONFIG task must name this machine: type chief or worker (a key of the "
+                                 f"cluster) and an index into its list, received {config.quote(task)}; {example}.")
+    return kind, index, len(cluster["worker"]) + len(cluster.get("chief", []))
+
+
+def make_strategy(distribute):
+    """The tf.distribute strategy train.distribute names, or None for one device (no TensorFlow import then).
+
+    mirrored: MirroredStrategy over this machine's GPUs, or, without one, its logical CPU devices
+    (one unless the CPU was split with tf.config.set_logical_device_configuration, as the tests do).
+    multi_worker: MultiWorkerMirroredStrategy over the cluster in $TF_CONFIG (read_tf_config checks it
+    first); it must exist before TensorFlow runs its first op, so Setup creates it before anything else.
+    """
+    if distribute == "none":
+        return None
+    import tensorflow as tf  # See Setup.
+
+    if distribute == "multi_worker":
+        read_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
 class Setup:
     """What a run derives from its config and its data: step counts, the objective and what it means."""
 
@@ -82,7 +133,14 @@ class Setup:
         self.image_shape = tuple(digits.x_train.shape[1:])
         self.num_pixels = int(np.prod(self.image_shape))
         latent_dim = cfg.model.latent_dim
+        self.strategy = make_strategy(train.distribute)  # First: before TensorFlow runs anything (multi_worker).
+        self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
         self.batch_shards = resolve_batch_shards(train.batch_shards)
+        replica_note = None
+        if self.strategy and self.batch_shards > 1:  # Slicing a batch between CPU threads is a one-device option.
+            replica_note = (f"NOTE: train.batch_shards is {self.batch_shards} but train.distribute is "
+                            f"{train.distribute}: each replica runs its local batch whole (batch_shards 1).")
+            self.batch_shards = 1
         self.steps_per_epoch = math.ceil(len(digits.x_train) / train.batch_size)
         self.total_steps = self.steps_per_epoch * train.epochs
         self.objective = objective.Objective.from_config(loss, latent_dim, self.num_pixels, self.steps_per_epoch,
@@ -94,6 +152,8 @@ class Setup:
         self.statement = objective.statement(self.description, latent_dim, self.num_pixels)
         self.notes = objective.teaching_warnings(
             loss, cfg.data.binarize, latent_dim, self.num_pixels, self.total_steps, self.objective.warmup_steps)
+        if replica_note:
+            self.notes.append(replica_note)
         # Keras runs whole executions even across an epoch's end, which would shift later epochs'
         # batches; so use the largest divisor of the steps per epoch up to the configured number.
         limit = min(train.steps_per_execution, self.steps_per_epoch)
@@ -110,6 +170,14 @@ class Setup:
             self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
                               f"of the {self.steps_per_epoch} steps per epoch up to {bound}); same math, "
                               f"different speed.")
+        if self.strategy and self.steps_per_execution > 1:
+            # Keras 3.15's multi-step loop fails under MirroredStrategy even for one Dense layer ("You must feed
+            # a value for placeholder tensor ... while/cond"), so a distributed run calls in once per step.
+            if self.steps_per_execution != train.steps_per_execution:
+                self.notes.pop()  # The divisor note just above, superseded by this one.
+            self.steps_per_execution = 1
+            self.notes.append(f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's "
+                              f"multi-step loop fails under tf.distribute); same math, a little slower.")
 
     def build_vae(self, precision=None):
         """The configured VAE, compiled with the run's optimizer, objective and batch slices.
@@ -122,13 +190,34 @@ class Setup:
 
         cfg = self.cfg
         precision = precision or cfg.train.precision
-        vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape, precision)
         optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
         if precision == "mixed_float16":  # float16 gradients underflow without a (dynamic) loss scale.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        vae.compile(optimizer=optimizer, objective=self.objective, batch_shards=self.batch_shards,
-                    steps_per_execution=self.steps_per_execution)
+        # Under a strategy every variable (weights, optimizer slots, metrics, the noise generator) must be
+        # created in its scope, so the optimizer is built here rather than at its first step.
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape, precision)
+            vae.compile(optimizer=optimizer, objective=self.objective, batch_shards=self.batch_shards,
+                        steps_per_execution=self.steps_per_execution)
+            if self.strategy:
+                vae.optimizer.build(vae.trainable_variables)
         return vae
+
+    def distribution(self):
+        """What summary.json records under `distribute`: the strategy, its replicas and the batch sizes."""
+        devices = list(self.strategy.extended.worker_devices) if self.strategy else []
+        return {"strategy": self.cfg.train.distribute, "replicas": self.replicas,
+                "global_batch": self.cfg.train.batch_size,
+                "per_replica_batch": math.ceil(self.cfg.train.batch_size / self.replicas), "devices": devices}
+
+    def distribution_statement(self):
+        """The start-up line about replicas, or None on one device."""
+        if not self.strategy:
+            return None
+        info = self.distribution()
+        return (f"Distributed ({info['strategy']}): {info['replicas']} replica(s) on {', '.join(info['devices'])}; "
+                f"global batch {info['global_batch']} digits per step (train.batch_size), about "
+                f"{info['per_replica_batch']} per replica; the loss and its gradient are the global batch's.")
 
 
 def divergence_advice(cfg):
@@ -156,7 +245,8 @@ def start_run(cfg, run_dir, resume, setup, vae):
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
                         epochs_planned=cfg.train.epochs, objective=description, precision=cfg.train.precision,
-                        notes=setup.digits.notes + setup.notes, label_names=setup.digits.label_names)
+                        notes=setup.digits.notes + setup.notes, label_names=setup.digits.label_names,
+                        distribute=setup.distribution())
 
 
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
@@ -230,6 +320,8 @@ def train(cfg, callbacks=(), quiet_console=False):
     quiet_console: import TensorFlow with its C++ start-up lines kept out of the console and written
     into <run>/tensorflow_startup.log instead (quiet.py); the command line does, a notebook need not.
     """
+    if cfg.train.distribute == "multi_worker":
+        read_tf_config()  # A missing or broken $TF_CONFIG is refused before TensorFlow loads.
     if quiet_console:
         import quiet  # See Setup.
 
@@ -246,6 +338,8 @@ def train(cfg, callbacks=(), quiet_console=False):
     print(f"Data: {digits.name}, {len(digits.x_train)} training and {len(digits.x_val)} validation digits.")
     if setup.batch_shards > 1:
         print(f"Each batch runs as {setup.batch_shards} slices at the same time (train.batch_shards).")
+    if setup.distribution_statement():
+        print(setup.distribution_statement())
     print(setup.statement)
     for note in setup.notes:
         print(note)

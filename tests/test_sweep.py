@@ -180,6 +180,56 @@ def test_grid_from_the_config_file_is_validated(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# ---- --backend ray: the same runs as Ray tasks on a local Ray instance --------------------------------
+
+COMPARED = ("setting", "seed", "effective_beta", "status", "epochs_completed", "neg_elbo_nats", "iwae_nll_nats",
+            "kl_nats", "active_units", "collapse_state", "collapsed")
+
+
+def test_ray_backend_gives_the_local_backends_results_and_skips_finished_runs(tmp_path, finished):
+    pytest.importorskip("ray")  # .ci/run installs it (requirements-cluster.txt).
+    _, local_folder, _ = finished
+    result = run_sweep(tmp_path, *TWO_SETTINGS, "--workers", "2", "--name", "pair", "--backend", "ray")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"with Ray tasks of {max(1, runs.available_cores() // 2)} CPU(s)" in result.stdout
+    assert "[2/2 finished]" in result.stdout
+    folder = os.path.join(tmp_path, "sweep_pair")
+    for name in ("sweep.yaml", "results.csv", "results.md", "comparison.png", "rate_distortion.png", "report.html"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    rows = read_results(folder)
+    assert [row["run"] for row in rows] == LABELS
+    assert [row["log"] for row in rows] == [f"logs/{label}.log" for label in LABELS]
+    # The local fixture's seed-1337 runs have exactly these settings (the grid's seed is config.yaml's).
+    local = {row["run"]: row for row in read_results(local_folder)}
+    for row in rows:
+        twin = local[f"{row['run']}_seed-1337"]
+        assert {key: row[key] for key in COMPARED} == {key: twin[key] for key in COMPARED}, row["run"]
+        with open(os.path.join(folder, row["log"]), encoding="utf-8") as handle:
+            assert "train.py --config" in handle.readline()  # The log starts with the command, as locally.
+    again = run_sweep(tmp_path, *TWO_SETTINGS, "--workers", "2", "--name", "pair", "--backend", "ray")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("skipped") == 2 and "started" not in again.stdout
+
+
+def test_ray_backend_without_ray_is_one_error_line(tmp_path):
+    shim = tmp_path / "shim" / "ray"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named ray')\n", encoding="utf-8")
+    command = sweep_command(tmp_path / "out", *TWO_SETTINGS, "--backend", "ray")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path / "shim")))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --backend ray needs the ray package")
+    assert "requirements-cluster.txt" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
+    result = run_sweep(tmp_path, *TWO_SETTINGS, "--address", "auto")
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "--backend ray only" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_workers_share_the_cores():
     threads = str(max(1, runs.available_cores() // 2))
     env = sweep.child_env(2)
