@@ -318,6 +318,8 @@ def stop_like_ctrl_c():
     """Make SIGTERM stop training like Ctrl-C (status interrupted, resumable, exit 130), and stop this
     process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL."""
     def interrupt(signum, frame):
+        # Once: a second SIGTERM must not interrupt the handler that is saving the interrupted state.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
