@@ -31,10 +31,12 @@ class RunRecorder(keras.callbacks.Callback):
         self.started = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
+        runs.raise_if_interrupted()
         self.model.reseed(epoch)
         self.started = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
+        runs.raise_if_interrupted()
         if logs and not math.isfinite(float(logs["loss"])):
             self.diverged_at = (len(self.history) + 1, batch + 1)
             self.model.stop_training = True

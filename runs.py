@@ -314,15 +314,29 @@ def remove_stale_temp_files(run_dir):
                     pass  # Gone already, or not ours to remove: harmless either way.
 
 
+_interrupt_requested = threading.Event()
+
+
+def raise_if_interrupted():
+    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived. Training calls this between steps because a
+    KeyboardInterrupt raised while TensorFlow runs C++ code can be lost there; the flag is not."""
+    if _interrupt_requested.is_set():
+        raise KeyboardInterrupt
+
+
 def stop_like_ctrl_c():
-    """Make SIGTERM stop training like Ctrl-C (status interrupted, resumable, exit 130), and stop this
+    """Make Ctrl-C and SIGTERM stop training (status interrupted, resumable, exit 130), and stop this
     process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL."""
     def interrupt(signum, frame):
-        # Once: a second SIGTERM must not interrupt the handler that is saving the interrupted state.
+        # Once: a second signal must not interrupt the handler that is saving the interrupted state.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _interrupt_requested.set()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not where a shell made us ignore it.
+        signal.signal(signal.SIGINT, interrupt)
     parent = os.environ.get(PARENT_PID_VARIABLE, "")
     if not parent.isdigit():
         return

@@ -190,12 +190,12 @@ class Setup:
 
         cfg = self.cfg
         precision = precision or cfg.train.precision
-        optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
-        if precision == "mixed_float16":  # float16 gradients underflow without a (dynamic) loss scale.
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Under a strategy every variable (weights, optimizer slots, metrics, the noise generator) must be
         # created in its scope, so the optimizer is built here rather than at its first step.
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
+            if precision == "mixed_float16":  # float16 gradients underflow without a (dynamic) loss scale.
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             vae = model.build_vae(cfg.model, cfg.loss, cfg.train.seed, self.image_shape, precision)
             vae.compile(optimizer=optimizer, objective=self.objective, batch_shards=self.batch_shards,
                         steps_per_execution=self.steps_per_execution)
@@ -300,6 +300,7 @@ def finish(setup, vae, run_dir, history):
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,
                                                 cfg.evaluation.iwae_k, cfg.evaluation.max_examples, history,
                                                 len(history) * setup.steps_per_epoch)
+    runs.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None}
@@ -430,5 +431,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    runs.stop_like_ctrl_c()  # SIGTERM, or the death of the sweep that started us, acts as Ctrl-C.
+    runs.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
     sys.exit(main())

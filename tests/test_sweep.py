@@ -104,6 +104,25 @@ def test_sweep_writes_every_output(finished):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_sweep_writes_tensorboard_hparams_and_each_run_its_metrics(finished):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, folder, _ = finished
+    root = event_accumulator.EventAccumulator(folder, size_guidance={"tensors": 0})
+    root.Reload()
+    content = root.PluginTagToContent("hparams")
+    assert content, "no HParams experiment at the sweep's root"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(next(iter(content.values()))).experiment
+    assert {h.name for h in experiment.hparam_infos} >= {"loss.reconstruction_reduction", "train.seed"}
+    assert "neg_elbo_nats" in {m.name.tag for m in experiment.metric_infos}
+    for label in SEEDED_LABELS:  # Each run's final β = 1 numbers, the dashboard's metric columns.
+        run = event_accumulator.EventAccumulator(os.path.join(folder, label, "tensorboard", "evaluation"),
+                                                 size_guidance={"tensors": 0})
+        run.Reload()
+        assert "neg_elbo_nats" in run.Tags()["tensors"]
+
+
 def test_results_md_aggregates_over_seeds(finished):
     _, folder, _ = finished
     rows = read_results(folder)
