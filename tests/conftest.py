@@ -23,7 +23,7 @@ def run_cli(script, *args, cwd=ROOT, timeout=600):
 # runs the sliced path through the command line).
 QUICK = ["data.source=mnist_embedded", "data.limit=600", "train.epochs=1", "train.batch_size=64",
          "evaluation.iwae_k=2", "evaluation.max_examples=200", "output.per_epoch_images=false",
-         "train.batch_shards=1"]
+         "train.batch_shards=1", "output.tensorboard=false"]  # TensorBoard's own tests turn it on.
 
 
 def quick_overrides(output_dir, *extra):

@@ -38,8 +38,12 @@ def epochs_done(run_dir):
 
 
 def start_training(args):
+    # The child starts with Ctrl-C's default action, as under a terminal: something earlier in a full pytest
+    # session can leave SIGINT ignored in this process, and an ignored signal is inherited (train.py then
+    # rightly keeps ignoring it, as it does under `nohup`).
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_epochs(process, run_dir, count, timeout=240):

@@ -7,10 +7,8 @@ about a minute or two on two cores.
 import csv
 import html.parser
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -253,39 +251,6 @@ def test_workers_share_the_cores():
     threads = str(max(1, runs.available_cores() // 2))
     env = sweep.child_env(2)
     assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
-
-
-def test_killed_sweep_finishes_on_rerun(tmp_path):
-    sets = ["train.epochs=4"]
-    folder = tmp_path / "sweep_kill"
-    first = folder / LABELS[0]
-    process = subprocess.Popen(sweep_command(tmp_path, *TWO_SETTINGS, "--name", "kill", sets=sets), cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            progress = runs.read_json(str(first / "state" / "progress.json")) or {}
-            summary = runs.read_json(str(first / "summary.json")) or {}
-            if max(progress.get("epochs_completed", 0), summary.get("epochs_completed", 0)) >= 1:
-                break
-            time.sleep(0.05)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # The sweep and its train.py child, mid-run.
-        process.wait()
-    assert runs.run_status(str(first)) == "running", "the kill should land inside the first run"
-    result = run_sweep(tmp_path, *TWO_SETTINGS, "--name", "kill", sets=sets)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = read_results(folder)
-    assert sorted(row["run"] for row in rows) == sorted(LABELS)
-    assert all(row["status"] == "complete" and row["epochs_completed"] == "4" for row in rows)
-    assert not [name for name in os.listdir(folder) if name.endswith("-2")]
-    with open(folder / "logs" / f"{LABELS[0]}.log", encoding="utf-8") as handle:
-        assert "Resuming the unfinished run" in handle.read()
-    epochs = [row["epoch"] for row in runs.read_csv_rows(str(first / "metrics.csv"))]
-    assert epochs == [1, 2, 3, 4]
-
-
-# ---- The per-setting aggregation and the summary in words, on hand-made rows (no training) ----------
 
 
 def make_row(setting, beta, seed, neg_elbo, state="healthy", status="complete", kl=1.0):
