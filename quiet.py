@@ -10,7 +10,7 @@ written: known chatter (CHATTER_PATTERNS) is dropped, or appended to a log file;
 is written back to stderr.
 
 Entry points should parse their arguments first and only then call import_tensorflow(), so that
-`--help` and usage errors answer without the ~5 s import (parse_args_then_import does both).
+`--help` and usage errors answer without the ~5 s import (tests/test_cli.py checks the three entry points).
 """
 
 import contextlib
@@ -100,11 +100,3 @@ def save_chatter(path):
     folder exists, which is after TensorFlow was imported). Returns the number of lines written."""
     _append(path, _captured)
     return len(_captured)
-
-
-def parse_args_then_import(parse, argv=None, log_path=None):
-    """`parse(argv)` first (argparse exits for --help or a usage error, before the slow import), then
-    import_tensorflow(log_path). Returns what parse returned."""
-    args = parse(argv)
-    import_tensorflow(log_path)
-    return args

@@ -73,15 +73,3 @@ def test_a_real_error_written_to_fd_2_is_not_swallowed(tmp_path):
     assert result.stderr.splitlines() == [REAL_ERROR, "python warning", "after"]
     assert log.read_text() == SEEN[1] + "\n"
     assert result.stdout == "1\n" and (tmp_path / "later.log").read_text() == SEEN[1] + "\n"
-
-
-def test_help_is_answered_before_tensorflow_is_imported():
-    result = python("""
-        import argparse, sys, quiet
-        parser = argparse.ArgumentParser()
-        try:
-            quiet.parse_args_then_import(parser.parse_args, ["--help"])
-        except SystemExit:
-            print("tensorflow" in sys.modules)
-    """)
-    assert result.stdout.splitlines()[-1] == "False"
