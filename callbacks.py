@@ -14,6 +14,64 @@ import runs
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
 
 
+class PhaseClock(keras.callbacks.Callback):
+    """Wall time of each epoch's three phases: the gradient steps, the validation pass, and the work
+    between epochs (metrics.csv, the grid, the checkpoint, TensorBoard, Keras's own bookkeeping).
+
+    Goes first in the callback list, so that its on_epoch_begin, which closes the previous epoch's
+    work, comes after every other callback's on_epoch_end. `epochs` holds one dict per epoch:
+    {"steps": s, "validation": s, "between": s}; the first epoch's include tracing.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epochs, self._current, self._mark = [], None, None
+
+    def _lap(self):
+        now = time.perf_counter()
+        elapsed, self._mark = now - self._mark, now
+        return elapsed
+
+    def _close(self):
+        if self._current is not None:
+            self._current["between"] = self._lap()
+            self.epochs.append(self._current)
+            self._current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._close()
+        self._current, self._mark = {"validation": 0.0}, time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if self._current is not None and "steps" not in self._current:  # Fit's validation pass.
+            self._current["steps"] = self._lap()
+
+    def on_test_end(self, logs=None):
+        if self._current is not None and "steps" in self._current:
+            self._current["validation"] = self._lap()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._current is not None and "steps" not in self._current:  # No validation data.
+            self._current["steps"] = self._lap()
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def totals(self):
+        """Seconds over the epochs this process ran: gradient_steps, validation, between_epochs and tracing
+        (the first epoch's steps and validation beyond the median of the later epochs'; None with one epoch,
+        whose tracing then counts as steps and validation)."""
+        if not self.epochs:
+            return {"gradient_steps": 0.0, "validation": 0.0, "between_epochs": 0.0, "tracing": None}
+        steps, validation = ([e[key] for e in self.epochs] for key in ("steps", "validation"))
+        extra = [0.0, 0.0]
+        if len(self.epochs) > 1:
+            extra = [max(0.0, series[0] - float(np.median(series[1:]))) for series in (steps, validation)]
+        return {"gradient_steps": sum(steps) - extra[0], "validation": sum(validation) - extra[1],
+                "between_epochs": sum(e["between"] for e in self.epochs),
+                "tracing": sum(extra) if len(self.epochs) > 1 else None}
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After every epoch: the row of metrics.csv, the reconstruction grid, the checkpoint; stops on NaN.
 
@@ -52,7 +110,7 @@ class RunRecorder(keras.callbacks.Callback):
         if self.setup.cfg.output.per_epoch_images:
             digits = self.setup.digits
             x, labels = digits.x_val[self.grid_index], digits.y_val[self.grid_index]
-            plots.reconstructions(x, self.model.predict(x, verbose=0), labels,
+            plots.reconstructions(x, self.model.reconstruct(x), labels,
                                   os.path.join(self.run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
         # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.

@@ -307,7 +307,7 @@ def write_figures(vae, run_dir, x, labels, arrays, history, title):
     """The figures of a finished run (training-time figures are drawn by train.py)."""
     decode = lambda z: vae.decode(z).numpy()  # noqa: E731
     index = plots.pick_one_per_class(labels)
-    plots.reconstructions(x[index], vae.predict(x[index], verbose=0), labels[index],
+    plots.reconstructions(x[index], vae.reconstruct(x[index]), labels[index],
                           os.path.join(run_dir, "reconstructions.png"), title)
     active, z_mean = arrays["active"], arrays["z_mean"]
     dims = tuple(np.argsort(-arrays["information"])[:2]) if z_mean.shape[1] > 2 else (0, 1)

@@ -308,9 +308,16 @@ class VAE(keras.Model):
             return map_shards(lambda part: self.decoder(part, training=False), [z], self.batch_shards)[0]
         return tf.function(decode, reduce_retracing=True)
 
+    def reconstruct(self, x):
+        """Mean images (n, H, W, C) as numpy for images x, decoded from their posterior means: what predict
+        gives, without its per-call set-up (the grids drawn after every epoch use it)."""
+        z_mean, _ = self.encoder_moments(x, training=False)
+        return np.asarray(self.likelihood.mean(ops.cast(self.decode_logits(z_mean), "float32")))
+
     def encode_for_prior(self, training=False):
-        """images -> (z_mean, z_log_var), the callable a prior gets (the VampPrior encodes its pseudo-inputs)."""
-        return lambda images: self.encoder_moments(images, training=training)
+        """images -> (z_mean, z_log_var), the callable a prior gets (the VampPrior encodes its pseudo-inputs);
+        float32 under a mixed precision policy too, as the losses are."""
+        return lambda images: tuple(ops.cast(t, "float32") for t in self.encoder_moments(images, training=training))
 
     def forward(self, x, training, batch=None):
         """z_mean, z_log_var, z (batch, latent_dim) and logits (batch, H, W, C) for images x.
@@ -371,10 +378,12 @@ class VAE(keras.Model):
         x = self._unpack(data)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
+            # The identity except under mixed_float16's LossScaleOptimizer, whose apply unscales; inside the
+            # tape, or the scaled loss has no gradient.
+            scaled_loss = self.optimizer.scale_loss(terms["loss"])
         # Under tf.distribute this is replica r's share of the global-batch gradient (GlobalBatch); Keras's
         # optimizer all-reduces (SUMs) the shares before applying them. No 1/replicas factor belongs here.
-        # scale_loss is the identity except under mixed_float16's LossScaleOptimizer, whose apply unscales.
-        grads = tape.gradient(self.optimizer.scale_loss(terms["loss"]), self.trainable_weights)
+        grads = tape.gradient(scaled_loss, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         return self._report(terms, ops.shape(x)[0])
 

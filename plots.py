@@ -14,7 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # No display on servers and CI.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from runs import atomic_save  # noqa: E402
@@ -73,25 +74,40 @@ def _tile(images, rows, cols):
     return grid.reshape(rows * height, cols * width, channels)
 
 
+IMAGE_GAP = 0.12  # Space between the images of image_rows, as a fraction of an image's size.
+
+
 def image_rows(rows, row_titles, col_titles, path, title=None):
     """A grid of images: one row per entry of `rows` (each (n, H, W, C), C = 1 or 3), labelled.
 
-    A long `title` (e.g. with β, −ELBO and the verdict) is wrapped to the figure's width.
+    A long `title` (e.g. with β, −ELBO and the verdict) is wrapped to the figure's width. Drawn as one
+    image on one axes (gaps transparent, frames as one collection): this runs after every epoch, and a
+    grid of 20 axes took 0.3 s to save.
     """
     n_rows, n_cols = len(rows), len(rows[0])
-    # Constrained layout makes room for a wrapped title above the column titles.
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.0 * n_cols + 1.6, 1.05 * n_rows + 0.5), squeeze=False,
-                             layout="constrained" if title else None)
-    for r, (images, row_title) in enumerate(zip(rows, row_titles)):
+    height, width, channels = np.asarray(rows[0][0]).shape
+    gap_y, gap_x = max(1, round(IMAGE_GAP * height)), max(1, round(IMAGE_GAP * width))
+    canvas = np.zeros((n_rows * (height + gap_y) - gap_y, n_cols * (width + gap_x) - gap_x, 4))  # RGBA
+    cmap = plt.get_cmap(DIGIT_CMAP)
+    frames = []
+    for r, images in enumerate(rows):
         for c in range(n_cols):
-            ax = axes[r, c]
-            _show(ax, images[c])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0 and col_titles is not None:
-                ax.set_title(str(col_titles[c]), fontsize=9)
-        axes[r, 0].set_ylabel(row_title, rotation=0, ha="right", va="center", fontsize=9)
-    _suptitle(fig, title)
+            image = np.clip(np.asarray(images[c], dtype="float64"), 0, 1)
+            top, left = r * (height + gap_y), c * (width + gap_x)
+            canvas[top:top + height, left:left + width] = (cmap(image[..., 0]) if channels == 1 else
+                                                          np.concatenate([image, np.ones((height, width, 1))], -1))
+            frames.append(Rectangle((left - 0.5, top - 0.5), width, height))
+    fig = plt.figure(figsize=(1.0 * n_cols + 1.6, 1.05 * n_rows + 0.5))
+    ax = fig.add_axes((0.12, 0.02, 0.86, 0.8 if title else 0.9))
+    ax.imshow(canvas, interpolation="nearest", aspect="equal")
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
+    ax.set_axis_off()
+    for c in range(n_cols if col_titles is not None else 0):
+        ax.text(c * (width + gap_x) + width / 2, -gap_y, str(col_titles[c]), ha="center", va="bottom", fontsize=9)
+    for r, row_title in enumerate(row_titles):
+        ax.text(-gap_x, r * (height + gap_y) + height / 2, row_title, ha="right", va="center", fontsize=9)
+    if title:
+        ax.set_title(_wrap(title, fig.get_figwidth(), 10), fontsize=10, pad=22)
     _save(fig, path)
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up chatter out of the way.
 
@@ -29,7 +30,8 @@ import runs  # noqa: E402
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
-# per core balance the cores' load better than one, docs/performance.md).
+# per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
+# cores do not change the choice: measured, slices still won under them or tied (docs/performance.md).
 SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
 MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at (Setup).
 
@@ -245,24 +247,26 @@ def start_run(cfg, run_dir, resume, setup, vae):
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
                         epochs_planned=cfg.train.epochs, objective=description, precision=cfg.train.precision,
+                        batch_shards=setup.batch_shards,
                         notes=setup.digits.notes + setup.notes, label_names=setup.digits.label_names,
                         distribute=setup.distribution())
 
 
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
-    """Train from first_epoch; returns the recorder (which knows whether training diverged)."""
-    from callbacks import RunRecorder  # See Setup.
+    """Train from first_epoch; returns the recorder (which knows whether training diverged) and the
+    phase clock (where the epochs' time went)."""
+    from callbacks import PhaseClock, RunRecorder  # See Setup.
 
     cfg = setup.cfg
-    recorder = RunRecorder(setup, run_dir, history)
-    callbacks = [recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder), *callbacks]
+    recorder, clock = RunRecorder(setup, run_dir, history), PhaseClock()
+    callbacks = [clock, recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder), *callbacks]
     if first_epoch < cfg.train.epochs:
         train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                         cfg.train.epochs, cfg.data.binarize == "dynamic")
         vae.fit(train_data, epochs=cfg.train.epochs, initial_epoch=first_epoch, steps_per_epoch=setup.steps_per_epoch,
                 validation_data=data.validation_batches(setup.digits.x_val), callbacks=callbacks,
                 shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
-    return recorder
+    return recorder, clock
 
 
 def tensorboard_callbacks(setup, vae, run_dir, recorder):
@@ -274,18 +278,28 @@ def tensorboard_callbacks(setup, vae, run_dir, recorder):
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
         os.path.join(run_dir, "tensorboard"), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
-        images_fn=lambda: tensorboard_log.image_grid([x, vae.predict(x, verbose=0)]), extra_fn=recorder.extra_logs)]
+        images_fn=lambda: tensorboard_log.image_grid([x, vae.reconstruct(x)]), extra_fn=recorder.extra_logs)]
 
 
-def finish(setup, vae, run_dir, history):
-    """Save the model, evaluate it with β = 1, draw everything, and mark the run complete."""
+def finish(setup, vae, run_dir, history, phases):
+    """Save the model, evaluate it with β = 1, draw everything, and mark the run complete.
+
+    phases: seconds this process spent so far, by phase (train); the final evaluation's are added.
+    """
     import evaluate
     import plots
 
+    finish_started = time.perf_counter()
     cfg = setup.cfg
     if cfg.train.precision != "float32":  # Save and evaluate the trained weights in float32 arithmetic.
         trained, vae = vae, setup.build_vae("float32")
         vae.set_weights(trained.get_weights())
+        # And Adam's state, so that model.keras holds the optimizer it was trained with (mixed_float16's
+        # loss scale aside): unbuilt, it would be saved empty and Keras would warn on every load.
+        vae.optimizer.build(vae.trainable_variables)
+        adam = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)
+        for target, source in zip(vae.optimizer.variables, adam.variables, strict=True):
+            target.assign(source)
     runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
     plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
                       f"Loss per epoch: {setup.description['formula']} (effective β = "
@@ -303,7 +317,8 @@ def finish(setup, vae, run_dir, history):
     runs.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
-              "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None}
+              "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None,
+              "phases_seconds": {**phases, "evaluation": time.perf_counter() - finish_started}}
     if cfg.output.tensorboard:
         import tensorboard_log  # See Setup.
 
@@ -321,6 +336,7 @@ def train(cfg, callbacks=(), quiet_console=False):
     quiet_console: import TensorFlow with its C++ start-up lines kept out of the console and written
     into <run>/tensorflow_startup.log instead (quiet.py); the command line does, a notebook need not.
     """
+    started = time.perf_counter()
     if cfg.train.distribute == "multi_worker":
         read_tf_config()  # A missing or broken $TF_CONFIG is refused before TensorFlow loads.
     if quiet_console:
@@ -367,10 +383,11 @@ def train(cfg, callbacks=(), quiet_console=False):
             runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
             print(f"Restored the checkpoint after epoch {first_epoch}.")
         runs.update_summary(run_dir, epochs_completed=first_epoch)
-        recorder = fit(setup, vae, run_dir, history, first_epoch, callbacks)
+        startup = time.perf_counter() - started
+        recorder, clock = fit(setup, vae, run_dir, history, first_epoch, callbacks)
         if recorder.diverged_at:
             return report_divergence(cfg, run_dir, recorder.diverged_at, history), run_dir
-        finish(setup, vae, run_dir, history)
+        finish(setup, vae, run_dir, history, {"startup": startup, **clock.totals()})
     except KeyboardInterrupt:
         runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")

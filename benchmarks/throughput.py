@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --learning 5     # also compare the loss per epoch over 5 epochs
     python benchmarks/throughput.py --variant plain:model.fast_layers=false --variant xla:jit_compile=true
     python benchmarks/throughput.py --under-load 1   # with one other busy process on the CPU
+    python benchmarks/throughput.py --under-load 2 --load train   # with two other trainings
 
 (a) "ours" is built as train.py builds it from config.yaml (VAE + Adam 1e-3 + the config's
 steps_per_execution and batch_shards, with train.py's thread settings) and fed by
@@ -17,8 +18,10 @@ in alternating blocks (never at the same time), and the speed-up is the median o
 ratios, so a drift of the shared machine's speed cancels. Where the CPU has bfloat16 instructions
 (AVX-512 BF16, AMX) a third model, ours with train.precision: mixed_bfloat16, is timed too and
 `speedup_mixed_bfloat16_vs_tutorial=<ratio>` is printed; `--under-load N` times everything while N
-other processes keep cores busy. The last line printed is `speedup_vs_tutorial=<ratio>` (float32,
-the same math as the tutorial).
+other processes keep cores busy (`--load`: busy loops, or the tutorial training). The competing load
+starts first and the workers start one at a time, so that each is built and traced under the
+conditions it is timed in. The last line printed is `speedup_vs_tutorial=<ratio>` (float32, the same
+math as the tutorial).
 """
 
 import argparse
@@ -54,6 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, nargs=2, metavar=("INTER", "INTRA"), default=None,
                         help="TensorFlow inter-op and intra-op threads for every model's process "
                              "(instead of TensorFlow's defaults for the tutorial and train.py's for ours).")
+    parser.add_argument("--load", choices=("spin", "train", "train1"), default="spin",
+                        help="What --under-load runs: spin (a busy Python loop, one core each), train (the tutorial "
+                             "training on TensorFlow's default threads) or train1 (the same on one thread, as a "
+                             "sweep worker).")
     parser.add_argument("--under-load", type=int, default=0, metavar="N",
                         help="Keep N other processes busy on the CPU while timing (as a sweep's second worker or "
                              "another program would); the ratios then say whether our speed-ups still win.")
@@ -352,12 +359,27 @@ def spin(deadline):
         sum(i * i for i in range(10_000))
 
 
-def start_load(count, seconds=3600):
-    """count busy processes that end with the benchmark (daemons) or after `seconds` at the latest."""
+def train_tutorial(deadline, threads):
+    """The tutorial's VAE training until `deadline` on `threads` TensorFlow threads (0: TensorFlow's default):
+    another training process, or a sweep's other worker (one thread each), competing for the cores."""
+    import tensorflow as tf
+
+    if threads:
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    _, x = load_digits(39)
+    model = build_tutorial_vae()
+    while time.time() < deadline:
+        fit_numpy(model, x, 0, 1, [])
+
+
+def start_load(count, kind="spin", seconds=3600):
+    """count competing processes (LOAD_KINDS) that end with the benchmark (daemons) or after `seconds`."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    loads = [context.Process(target=spin, args=(time.time() + seconds,), daemon=True) for _ in range(count)]
+    target, extra = {"spin": (spin, ()), "train": (train_tutorial, (0,)), "train1": (train_tutorial, (1,))}[kind]
+    loads = [context.Process(target=target, args=(time.time() + seconds, *extra), daemon=True) for _ in range(count)]
     for process in loads:
         process.start()
     return loads
@@ -371,18 +393,21 @@ def main(argv=None):
     import keras
 
     x_all, x = load_digits(args.steps)
-    remotes = [Remote("tutorial", [], args), Remote("ours", [], args)]
+    # The load first and the workers one at a time: each is built and traced (its first-step time) under the
+    # conditions it is timed in, not while its siblings start TensorFlow.
+    loads = start_load(args.under_load, args.load)
+    if loads:
+        time.sleep(1.0 if args.load == "spin" else 15.0)  # Let them get going (TensorFlow takes seconds to start).
+        print(f"Timing under load: {len(loads)} other process(es) of kind {args.load} share the CPU.")
     bf16 = cpu_has_bf16() and not args.no_bf16
-    if bf16:
-        remotes.append(Remote("mixed_bfloat16", ["train.precision=mixed_bfloat16"], args))
+    specs = [("tutorial", []), ("ours", [])] + ([("mixed_bfloat16", ["train.precision=mixed_bfloat16"])] if bf16 else [])
     for spec in args.variant:
         label, _, overrides = spec.partition(":")
-        remotes.append(Remote(label, [o for o in overrides.split(",") if o], args))
-    for remote in remotes:  # Warm-up, one at a time: build, trace and run one epoch; not timed.
-        remote.run(1)
-    loads = start_load(args.under_load)
-    if loads:
-        print(f"Timing under load: {len(loads)} other busy process(es) share the CPU.")
+        specs.append((label, [o for o in overrides.split(",") if o]))
+    remotes = []
+    for label, overrides in specs:
+        remotes.append(Remote(label, overrides, args))
+        remotes[-1].run(1)  # Warm-up: build, trace and run one epoch, before the next worker starts; not timed.
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; one process per model.")
     for remote in remotes:
         print("  " + describe(remote))

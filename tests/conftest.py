@@ -2,10 +2,13 @@
 
 import os
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A Keras home of the session's own: the download-failure memo (data.py) never touches the user's ~/.keras.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="vae-tests-keras-home-")
 
 import pytest  # noqa: E402
 

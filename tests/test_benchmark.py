@@ -28,3 +28,20 @@ def test_throughput_benchmark_prints_its_table_and_speedup_line_last():
     assert float(rows["ours"][4]) == 1.0
     assert "plain: 1 batch shard(s)" in result.stdout
     assert any(line.strip().startswith("conv2d_transpose_2 (TapMatmulConv2DTranspose)") for line in lines)
+
+
+def test_end_to_end_benchmark_prints_the_phases_and_its_lines_last(tmp_path):
+    from conftest import QUICK
+
+    sets = [word for item in [*QUICK, "train.epochs=2"] for word in ("--set", item)]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "end_to_end.py"), "--no-plain",
+                             "--no-sweep", *sets], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    wall = float(re.fullmatch(r"default_run_seconds=(\d+\.\d)", lines[-2]).group(1))
+    overhead = float(re.fullmatch(r"overhead_seconds=(\d+\.\d)", lines[-1]).group(1))
+    phases = {line[:52].strip(): float(line.split()[-1]) for line in lines if re.search(r"\s\d+\.\d$", line)}
+    assert phases["wall time"] == wall and 0 < overhead < wall
+    assert abs(wall - phases["gradient steps"] - overhead) <= 0.11  # Rounded to 0.1 s each.
+    parts = [value for text, value in phases.items() if not text.startswith(("wall time", "overhead"))]
+    assert len(parts) == 7 and all(value >= 0 for value in parts) and abs(sum(parts) - wall) <= 0.4

@@ -54,6 +54,14 @@ def test_shapes():
     assert out.shape == (4, 28, 28, 1) and out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_reconstruct_gives_what_predict_gives(shards):
+    vae = build_vae()
+    vae.batch_shards = shards
+    x = images(10)
+    np.testing.assert_allclose(vae.reconstruct(x), vae.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
 def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
     layer = model.Sampling(seed=7)
     mu, log_var = np.zeros((5, 2), "float32"), np.zeros((5, 2), "float32")

