@@ -262,6 +262,8 @@ def keras_home(tmp_path, monkeypatch):
     import keras
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    for variable in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
     probes, loads = [], []
 
     def unreachable(address, timeout):
@@ -293,6 +295,13 @@ def test_an_unreachable_dataset_host_is_probed_once_then_remembered_for_an_hour(
     with pytest.raises(data.DataError, match="did not answer"):
         data.load_keras_dataset("mnist")
     assert len(probes) == 2 and not loads  # An hour later it tries again.
+
+
+def test_behind_a_proxy_the_download_is_left_to_keras(keras_home, monkeypatch):
+    _, probes, loads = keras_home
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    (x_train, _), _ = data.load_keras_dataset("mnist")  # The faked load_data stands for a proxied download.
+    assert x_train.shape == (4, 28, 28, 1) and loads == [1] and not probes
 
 
 def test_auto_falls_back_to_the_embedded_digits_without_waiting_and_says_why(keras_home):
