@@ -57,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, nargs=2, metavar=("INTER", "INTRA"), default=None,
                         help="TensorFlow inter-op and intra-op threads for every model's process "
                              "(instead of TensorFlow's defaults for the tutorial and train.py's for ours).")
-    parser.add_argument("--load", choices=("spin", "train", "train1"), default="spin",
+    parser.add_argument("--load", choices=tuple(LOAD_KINDS), default="spin",
                         help="What --under-load runs: spin (a busy Python loop, one core each), train (the tutorial "
                              "training on TensorFlow's default threads) or train1 (the same on one thread, as a "
                              "sweep worker).")
@@ -373,12 +373,16 @@ def train_tutorial(deadline, threads):
         fit_numpy(model, x, 0, 1, [])
 
 
+# --load: what each competing process runs, as (function, arguments after the deadline).
+LOAD_KINDS = {"spin": (spin, ()), "train": (train_tutorial, (0,)), "train1": (train_tutorial, (1,))}
+
+
 def start_load(count, kind="spin", seconds=3600):
-    """count competing processes (LOAD_KINDS) that end with the benchmark (daemons) or after `seconds`."""
+    """count competing processes of a LOAD_KINDS kind that end with the benchmark (daemons) or after `seconds`."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    target, extra = {"spin": (spin, ()), "train": (train_tutorial, (0,)), "train1": (train_tutorial, (1,))}[kind]
+    target, extra = LOAD_KINDS[kind]
     loads = [context.Process(target=target, args=(time.time() + seconds, *extra), daemon=True) for _ in range(count)]
     for process in loads:
         process.start()

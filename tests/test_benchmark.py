@@ -30,7 +30,7 @@ def test_throughput_benchmark_prints_its_table_and_speedup_line_last():
     assert any(line.strip().startswith("conv2d_transpose_2 (TapMatmulConv2DTranspose)") for line in lines)
 
 
-def test_end_to_end_benchmark_prints_the_phases_and_its_lines_last(tmp_path):
+def test_end_to_end_benchmark_prints_the_phases_and_its_lines_last():
     from conftest import QUICK
 
     sets = [word for item in [*QUICK, "train.epochs=2"] for word in ("--set", item)]
