@@ -11,8 +11,10 @@ import glob
 import gzip
 import os
 import socket
+import stat
 import time
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,9 @@ DOWNLOAD_FAILED_MEMO = ".vae_trainer_download_failed"  # In <Keras home>/dataset
 # these are there, loading needs no network, so neither the probe nor the memo applies.
 KERAS_CACHE_GLOBS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/t10k-images-idx3-ubyte.gz",
                      "cifar10": "cifar-10-batches-py*"}
+# What peek() knows of the keras.datasets sources without loading them: image shape, training and test sizes.
+KNOWN_SHAPES = {"mnist": ((28, 28, 1), 60000, 10000), "fashion_mnist": ((28, 28, 1), 60000, 10000),
+                "cifar10": ((32, 32, 3), 50000, 10000), "mnist_embedded": ((28, 28, 1), 4000, 1000)}
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -100,8 +105,7 @@ def _to_labels(y, count, where):
 
 def load_npz(path):
     """Read (x_train, y_train), (x_test, y_test) from a .npz file, refusing pickled objects."""
-    if not os.path.isfile(path):
-        raise DataError(f"data.path '{path}' is not a file; point it at a .npz with keys {', '.join(NPZ_KEYS)}.")
+    regular_file(path, "data.path")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in NPZ_KEYS if key not in archive.files]
@@ -237,6 +241,8 @@ def _folder_files(path):
         raise DataError(f"Cannot list data.path '{path}': {error.strerror}.")
     top = [os.path.join(path, e) for e in entries if not os.path.isdir(os.path.join(path, e))]
     groups = [(FOLDER_TOP_LABEL, top)] if top else []
+    for file in top:
+        regular_file(file, "The image")
     for entry in (e for e in entries if os.path.isdir(os.path.join(path, e))):
         folder = os.path.join(path, entry)
         try:
@@ -249,6 +255,8 @@ def _folder_files(path):
                             f"only one level of label sub-folders is read, so move its images up or out.")
         if names:
             groups.append((entry, [os.path.join(folder, n) for n in names]))
+            for file in groups[-1][1]:
+                regular_file(file, "The image")
     if not groups:
         raise DataError(f"data.path '{path}' holds no images; put PNG/JPEG files in it or in one sub-folder "
                         f"per label.")
@@ -332,6 +340,103 @@ def load_folder(path, seed):
 def _label_text(names, shown=10):
     pairs = [f"{i} = {name}" for i, name in enumerate(names[:shown])]
     return ", ".join(pairs) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
+
+
+@dataclass
+class DataShape:
+    """What a run's data will be, known before loading it (and before TensorFlow): peek()'s answer."""
+    name: str  # As Digits.name, or "auto" when that is decided by the network at run time.
+    image_shape: tuple  # (H, W, C)
+    train_examples: int  # After train_on and limit.
+    validation_examples: int
+    note: str = None  # A caveat about the numbers (auto's choice), or None.
+
+
+def regular_file(path, what):
+    """Refuse a path that is not a regular file before anything opens it: a FIFO or a device would block the
+    open forever, a folder fails obscurely."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise DataError(f"{what} '{path}' cannot be read ({error.strerror}); point it at an existing file.")
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe or a device)"
+        raise DataError(f"{what} '{path}' is {kind}; point it at a regular file.")
+
+
+def _npz_header_shape(archive, key, path):
+    """The shape of one .npz member, read from its .npy header only (no pixel is decompressed)."""
+    try:
+        with archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+    except KeyError:
+        raise DataError(f"'{path}' lacks {key}; expected keys {', '.join(NPZ_KEYS)}.")
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise DataError(f"'{path}' is not a readable .npz file: {type(error).__name__}: {error}.")
+    if dtype.hasobject:
+        raise DataError(f"'{path}' {key} holds pickled objects, which are refused for safety.")
+    return shape
+
+
+def _peek_npz(path):
+    """((H, W, C), training count, test count) of a .npz from its headers."""
+    regular_file(path, "data.path")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"'{path}' is not a readable .npz file (a zip of .npy arrays): {type(error).__name__}: "
+                        f"{error}.")
+    with archive:
+        train, test = (_npz_header_shape(archive, key, path) for key in ("x_train", "x_test"))
+    if len(train) < 2:
+        raise DataError(f"'{path}' x_train must have shape (N, H, W), (N, H, W, C) or (N, 784); received {train}.")
+    image = (28, 28, 1) if len(train) == 2 and train[1] == 784 else (tuple(train[1:]) + (1,))[:3]
+    return image, int(train[0]), int(test[0])
+
+
+def _peek_folder(path):
+    """((H, W, C), training count, validation count) of a folder of images, from the listing and the
+    first image's header (as load_folder splits it)."""
+    from PIL import Image  # Pillow; only folders of images need it.
+
+    groups = _folder_files(path)
+    first = groups[0][1][0]
+    try:
+        with Image.open(first) as image:
+            width, height, channels = *image.size, (1 if image.mode in ("1", "L", "LA") else 3)
+    except Exception as error:  # Whatever Pillow raises for a file it cannot identify.
+        raise DataError(f"'{first}' cannot be read as an image ({type(error).__name__}); replace it or move it out.")
+    held = sum(max(1, round(len(f) * FOLDER_VALIDATION_FRACTION)) if len(f) >= 2 else 0 for _, f in groups)
+    total = sum(len(files) for _, files in groups)
+    return (height, width, channels), total - held, held
+
+
+def peek(data_cfg):
+    """The data a config will train on, without loading it or TensorFlow: checks data.path (it exists,
+    is the right kind of file, holds what is expected) so that a bad path is refused in well under a
+    second, and gives what `train.py --explain` needs (the image shape and the number of digits)."""
+    note, source = None, data_cfg.source
+    if source == "npz":
+        (shape, n_train, n_test), name = _peek_npz(data_cfg.path), f"npz:{data_cfg.path}"
+    elif source == "folder":
+        (shape, n_train, n_test), name = _peek_folder(data_cfg.path), f"folder:{data_cfg.path}"
+    elif source == "auto":
+        cached = glob.glob(os.path.join(keras_datasets_dir(), KERAS_CACHE_GLOBS["mnist"]))
+        name = "mnist" if cached else "auto"
+        (shape, n_train, n_test) = KNOWN_SHAPES["mnist"]
+        if not cached:
+            note = ("data.source auto: MNIST if it can be downloaded (the numbers here), else the 4,000 embedded "
+                    "digits (about 15× fewer steps).")
+    else:
+        (shape, n_train, n_test), name = KNOWN_SHAPES[source], source
+    if data_cfg.train_on == "all":
+        n_train += n_test
+    if data_cfg.limit is not None:
+        n_train = min(n_train, data_cfg.limit)
+    return DataShape(name, tuple(int(v) for v in shape), n_train, n_test, note)
 
 
 def _binarize(x, rng):

@@ -15,6 +15,9 @@ import math
 import os
 import sys
 
+import config
+import runs
+
 MAX_IWAE_K = 100_000
 
 
@@ -25,8 +28,39 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":  # Answer --help and usage errors before TensorFlow loads (it takes seconds), quietly.
+def iwae_k_argument(text):
+    """--iwae-k: an integer from 1 to MAX_IWAE_K."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise config.ConfigError(f"--iwae-k expects an integer from 1 to {MAX_IWAE_K}, received {text[:40]!r}.")
+    if not 1 <= value <= MAX_IWAE_K:
+        raise config.ConfigError(f"--iwae-k must be from 1 to {MAX_IWAE_K}, received {value}.")
+    return value
+
+
+def check_run_folder(run_dir):
+    """Refuse a folder that holds no finished run (summary.json and model.keras), before anything loads."""
+    summary = runs.read_json(os.path.join(run_dir, "summary.json")) if os.path.isdir(run_dir) else None
+    model_path = os.path.join(run_dir, "model.keras")
+    if not isinstance(summary, dict) or not os.path.isfile(model_path):
+        raise runs.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
+                                  f"pass a folder written by train.py.")
+    return summary
+
+
+def check_arguments(args):
+    """(run folder, iwae_k or None) from the command line, every check made before TensorFlow loads."""
+    iwae_k = None if args.iwae_k is None else iwae_k_argument(args.iwae_k)
+    check_run_folder(args.run)
+    return args.run, iwae_k
+
+
+if __name__ == "__main__":  # Answer --help and bad arguments before TensorFlow loads (it takes seconds), quietly.
     ARGS = parse_args()
+    STATUS = runs.guard(lambda: check_arguments(ARGS) and None)
+    if STATUS:
+        sys.exit(STATUS)
     import quiet
 
     quiet.import_tensorflow()
@@ -34,14 +68,13 @@ if __name__ == "__main__":  # Answer --help and usage errors before TensorFlow l
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import config  # noqa: E402
 import data  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402,F401  Registers the VAE's classes, so model.keras loads in safe mode.
 import objective  # noqa: E402
 import plots  # noqa: E402
 import priors  # noqa: E402
-import runs  # noqa: E402
+import run_report  # noqa: E402
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): unit j is active when Var_x E[z_j|x] > 0.01 (scale-dependent).
 INFORMATIVE_UNIT_NATS = 0.1  # A unit is informative when I(x; z_j) reaches this many nats.
@@ -166,7 +199,7 @@ def diagnose(validation, context):
     Args:
         validation: compute_metrics' numbers.
         context: what the verdict's advice needs: effective_beta, kl_weight, reconstruction_reduction,
-            likelihood, gaussian_sigma (a number or None) and steps (gradient steps trained).
+            kl_reduction, num_pixels, likelihood, gaussian_sigma (a number or None) and steps (gradient steps trained).
     """
     per_unit = validation["information_per_unit_nats"]
     latent_dim, total = len(per_unit), validation["mutual_information_nats"]
@@ -204,12 +237,12 @@ def advice(state, informative, latent_dim, context):
     """The next step for a verdict, naming the setting and the value to try."""
     if state == "healthy":
         return "Nothing to change: every unit of the code is in use."
-    beta, weight = context["effective_beta"], context["kl_weight"]
+    beta = context["effective_beta"]
     if beta > 1 + 1e-9:
-        plain = weight / beta  # The λ that gives β = 1 with these reductions.
-        alternative = " (or loss.reconstruction_reduction: sum)" if context["reconstruction_reduction"] == "mean" else ""
-        return (f"Lower β: effective β = {beta:g} charges {beta:g} nats of reconstruction for every nat of information "
-                f"in z. β = 1, the ELBO, is loss.kl_weight: {plain:.6g} with these reductions{alternative}.")
+        elbo = objective.elbo_advice(context["reconstruction_reduction"], context["kl_reduction"], latent_dim,
+                                     context["num_pixels"])
+        return f"Lower β: effective β = {beta:g} charges {beta:g} nats of reconstruction for every nat of " \
+               f"information in z. {elbo}"
     sigma = context.get("gaussian_sigma")
     if state == "collapsed" and context["likelihood"] == "gaussian" and isinstance(sigma, float) \
             and sigma > LARGE_FIXED_SIGMA:
@@ -232,6 +265,7 @@ def verdict_context(vae, steps):
     sigma = getattr(vae.likelihood, "sigma", None)
     return {"effective_beta": description["effective_beta"], "kl_weight": vae.objective.kl_weight,
             "reconstruction_reduction": vae.objective.reconstruction_reduction,
+            "kl_reduction": vae.objective.kl_reduction, "num_pixels": vae.num_pixels,
             "likelihood": vae.likelihood.name_in_config, "steps": int(steps),
             "gaussian_sigma": float(sigma) if isinstance(sigma, (int, float)) else None}
 
@@ -344,11 +378,7 @@ def evaluate_run(vae, run_dir, x_val, y_val, k, max_examples, history, steps):
 
 def load_run(run_dir):
     """A finished run's summary, config and model, or RunFolderError saying what is wrong with the folder."""
-    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
-    model_path = os.path.join(run_dir, "model.keras")
-    if not isinstance(summary, dict) or not os.path.isfile(model_path):
-        raise runs.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
-                                  f"pass a folder written by train.py.")
+    summary, model_path = check_run_folder(run_dir), os.path.join(run_dir, "model.keras")
     dataset = summary.get("dataset")
     if not isinstance(dataset, str) or not dataset:
         raise runs.RunFolderError(f"{run_dir}/summary.json does not name its dataset; re-run training to rewrite it.")
@@ -369,7 +399,8 @@ def load_run(run_dir):
 
 
 def reevaluate(run_dir, iwae_k=None):
-    """Reload a finished run's model and data, recompute its numbers and figures, update summary.json."""
+    """Reload a finished run's model and data, recompute its numbers and figures, update summary.json, rewrite
+    report.html and print the same short block as train.py."""
     summary, cfg, vae = load_run(run_dir)
     digits = data.load_digits(cfg.data, cfg.train.seed)
     if digits.x_val.shape[1:] != vae.image_shape:
@@ -380,24 +411,12 @@ def reevaluate(run_dir, iwae_k=None):
     steps = epochs * math.ceil(len(digits.x_train) / cfg.train.batch_size)
     validation, verdict = evaluate_run(vae, run_dir, digits.x_val, digits.y_val, iwae_k or cfg.evaluation.iwae_k,
                                        cfg.evaluation.max_examples, history, steps)
-    runs.update_summary(run_dir, validation=validation, collapse=verdict)
-    runs.print_result(validation, verdict, run_dir)
-
-
-def iwae_k_argument(text):
-    """--iwae-k: an integer from 1 to MAX_IWAE_K."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise config.ConfigError(f"--iwae-k expects an integer from 1 to {MAX_IWAE_K}, received {text[:40]!r}.")
-    if not 1 <= value <= MAX_IWAE_K:
-        raise config.ConfigError(f"--iwae-k must be from 1 to {MAX_IWAE_K}, received {value}.")
-    return value
+    run_report.publish(run_dir, runs.update_summary(run_dir, validation=validation, collapse=verdict))
 
 
 def main(argv=None, args=None):
     args = args or parse_args(argv)
-    return runs.guard(lambda: reevaluate(args.run, None if args.iwae_k is None else iwae_k_argument(args.iwae_k)))
+    return runs.guard(lambda: reevaluate(*check_arguments(args)))
 
 
 if __name__ == "__main__":

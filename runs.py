@@ -32,7 +32,8 @@ EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 13
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
-MAX_RUN_NAME = 100  # Characters; '-N' suffixes and 4-byte characters still fit the 255-byte file-name limit.
+MAX_RUN_NAME = 100  # Characters.
+MAX_RUN_NAME_BYTES = 200  # In UTF-8: with a '-N' suffix and temporary-file prefixes it fits a 255-byte file name.
 LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, flock'ed while it lives.
 UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
 PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
@@ -148,6 +149,9 @@ def check_run_name(name, what="output.run_name"):
                              f"path) so the run stays inside output.dir.")
     if len(name) > MAX_RUN_NAME:
         raise RunFolderError(f"{what} {quote(name)} is {len(name)} characters long; use at most {MAX_RUN_NAME}.")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_RUN_NAME_BYTES:  # Many 4-byte characters.
+        raise RunFolderError(f"{what} {quote(name)} is {len(name.encode('utf-8', 'surrogatepass'))} bytes in UTF-8; "
+                             f"file names hold at most 255, so use at most {MAX_RUN_NAME_BYTES} bytes.")
     if not name.isprintable():  # Newlines, tabs, escapes: they garble every listing and log line.
         raise RunFolderError(f"{what} {quote(name)} contains control or invisible characters; use letters, "
                              f"digits, spaces and punctuation only.")
@@ -410,6 +414,10 @@ def guard(action):
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ImportError as error:  # A requirement missing from this Python: the environment, not the input.
+        print(f"error: {first_line(error)}; install the requirements with pip install -r requirements.txt.",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except OSError as error:  # The machine, not the input: a full disk, a folder gone, a permission changed.
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror or first_line(error)}{where}. Nothing finished is lost: fix that and run the "
@@ -424,17 +432,3 @@ def update_summary(run_dir, **fields):
     summary.update(fields)
     atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary
-
-
-def print_result(validation, verdict, run_dir):
-    """The end of a run on the console: the β = 1 numbers, the verdict in capitals and its advice."""
-    per_dim = validation.get("kl_per_dim_nats")
-    kl_text = f"KL per dim {[round(v, 3) for v in per_dim]}; " if per_dim else ""
-    print(f"Validation (β = 1): -ELBO {validation['neg_elbo_nats']:.2f} nats/digit "
-          f"= reconstruction {validation['reconstruction_nats']:.2f} + KL {validation['kl_nats']:.4f}; "
-          f"IWAE (k={validation['iwae_k']}) {validation['iwae_nll_nats']:.2f} nats; {kl_text}"
-          f"information per unit [{', '.join(f'{v:.3g}' for v in validation['information_per_unit_nats'])}] nats; "
-          f"active units (Burda) {validation['active_units']}/{validation['latent_dim']}.")
-    print(f"Verdict: {verdict['state'].upper()}: {verdict['reason']}")
-    print(f"Advice: {verdict['advice']}")
-    print(f"Outputs in {run_dir}")

@@ -1,12 +1,18 @@
 """KL-weight schedules: the fraction of the final KL weight in force at a training step.
 
 Pure functions written with `keras.ops`, so the same code runs inside the train
-step (on the optimizer's step counter) and in numpy for plots and tests.
+step (on the optimizer's step counter) and in numpy for plots and tests. Each
+schedule also declares the loss settings it reads (SETTINGS_READ), so a setting
+given to a schedule that ignores it is named at start-up rather than ignored.
 """
 
 import math
 
-from keras import ops
+# The loss-section keys each schedule reads (besides loss.kl_weight): objective.teaching_warnings names any
+# other schedule key that was changed from its default, since that schedule would silently ignore it.
+SETTINGS_READ = {"constant": (), "linear": ("kl_warmup", "kl_warmup_unit"), "sigmoid": ("kl_warmup", "kl_warmup_unit"),
+                 "cyclical": ("kl_cycles", "kl_ramp_ratio")}
+SCHEDULE_SETTINGS = ("kl_warmup", "kl_warmup_unit", "kl_cycles", "kl_ramp_ratio")
 
 # Steepness of the sigmoid warm-up; it is rescaled to run exactly from 0 to 1.
 _SIGMOID_STEEPNESS = 10.0
@@ -28,6 +34,8 @@ def kl_multiplier(step, schedule, warmup_steps=0, total_steps=1, cycles=1, ramp_
         total_steps: all steps of training (used by cyclical).
         cycles, ramp_ratio: the cyclical schedule's shape.
     """
+    from keras import ops  # Here, not at the top: --explain reads this module and must not load TensorFlow.
+
     step = ops.cast(step, "float32")
     if schedule == "constant":
         return ops.ones_like(step)
@@ -46,11 +54,18 @@ def kl_multiplier(step, schedule, warmup_steps=0, total_steps=1, cycles=1, ramp_
 
 
 def first_full_weight_step(schedule, warmup_steps, total_steps, cycles, ramp_ratio):
-    """The first step at which the multiplier reaches 1, or None if it never does."""
+    """The first step (0-based, below total_steps) at which the multiplier is 1, or None if it never is."""
     if schedule == "constant":
         return 0
     if schedule in ("linear", "sigmoid"):
-        reach = warmup_steps
-    else:
-        reach = math.ceil(ramp_ratio * total_steps / cycles)
-    return reach if reach < total_steps else None
+        return warmup_steps if warmup_steps < total_steps else None
+    if schedule == "cyclical":
+        # Steps are whole numbers: a cycle of P steps reaches 1 only if a step s with s - c·P >= r·P lies
+        # before the cycle's end (with P = 30 and r = 0.99 none does: its last step has phase 29/30).
+        period = max(total_steps / cycles, 1.0)
+        for cycle in range(cycles):
+            step = math.ceil(period * (cycle + ramp_ratio))
+            if step < min(period * (cycle + 1), total_steps):
+                return step
+        return None
+    raise ValueError(f"Unknown kl_schedule {schedule!r}; see config.SCHEDULES.")

@@ -36,10 +36,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow here (rep
 import yaml  # noqa: E402
 
 import config  # noqa: E402
+import data  # noqa: E402
 import runs  # noqa: E402
 from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
 
-EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED = 1  # A run failed or diverged; the other statuses are runs' (guard), shared by every entry point.
+EXIT_USER_ERROR, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_INTERRUPTED
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -168,6 +170,8 @@ def make_plan(args):
     grid = add_seeds(check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid),
                      args.seeds, base.train.seed)
     planned = plan_runs(raw, grid)
+    for data_cfg in {repr(run.cfg.data): run.cfg.data for run in planned}.values():
+        data.peek(data_cfg)  # A bad data.path is refused here, before any run starts (DataError: exit 2).
     spec = {"grid": grid, "base": sweep_base(base.to_dict())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
     name = args.name or yaml_name or "_".join(key.split(".")[1] for key in grid) + f"_{digest}"
@@ -527,28 +531,30 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        plan = make_plan(args)
-        executor = make_executor(args)
-    except (config.ConfigError, runs.RunFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    return runs.guard(lambda: sweep(args))  # One error path: one `error:` line and runs' exit statuses.
+
+
+def sweep(args):
+    """Plan, train and report the sweep; returns its exit status."""
+    plan = make_plan(args)
+    executor = make_executor(args)
     try:
         prepare_folder(plan)
-    except (config.ConfigError, runs.RunFolderError) as error:
-        executor.close()
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    where = (f"{plan.workers} worker(s)" if executor.name == "local" else
-             f"Ray tasks of {executor.cpus:g} CPU(s)" + (f" and {executor.gpus:g} GPU(s)" if executor.gpus else ""))
-    print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {where}.", flush=True)
-    try:
-        statuses, walls = run_all(plan, executor)
-    except KeyboardInterrupt:
-        print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        where = (f"{plan.workers} worker(s)" if executor.name == "local" else
+                 f"Ray tasks of {executor.cpus:g} CPU(s)" + (f" and {executor.gpus:g} GPU(s)" if executor.gpus else ""))
+        print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {where}.", flush=True)
+        try:
+            statuses, walls = run_all(plan, executor)
+        except KeyboardInterrupt:
+            print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
+            return EXIT_INTERRUPTED
     finally:
         executor.close()
+    return report(plan, statuses, walls)
+
+
+def report(plan, statuses, walls):
+    """Write the sweep's table, figures and page from its runs; returns 0, or EXIT_FAILED if a run failed."""
     import quiet  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
 
     tf_log = os.path.join(plan.folder, LOG_DIR, "tensorflow_startup.log")

@@ -1,10 +1,10 @@
 """Train the keras.io convolutional VAE with the KL weighting you configure, and say what it did.
 
-    python train.py --config config.yaml [--set loss.reconstruction_reduction=mean ...]
+    python train.py --config config.yaml [--set loss.reconstruction_reduction=mean ...] [--explain]
 
 Prints the objective as a multiple of the ELBO (the effective β), trains, and
-writes into outputs/<run>/: config.yaml, metrics.csv, model.keras, summary.json
-and the figures. Exit status: 0 done, 2 bad input, 3 diverged, 4 the machine failed us (a full disk), 130 interrupted.
+writes into outputs/<run>/: config.yaml, metrics.csv, model.keras, summary.json,
+report.html and the figures. --explain prints what the config optimises and stops.
 
 From Python (a notebook cell): `summary = train.run("config.yaml", overrides=["train.epochs=5"])`.
 """
@@ -26,14 +26,17 @@ import yaml  # noqa: E402
 
 import config  # noqa: E402
 import data  # noqa: E402
+import plan  # noqa: E402
 import runs  # noqa: E402
+
+# Every module that loads TensorFlow (keras, model, callbacks, evaluate, ...) is imported inside the function
+# that needs it: `--help`, `--explain` and every check of the input answer before that import (~4 s).
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
 # cores do not change the choice: measured, slices still won under them or tied (docs/performance.md).
 SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
-MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at (Setup).
 
 
 def available_threads():
@@ -47,7 +50,7 @@ def resolve_batch_shards(requested):
     """train.batch_shards with 0 resolved: 1 on a GPU or a single CPU thread, else two slices per thread, up to 8."""
     if requested:
         return requested
-    import tensorflow as tf  # See Setup.
+    import tensorflow as tf  # Deferred: see the note above the imports.
 
     threads = available_threads()
     if threads == 1 or tf.config.list_physical_devices("GPU"):
@@ -63,7 +66,7 @@ def configure_threads(shards):
     starts executing; returns a note when it could not (the defaults then stay: same math, slower)."""
     if shards == 1:
         return None
-    import tensorflow as tf  # See Setup.
+    import tensorflow as tf  # Deferred: see the note above the imports.
 
     threads = available_threads()
     try:
@@ -115,7 +118,7 @@ def make_strategy(distribute):
     """
     if distribute == "none":
         return None
-    import tensorflow as tf  # See Setup.
+    import tensorflow as tf  # Deferred: see the note above the imports.
 
     if distribute == "multi_worker":
         read_tf_config()
@@ -125,68 +128,32 @@ def make_strategy(distribute):
 
 
 class Setup:
-    """What a run derives from its config and its data: step counts, the objective and what it means."""
+    """A run's plan (plan.Plan: step counts, the objective and what it means, the notes) and what it adds
+    on the machine: the tf.distribute strategy, the batch slices, and the VAE builder."""
 
     def __init__(self, cfg, digits):
-        import objective  # Imports Keras: deferred, like every TensorFlow import here, so --help is instant.
-
         self.cfg, self.digits = cfg, digits
-        loss, train = cfg.loss, cfg.train
-        self.image_shape = tuple(digits.x_train.shape[1:])
-        self.num_pixels = int(np.prod(self.image_shape))
-        latent_dim = cfg.model.latent_dim
-        self.strategy = make_strategy(train.distribute)  # First: before TensorFlow runs anything (multi_worker).
+        self.strategy = make_strategy(cfg.train.distribute)  # First: before TensorFlow runs anything (multi_worker).
         self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
-        self.batch_shards = resolve_batch_shards(train.batch_shards)
-        replica_note = None
+        self.plan = plan.Plan.from_config(cfg, digits.x_train.shape[1:], len(digits.x_train))
+        self.notes = self.plan.notes + ([self.plan.execution_note] if self.plan.execution_note else [])
+        self.batch_shards = resolve_batch_shards(cfg.train.batch_shards)
         if self.strategy and self.batch_shards > 1:  # Slicing a batch between CPU threads is a one-device option.
-            replica_note = (f"NOTE: train.batch_shards is {self.batch_shards} but train.distribute is "
-                            f"{train.distribute}: each replica runs its local batch whole (batch_shards 1).")
+            self.notes.append(f"NOTE: train.batch_shards is {self.batch_shards} but train.distribute is "
+                              f"{cfg.train.distribute}: each replica runs its local batch whole (batch_shards 1).")
             self.batch_shards = 1
-        self.steps_per_epoch = math.ceil(len(digits.x_train) / train.batch_size)
-        self.total_steps = self.steps_per_epoch * train.epochs
-        self.objective = objective.Objective.from_config(loss, latent_dim, self.num_pixels, self.steps_per_epoch,
-                                                         train.epochs)
-        sigma = loss.gaussian_sigma if isinstance(loss.gaussian_sigma, float) else None
-        self.description = objective.describe(loss.reconstruction_reduction, loss.kl_reduction,
-                                              self.objective.kl_weight, latent_dim, self.num_pixels, loss.likelihood,
-                                              sigma)
-        self.statement = objective.statement(self.description, latent_dim, self.num_pixels)
-        self.notes = objective.teaching_warnings(
-            loss, cfg.data.binarize, latent_dim, self.num_pixels, self.total_steps, self.objective.warmup_steps)
-        if replica_note:
-            self.notes.append(replica_note)
-        # Keras runs whole executions even across an epoch's end, which would shift later epochs'
-        # batches; so use the largest divisor of the steps per epoch up to the configured number.
-        limit = min(train.steps_per_execution, self.steps_per_epoch)
-        bound = f"train.steps_per_execution {train.steps_per_execution}"
-        terminal_limit = max(1, self.steps_per_epoch // MIN_EXECUTIONS_IN_A_TERMINAL)
-        if sys.stdout.isatty() and terminal_limit < limit:  # Keras's bar moves once per execution.
-            limit, bound = terminal_limit, (f"{terminal_limit}, so that the progress bar in this terminal moves "
-                                            f"at least {MIN_EXECUTIONS_IN_A_TERMINAL} times an epoch")
-        self.steps_per_execution = max(k for k in range(1, limit + 1) if self.steps_per_epoch % k == 0)
-        if train.precision != "float32":
-            self.notes.append(f"NOTE: the encoder and decoder compute in {train.precision} (weights, the losses, the "
-                              f"evaluation and model.keras stay float32).")
-        if self.steps_per_execution != train.steps_per_execution:
-            self.notes.append(f"NOTE: running {self.steps_per_execution} steps per execution (the largest divisor "
-                              f"of the {self.steps_per_epoch} steps per epoch up to {bound}); same math, "
-                              f"different speed.")
-        if self.strategy and self.steps_per_execution > 1:
-            # Keras 3.15's multi-step loop fails under MirroredStrategy even for one Dense layer ("You must feed
-            # a value for placeholder tensor ... while/cond"), so a distributed run calls in once per step.
-            if self.steps_per_execution != train.steps_per_execution:
-                self.notes.pop()  # The divisor note just above, superseded by this one.
-            self.steps_per_execution = 1
-            self.notes.append(f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's "
-                              f"multi-step loop fails under tf.distribute); same math, a little slower.")
+        # The plan's numbers, under the names the rest of training reads.
+        self.image_shape, self.num_pixels = self.plan.image_shape, self.plan.num_pixels
+        self.steps_per_epoch, self.total_steps = self.plan.steps_per_epoch, self.plan.total_steps
+        self.steps_per_execution, self.objective = self.plan.steps_per_execution, self.plan.objective
+        self.description, self.statement = self.plan.description, self.plan.statement
 
     def build_vae(self, precision=None):
         """The configured VAE, compiled with the run's optimizer, objective and batch slices.
 
         precision: train.precision by default; finish builds a float32 twin to save and evaluate.
         """
-        import keras  # See Setup.
+        import keras  # Deferred: see the note above the imports.
 
         import model
 
@@ -255,7 +222,7 @@ def start_run(cfg, run_dir, resume, setup, vae):
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
     """Train from first_epoch; returns the recorder (which knows whether training diverged) and the
     phase clock (where the epochs' time went)."""
-    from callbacks import PhaseClock, RunRecorder  # See Setup.
+    from callbacks import PhaseClock, RunRecorder  # Deferred: see the note above the imports.
 
     cfg = setup.cfg
     recorder, clock = RunRecorder(setup, run_dir, history), PhaseClock()
@@ -273,7 +240,7 @@ def tensorboard_callbacks(setup, vae, run_dir, recorder):
     """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
     if not setup.cfg.output.tensorboard:
         return []
-    import tensorboard_log  # See Setup.
+    import tensorboard_log  # Deferred: see the note above the imports.
 
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
@@ -288,6 +255,7 @@ def finish(setup, vae, run_dir, history, phases):
     """
     import evaluate
     import plots
+    import run_report
 
     finish_started = time.perf_counter()
     cfg = setup.cfg
@@ -320,14 +288,14 @@ def finish(setup, vae, run_dir, history, phases):
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None,
               "phases_seconds": {**phases, "evaluation": time.perf_counter() - finish_started}}
     if cfg.output.tensorboard:
-        import tensorboard_log  # See Setup.
+        import tensorboard_log  # Deferred: see the note above the imports.
 
         tensorboard_log.write_final_metrics(os.path.join(run_dir, "tensorboard"),
                                             tensorboard_log.final_metrics(validation, verdict), len(history))
-    runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
-                        epochs_completed=len(history), status="complete")
+    summary = runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
+                                  epochs_completed=len(history), status="complete")
     shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
-    runs.print_result(validation, verdict, run_dir)
+    run_report.publish(run_dir, summary)  # report.html from the complete summary, and the short console block.
 
 
 def train(cfg, callbacks=(), quiet_console=False):
@@ -337,10 +305,9 @@ def train(cfg, callbacks=(), quiet_console=False):
     into <run>/tensorflow_startup.log instead (quiet.py); the command line does, a notebook need not.
     """
     started = time.perf_counter()
-    if cfg.train.distribute == "multi_worker":
-        read_tf_config()  # A missing or broken $TF_CONFIG is refused before TensorFlow loads.
+    check_before_tensorflow(cfg)
     if quiet_console:
-        import quiet  # See Setup.
+        import quiet  # Deferred: see the note above the imports.
 
         quiet.import_tensorflow()
     digits = data.load_digits(cfg.data, cfg.train.seed)
@@ -360,9 +327,10 @@ def train(cfg, callbacks=(), quiet_console=False):
     print(setup.statement)
     for note in setup.notes:
         print(note)
+    print(setup.plan.expectation)
     print(where)
 
-    import keras  # See Setup.
+    import keras  # Deferred: see the note above the imports.
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.train.seed)
@@ -371,7 +339,7 @@ def train(cfg, callbacks=(), quiet_console=False):
     vae = setup.build_vae()
     history = []
     # Taken last before the folder's first files: an interruption before this leaves no folder behind.
-    run_lock = runs.lock_run_dir(run_dir)  # noqa: F841  Held until train() returns; another process is refused.
+    run_lock = runs.lock_run_dir(run_dir)  # Held until train() returns or raises; another process is refused.
     try:
         start_run(cfg, run_dir, resume, setup, vae)
         if quiet_console:
@@ -398,7 +366,21 @@ def train(cfg, callbacks=(), quiet_console=False):
         except OSError:
             pass
         raise
+    finally:  # In a notebook a raised exception's traceback would otherwise hold the lock until it is cleared.
+        run_lock.close()
     return 0, run_dir
+
+
+def check_before_tensorflow(cfg):
+    """Every check of the input that needs no TensorFlow, so that a bad value is refused in well under a
+    second: data.path (data.peek), the run name, the output folder, $TF_CONFIG. Returns data.peek's answer."""
+    if cfg.train.distribute == "multi_worker":
+        read_tf_config()
+    if cfg.output.run_name is not None:
+        runs.check_run_name(cfg.output.run_name)
+    shape = data.peek(cfg.data)
+    runs.check_writable(cfg.output.dir)
+    return shape
 
 
 def report_divergence(cfg, run_dir, where, history):
@@ -424,27 +406,101 @@ def run(config_or_path=None, overrides=(), callbacks=()):
     Raises config.ConfigError, data.DataError or runs.RunFolderError on bad input; a diverged or
     interrupted run returns its summary with that status.
     """
-    if isinstance(config_or_path, config.Config):
-        config_or_path = config_or_path.to_dict()
-    if isinstance(config_or_path, dict):
-        cfg = config.from_dict(config.apply_overrides(config_or_path, overrides))
-    else:
-        cfg = config.load(config_or_path, overrides)[0]
+    cfg, _ = load_config(config_or_path, check_list("overrides", overrides, str, "'section.key=value' strings"))
+    callbacks = check_list("callbacks", callbacks, None, "keras.callbacks.Callback objects")
+    for callback in callbacks:
+        if not callable(getattr(callback, "set_model", None)):
+            raise config.ConfigError(f"callbacks must hold keras.callbacks.Callback objects, received a "
+                                     f"{type(callback).__name__}.")
     _, run_dir = train(cfg, callbacks)
     return runs.read_json(os.path.join(run_dir, "summary.json"))
 
 
+def check_list(name, value, kind, what):
+    """A list or tuple argument of train.run as a list, or a ConfigError naming what was expected."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or (kind and not all(isinstance(v, kind) for v in value)):
+        raise config.ConfigError(f"train.run's {name} must be a list of {what}, received {config.quote(value)}.")
+    return list(value)
+
+
+def load_config(config_or_path, overrides):
+    """(Config, notes) from what train.run or the command line was given: a path, a Config, a dict or None.
+    A `sweep:` section (sweep.py's) is allowed and noted: train.py trains the base settings once."""
+    if isinstance(config_or_path, config.Config):
+        for name, kind in config.SECTIONS.items():
+            if not isinstance(getattr(config_or_path, name), kind):
+                raise config.ConfigError(f"Config.{name} must be a config.{kind.__name__}, received "
+                                         f"{config.quote(getattr(config_or_path, name))}.")
+        try:
+            config_or_path = config_or_path.to_dict()
+        except TypeError as error:  # dataclasses.asdict deep-copies: an unpicklable value fails here.
+            raise config.ConfigError(f"the Config holds a value that is not a setting ({runs.first_line(error)}).")
+    if isinstance(config_or_path, dict):
+        raw = config.apply_overrides(config_or_path, overrides)
+    elif config_or_path is None or isinstance(config_or_path, (str, os.PathLike)):
+        raw = config.load(config_or_path, overrides, extra_sections=("sweep",))[1]
+    else:
+        raise config.ConfigError(f"train.run takes a YAML path, a config.Config, a dict or None, received "
+                                 f"{config.quote(config_or_path)}.")
+    cfg = config.from_dict(raw, extra_sections=("sweep",))
+    notes = ["NOTE: the config's sweep: section is read by sweep.py; train.py trains its base settings once."] \
+        if isinstance(raw, dict) and "sweep" in raw else []
+    return cfg, notes
+
+
+EPILOG = """examples:
+  python train.py --config config.yaml
+  python train.py --config config.yaml --set loss.reconstruction_reduction=mean
+  python train.py --config recipes/keras_io_2020.yaml --explain
+  python train.py --config config.yaml --set loss.kl_weight=4 --set train.epochs=10
+
+Every setting is a key of config.yaml, which documents each one (--set section.key=value overrides it):
+{keys}
+
+Exit status: 0 done, 2 bad input, 3 diverged, 4 an environment fault (a full disk; resumable), 130 interrupted.
+Results: outputs/<run>/report.html; see README.md."""
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="YAML config file (default: built-in tutorial defaults).")
+    keys = "\n".join(f"  {name}: {', '.join(f.name for f in dataclasses.fields(kind))}"
+                     for name, kind in config.SECTIONS.items())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG.format(keys=keys),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config file, e.g. config.yaml or one of recipes/ "
+                                                       "(default: the built-in tutorial defaults).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one setting, e.g. --set loss.kl_weight=0.1 (repeatable).")
+    parser.add_argument("--explain", action="store_true",
+                        help="Print what this config optimises (formula, effective β, β_norm, warnings, what to "
+                             "expect) and exit without training or loading TensorFlow.")
     return parser.parse_args(argv)
+
+
+def explain(args):
+    """--explain: print the plan of the configured run, from the config and the data's shape alone."""
+    cfg, notes = load_config(args.config, args.overrides)
+    shape = check_before_tensorflow(cfg)
+    command = " ".join(["python train.py", *([f"--config {args.config}"] if args.config else []),
+                        *(f"--set {text}" for text in args.overrides)])
+    the_plan = plan.Plan.from_config(cfg, shape.image_shape, shape.train_examples)
+    for line in notes + plan.explain(the_plan, shape, command):
+        print(line)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return runs.guard(lambda: train(config.load(args.config, args.overrides)[0], quiet_console=True)[0])
+    if args.explain:
+        return runs.guard(lambda: explain(args))
+
+    def action():
+        cfg, notes = load_config(args.config, args.overrides)
+        for note in notes:
+            print(note)
+        return train(cfg, quiet_console=True)[0]
+
+    return runs.guard(action)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ def test_a_yaml_reader_error_prints_exactly_one_line(tmp_path):
     ("two\nlines", "contains control or invisible characters"),
     ("tab\there", "contains control or invisible characters"),
     ("\x1b[31mred", "contains control or invisible characters"),
+    ("\U0001F600" * 60, "is 240 bytes in UTF-8"),  # 60 characters, but 4 bytes each.
 ])
 def test_long_or_unprintable_run_names_are_refused(tmp_path, capsys, name, fragment):
     with pytest.raises(runs.RunFolderError, match=fragment):

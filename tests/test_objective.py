@@ -11,8 +11,8 @@ import objective
 @pytest.mark.parametrize("rec, kl, weight, beta", [
     ("sum", "sum", 1.0, 1.0),  # The tutorial: the ELBO.
     ("mean", "sum", 1.0, 784.0),  # The user's change: (1/784)·[Σ BCE + 784·KL].
-    ("mean", "mean", 1.0, 392.0),  # Old tutorial versions averaged both.
-    ("sum", "mean", 1.0, 0.5),
+    ("mean", "mean", 1.0, 392.0),  # keras.io's 2020 code without its `* 28 * 28`: both averaged.
+    ("sum", "mean", 1.0, 0.5),  # keras.io's 2020 code as pasted: a mean KL, β = 1/J.
     ("mean", "sum", 1 / 784, 1.0),  # λ = 1/784 restores the ELBO.
     ("sum", "sum", 4.0, 4.0),
 ])
@@ -39,7 +39,11 @@ def test_kl_weight_norm_gives_beta_norm_back(rec, kl):
 def test_fixed_gaussian_sigma_states_the_mse_equivalent_beta():
     got = objective.describe("sum", "sum", 1.0, 2, 784, "gaussian", 0.1)
     assert math.isclose(got["sse_equivalent_beta"], 2 * 0.1 ** 2, rel_tol=1e-12)
-    assert "MSE-sum + 0.02·KL" in objective.statement(got, 2, 784)
+    assert "SSE + 0.02·KL" in objective.statement(got, 2, 784)
+    # SSE/(2σ²) + β·KL ∝ SSE + 2σ²β·KL: the ELBO of σ' with 2σ'² = 2σ²β, so σ' = σ·√β.
+    weighted = objective.describe("sum", "sum", 9.0, 2, 784, "gaussian", 0.1)
+    assert math.isclose(weighted["equivalent_sigma"], 0.3, rel_tol=1e-12)
+    assert "Gaussian decoder with σ = 0.3" in objective.statement(weighted, 2, 784)
 
 
 def warnings_for(**loss):
@@ -52,10 +56,46 @@ def test_mean_reconstruction_with_summed_kl_is_flagged_with_its_beta():
     assert "784×" in text and "posterior collapse" in text
 
 
-def test_bce_on_grey_levels_is_flagged_and_the_tutorial_gets_no_collapse_warning():
-    notes = warnings_for()
-    assert any("grey-level" in n for n in notes)
-    assert not any("collapse" in n for n in notes)
+def test_the_tutorial_gets_no_warning():
+    assert warnings_for() == []
+
+
+@pytest.mark.parametrize("loss, named", [
+    ({"kl_warmup": 10}, ["loss.kl_warmup 10"]),
+    ({"kl_warmup_unit": "steps", "kl_cycles": 2}, ["loss.kl_warmup_unit 'steps'", "loss.kl_cycles 2"]),
+    ({"kl_schedule": "cyclical", "kl_warmup": 5}, ["loss.kl_warmup 5"]),
+    ({"kl_schedule": "linear", "kl_warmup": 5, "kl_ramp_ratio": 0.25}, ["loss.kl_ramp_ratio 0.25"]),
+])
+def test_a_schedule_setting_the_schedule_does_not_read_is_named(loss, named):
+    (note,) = [n for n in warnings_for(**loss) if "does not read" in n]
+    assert all(key in note for key in named), note
+    assert not any("does not read" in n for n in warnings_for(kl_schedule="cyclical", kl_cycles=2))
+
+
+def test_a_cyclical_ramp_that_never_reaches_one_within_a_cycle_is_flagged():
+    # 100 steps in 4 cycles of 25: with r = 0.99 the ramp ends after the cycle's last step (phase 24/25 < 0.99).
+    assert any("never reaches" in n for n in warnings_for(kl_schedule="cyclical", kl_ramp_ratio=0.99))
+    assert not any("never reaches" in n for n in warnings_for(kl_schedule="cyclical", kl_ramp_ratio=0.9))
+
+
+@pytest.mark.parametrize("rec, kl, weight, words", [
+    ("sum", "sum", 1.0, "ELBO's own balance"),
+    ("sum", "mean", 1.0, "sharper reconstructions"),
+    ("mean", "mean", 1.0, "posterior collapse"),  # β = 392
+    ("mean", "mean", 0.1, "posterior collapse"),  # β = 39.2
+    ("sum", "sum", 10.0, "simpler code"),
+])
+def test_the_expectation_follows_beta(rec, kl, weight, words):
+    assert words in objective.expectation(objective.describe(rec, kl, weight, 2, 784))
+
+
+def test_the_expectation_of_a_fixed_gaussian_sigma_reads_the_equivalent_sigma():
+    blurry = objective.describe("mean", "sum", 128 / 60000, 2, 784, "gaussian", 0.5 ** 0.5)
+    assert "σ = 0.914" in objective.expectation(blurry, "gaussian", 0.5 ** 0.5)
+    sharp = objective.describe("sum", "sum", 1.0, 2, 784, "gaussian", 0.05)
+    assert "a code in use" in objective.expectation(sharp, "gaussian", 0.05)
+    assert "the data choose σ" in objective.expectation(objective.describe("sum", "sum", 1.0, 2, 784, "gaussian"),
+                                                        "gaussian", "optimal")
 
 
 def test_schedule_that_never_reaches_its_weight_is_flagged():

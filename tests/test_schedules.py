@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+import config
 import schedules
 
 
@@ -53,3 +54,23 @@ def test_first_full_weight_step():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="kl_schedule"):
         schedules.kl_multiplier(0, "exponential")
+
+
+@pytest.mark.parametrize("schedule, warmup, total, cycles, ratio", [
+    ("constant", 0, 50, 1, 0.5), ("linear", 20, 50, 1, 0.5), ("linear", 50, 50, 1, 0.5), ("sigmoid", 7, 40, 1, 0.5),
+    ("cyclical", 0, 100, 4, 0.5), ("cyclical", 0, 120, 4, 0.99), ("cyclical", 0, 120, 4, 1.0),
+    ("cyclical", 0, 101, 3, 0.97), ("cyclical", 0, 10, 7, 0.3), ("cyclical", 0, 64, 4, 0.9),
+])
+def test_first_full_weight_step_agrees_with_the_multiplier_itself(schedule, warmup, total, cycles, ratio):
+    # The independent reference: evaluate the multiplier at every step and find its first 1.
+    values = np.asarray(schedules.kl_multiplier(np.arange(total), schedule, warmup, total, cycles, ratio))
+    full = np.flatnonzero(values >= 1 - 1e-6)
+    expected = int(full[0]) if len(full) else None
+    assert schedules.first_full_weight_step(schedule, warmup, total, cycles, ratio) == expected
+
+
+def test_every_schedule_declares_the_settings_it_reads():
+    assert set(schedules.SETTINGS_READ) == set(config.SCHEDULES)
+    assert all(set(keys) <= set(schedules.SCHEDULE_SETTINGS) for keys in schedules.SETTINGS_READ.values())
+    with pytest.raises(ValueError, match="Unknown kl_schedule"):
+        schedules.first_full_weight_step("warm", 0, 10, 1, 0.5)

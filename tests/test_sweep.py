@@ -16,6 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import data  # noqa: E402
 import runs  # noqa: E402
 import sweep  # noqa: E402
 import sweep_report  # noqa: E402
@@ -351,3 +352,27 @@ def test_a_run_started_by_an_earlier_version_resumes(tmp_path):
     del stored["train"]["precision"]
     (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(stored))
     assert runs._same_settings(str(tmp_path), cfg)
+
+
+# ---- One error path: the sweep ends every fault in one `error:` line and runs' exit statuses -----------
+
+def test_a_bad_data_path_is_refused_before_any_run_starts(tmp_path):
+    result = run_sweep(tmp_path, *TWO_SETTINGS, "--set", "data.source=npz", "--set",
+                       f"data.path={tmp_path / 'missing.npz'}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: data.path") and result.stderr.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fault, status", [(OSError(28, "No space left on device"), runs.EXIT_ENVIRONMENT),
+                                           (data.DataError("the digits are gone"), runs.EXIT_USER_ERROR)])
+def test_a_fault_while_sweeping_is_one_error_line_and_its_status(tmp_path, monkeypatch, capsys, fault, status):
+    # Raised where the sweep prepares its folder (the report, a disk, the data: the same path for all).
+    def fail(plan):
+        raise fault
+
+    monkeypatch.setattr(sweep, "prepare_folder", fail)
+    code = sweep.main(["--config", os.path.join(ROOT, "config.yaml"), *TWO_SETTINGS,
+                       "--set", f"output.dir={tmp_path}", "--set", "data.source=mnist_embedded"])
+    error = capsys.readouterr().err
+    assert code == status and error.startswith("error: ") and error.count("\n") == 1, error

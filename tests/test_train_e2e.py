@@ -166,13 +166,24 @@ def test_a_code_rescaled_by_005_or_20_keeps_its_verdict_and_information(collapse
     assert before["active_units"] >= 1
 
 
-def test_a_short_beta_1_run_is_collapsed_and_told_to_train_longer(tmp_path):
+def test_a_short_beta_1_run_is_collapsed_and_told_to_train_longer(tmp_path, capsys):
     # The case a learner meets first: KL from the codes drifting off the prior, almost no information.
     summary = train.run(None, quick_overrides(tmp_path, "data.limit=1000", "train.epochs=3", "train.batch_size=128",
                                               "evaluation.max_examples=1000"))
     assert summary["collapse"]["state"] == "collapsed", summary["collapse"]["reason"]
     assert summary["validation"]["mutual_information_nats"] < 0.2
     assert "Train longer" in summary["collapse"]["advice"]
+    # The run at a glance: report.html with the verdict and every figure, and the short block on the console.
+    (run_dir,) = run_dirs(tmp_path)
+    with open(os.path.join(run_dir, "report.html"), encoding="utf-8") as handle:
+        page = handle.read()
+    assert '<span class="state collapsed">COLLAPSED</span>' in page and summary["collapse"]["advice"] in page
+    figures = [name for name in os.listdir(run_dir) if name.endswith(".png")]
+    assert len(figures) >= 7 and page.count("data:image/png") == len(figures)
+    block = capsys.readouterr().out.splitlines()[-6:]
+    assert block[0].startswith("Result on 1000 validation digits") and block[3].startswith("  COLLAPSED: ")
+    assert block[1].startswith(f"  −ELBO {summary['validation']['neg_elbo_nats']:.1f} nats per digit")
+    assert block[-1] == f"  Figures: {os.path.join(run_dir, 'report.html')} (and the PNGs beside it)"
 
 
 def test_the_per_pixel_mean_collapses_and_the_run_says_so(collapse_runs):

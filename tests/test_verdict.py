@@ -6,11 +6,13 @@ posterior standard deviation σ_j. Their aggregate posterior is N(0, a_j² + σ_
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 import evaluate
+import objective
 
 N = 1000
 
@@ -36,9 +38,11 @@ def validation_of(z_mean, z_log_var, spread):
             "kl_nats": gaussian_kl(z_mean, z_log_var)}
 
 
-def context(beta=1.0, weight=1.0, reduction="sum", likelihood="bernoulli", sigma=None, steps=20_000):
+def context(beta=1.0, weight=1.0, reduction="sum", likelihood="bernoulli", sigma=None, steps=20_000,
+            kl_reduction="sum"):
     return {"effective_beta": beta, "kl_weight": weight, "reconstruction_reduction": reduction,
-            "likelihood": likelihood, "gaussian_sigma": sigma, "steps": steps}
+            "kl_reduction": kl_reduction, "num_pixels": 784, "likelihood": likelihood, "gaussian_sigma": sigma,
+            "steps": steps}
 
 
 @pytest.mark.parametrize("signal, noise", [([1.0], [1.0]), ([3.0, 0.5], [0.2, 1.0]), ([0.05], [1.0])])
@@ -119,3 +123,23 @@ def test_the_kl_is_split_into_information_and_the_priors_mismatch():
     assert abs(use["mutual_information_nats"]) < 1e-9
     assert math.isclose(use["marginal_kl_nats"], gaussian_kl(z_mean, z_log_var), rel_tol=1e-9)
     assert use["mutual_information_cap_nats"] == pytest.approx(math.log(N))
+
+
+@pytest.mark.parametrize("rec, kl", [("sum", "sum"), ("mean", "sum"), ("sum", "mean"), ("mean", "mean")])
+@pytest.mark.parametrize("latent_dim", [2, 8])
+def test_the_advice_to_lower_beta_names_settings_that_give_the_elbo(rec, kl, latent_dim):
+    # For every combination of reductions: a λ with β = 50, then each setting the advice names, fed back
+    # through objective.describe, must give β = 1 (by hand: β = λ·kl_scale/rec_scale).
+    rec_scale, kl_scale = (1 / 784 if rec == "mean" else 1.0), (1 / latent_dim if kl == "mean" else 1.0)
+    weight = 50 * rec_scale / kl_scale
+    ctx = context(50.0, weight, rec, kl_reduction=kl)
+    text = evaluate.advice("collapsed", 0, latent_dim, ctx)
+    suggested = float(re.search(r"loss\.kl_weight: ([0-9.e+-]+) with these reductions", text).group(1))
+    assert objective.describe(rec, kl, suggested, latent_dim, 784)["effective_beta"] == pytest.approx(1, rel=1e-5)
+    alternative = re.search(r"\(or (.+) with loss\.kl_weight: 1\)", text)
+    assert (alternative is None) == ((rec, kl) == ("sum", "sum")), text
+    if alternative:
+        words = alternative.group(1)
+        new_rec = "sum" if "reconstruction_reduction: sum" in words or "both" in words else rec
+        new_kl = "sum" if "kl_reduction: sum" in words or "both" in words else kl
+        assert objective.describe(new_rec, new_kl, 1.0, latent_dim, 784)["effective_beta"] == 1.0, text
