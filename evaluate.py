@@ -81,7 +81,16 @@ INFORMATIVE_UNIT_NATS = 0.1  # A unit is informative when I(x; z_j) reaches this
 COLLAPSED_BELOW_NATS = 0.2  # A code with less information than this tells the decoder almost nothing.
 FEW_STEPS = 2000  # Fewer gradient steps than this: a collapsed β <= 1 run is likelier undertrained than stuck.
 LARGE_FIXED_SIGMA = 0.3  # A fixed Gaussian σ above this leaves the reconstruction term too weak to use z.
-DECODE_BATCH = 1024  # Latent codes decoded per call; bounds memory whatever k is.
+# Collapsed when the decoder gains less than this from a digit's own code over another digit's (decoder_use,
+# nats per digit), however much the code carries. A decoder equal to the true p(x|z) of the encoder's joint
+# gains I(x; z) plus the lautum information, so at least I(x; z): a code worth COLLAPSED_BELOW_NATS that reaches
+# the reconstructions gains at least as much. Measured on embedded digits: a decoder whose first Dense kernel is
+# zeroed gains exactly 0; the tutorial's model after 4 epochs gains about 60 nats (see the report of issue #22).
+DECODER_USE_BELOW_NATS = 0.2
+# Noise draws averaged in I(x; z) and I(x; z_j): one draw left a unit at 0.10 nats flipping between states with the
+# seed; 8 divide the draw's standard deviation by about 2.8. Each costs O(N²·J) (about 0.1 s for N = 2,000, J = 2).
+INFORMATION_DRAWS = 8
+DECODE_BATCH = 1024  # Latent codes decoded per call, whatever k and the number of digits are; bounds memory.
 MI_MAX_EXAMPLES = 2000  # Digits in the aggregate-posterior estimate (its cost grows with their square).
 EVAL_SEED = 20240611
 STATES = ("healthy", "partial", "collapsed")
@@ -112,57 +121,132 @@ def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED):
     over the k samples of -log p(x|z); the IWAE bound log (1/k) Σ_i p(x, z_i)/q(z_i|x) (Burda et
     al. 2016, eq. 8); and the Monte Carlo mean of log q(z|x) - log p(z) (the KL for priors
     without a closed form).
+
+    No decoder call gets more than DECODE_BATCH codes, whatever k is: max(1, DECODE_BATCH // k)
+    digits at a time, and above k = DECODE_BATCH one digit's samples DECODE_BATCH at a time, the
+    log-sum-exp of the weights and the means accumulated chunk by chunk, so memory does not grow
+    with k. The noise is drawn in the same order whatever the chunks (one (k, digits, J) block
+    per group of digits), so the numbers are those of a single call per group.
     """
     rng = np.random.default_rng(seed)
     n, latent_dim = z_mean.shape
     per_chunk = max(1, DECODE_BATCH // k)
+    samples_per_call = min(k, max(1, DECODE_BATCH // per_chunk))
     reconstruction, iwae, kl = np.zeros(n), np.zeros(n), np.zeros(n)
     encode_prior = vae.encode_for_prior()
     for start in range(0, n, per_chunk):
-        xs, mu, log_var = x[start:start + per_chunk], z_mean[start:start + per_chunk], z_log_var[start:start + per_chunk]
-        b = len(xs)
-        eps = rng.standard_normal((k, b, latent_dim)).astype("float32")
-        z = mu[None] + np.exp(0.5 * log_var)[None] * eps  # (k, b, latent_dim)
-        flat = z.reshape(k * b, latent_dim)
-        logits = _decode_logits(vae, flat)
-        x_rep = np.broadcast_to(xs[None], (k,) + xs.shape).reshape((k * b,) + xs.shape[1:])
-        nll = vae.likelihood.nll(x_rep, logits, log_sigma)
-        log_px_z = -np.asarray(losses.sum_over_pixels(nll)).reshape(k, b)
-        log_pz = np.asarray(vae.prior.log_prob(flat, encode_prior), dtype="float64").reshape(k, b)
-        log_qz = np.asarray(priors.diagonal_normal_log_prob(z.astype("float64"), mu[None].astype("float64"),
-                                                             log_var[None].astype("float64")))  # (k, b)
-        log_w = log_px_z.astype("float64") + log_pz - log_qz  # (k, b)
-        top = log_w.max(axis=0)
-        iwae[start:start + b] = top + np.log(np.mean(np.exp(log_w - top), axis=0))
-        reconstruction[start:start + b] = -log_px_z.mean(axis=0)
-        kl[start:start + b] = (log_qz - log_pz).mean(axis=0)
+        part = slice(start, start + per_chunk)
+        xs, mu, log_var = x[part], z_mean[part], z_log_var[part]
+        top, total, reconstruction_sum, kl_sum = None, 0.0, 0.0, 0.0
+        for done in range(0, k, samples_per_call):
+            eps = rng.standard_normal((min(samples_per_call, k - done), len(xs), latent_dim)).astype("float32")
+            log_px_z, log_pz, log_qz = sample_terms(vae, xs, mu, log_var, eps, log_sigma, encode_prior)
+            top, total = _streaming_log_sum_exp(top, total, log_px_z + log_pz - log_qz)
+            reconstruction_sum = reconstruction_sum - log_px_z.sum(axis=0)
+            kl_sum = kl_sum + (log_qz - log_pz).sum(axis=0)
+        iwae[part] = top + np.log(total) - math.log(k)
+        reconstruction[part], kl[part] = reconstruction_sum / k, kl_sum / k
     return reconstruction, iwae, kl
 
 
-def information(z_mean, z_log_var, seed=EVAL_SEED, max_elements=2 ** 23):
+def sample_terms(vae, xs, mu, log_var, eps, log_sigma, encode_prior):
+    """log p(x|z), log p(z) and log q(z|x) in float64, each (s, b), for z = mu + σ·eps with eps (s, b, latent_dim),
+    the s·b codes decoded in one call."""
+    s, b, latent_dim = eps.shape
+    z = mu[None] + np.exp(0.5 * log_var)[None] * eps  # (s, b, latent_dim)
+    flat = z.reshape(s * b, latent_dim)
+    logits = _decode_logits(vae, flat)
+    x_rep = np.broadcast_to(xs[None], (s,) + xs.shape).reshape((s * b,) + xs.shape[1:])
+    log_px_z = -_nll_per_digit(vae, x_rep, logits, log_sigma).reshape(s, b)
+    log_pz = np.asarray(vae.prior.log_prob(flat, encode_prior), dtype="float64").reshape(s, b)
+    log_qz = np.asarray(priors.diagonal_normal_log_prob(z.astype("float64"), mu[None].astype("float64"),
+                                                         log_var[None].astype("float64")))  # (s, b)
+    return log_px_z, log_pz, log_qz
+
+
+def _nll_per_digit(vae, x, logits, log_sigma):
+    """-log p(x|z) summed over pixels, float64 (n,), for images x and decoder logits of the same length."""
+    return np.asarray(losses.sum_over_pixels(vae.likelihood.nll(x, logits, log_sigma)), dtype="float64")
+
+
+def _streaming_log_sum_exp(top, total, values):
+    """Fold a chunk of values (s, b) into a running log-sum-exp over axis 0, kept as top + log(total);
+    top is None before the first chunk. Returns the new (top, total), each (b,)."""
+    chunk_top = values.max(axis=0)
+    new_top = chunk_top if top is None else np.maximum(top, chunk_top)
+    carried = 0.0 if top is None else total * np.exp(top - new_top)
+    return new_top, carried + np.exp(values - new_top).sum(axis=0)
+
+
+def decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed=EVAL_SEED):
+    """How much the decoder uses the code: E[-log p(x|z')] - E[-log p(x|z)], in nats per digit.
+
+    z ~ q(z|x) is the digit's own code (one draw) and z' the same draw for another digit (a random
+    derangement of the digits, so never its own). It is the part of the reconstruction term that
+    the code pays for; 0 when the decoder ignores z (every code decodes to the same image), also
+    when the encoder carries information. For the true p(x|z) of the encoder's joint it equals
+    I(x; z) plus the lautum information, so it is at least I(x; z). Decoded DECODE_BATCH codes at a
+    time. Returns (mean, standard error over digits), or (None, None) for fewer than two digits.
+    """
+    n = len(x)
+    if n < 2:
+        return None, None
+    rng = np.random.default_rng(seed + 2)
+    order = rng.permutation(n)
+    donor = np.empty(n, dtype=int)
+    donor[order] = np.roll(order, -1)  # Digit order[i] is given the code of order[i + 1]: never its own.
+    receiver = np.argsort(donor)  # receiver[j]: the digit given code j.
+    z = (z_mean + np.exp(0.5 * z_log_var) * rng.standard_normal(z_mean.shape)).astype("float32")
+    own, other = np.zeros(n), np.zeros(n)
+    for start in range(0, n, DECODE_BATCH):
+        codes = np.arange(start, min(n, start + DECODE_BATCH))
+        logits = _decode_logits(vae, z[codes])
+        own[codes] = _nll_per_digit(vae, x[codes], logits, log_sigma)
+        other[receiver[codes]] = _nll_per_digit(vae, x[receiver[codes]], logits, log_sigma)
+    gain = other - own
+    return float(gain.mean()), float(gain.std(ddof=1) / math.sqrt(n))
+
+
+def information(z_mean, z_log_var, seed=EVAL_SEED, draws=INFORMATION_DRAWS):
     """I(x; z) and I(x; z_j) per unit under the encoder, in nats (Hoffman & Johnson 2016).
 
     I(x; z) = E_x E_{z~q(z|x)} [log q(z|x) - log q(z)], with the aggregate posterior q(z) estimated
-    as the average of q(z|x_m) over the n digits given, one z drawn per digit. The estimate is
-    never above log n (a code cannot be shown to tell apart more digits than it was shown) and is
-    biased low when the true value nears that cap. Per unit, the same with z_j alone. Both are
-    unchanged when z is rescaled, unlike the active-unit count. Returns (total, per_unit (J,)).
+    as the average of q(z|x_m) over the n digits given, one z drawn per digit, the estimate
+    averaged over `draws` independent draws (information_draws). The estimate is never above
+    log n (a code cannot be shown to tell apart more digits than it was shown) and is biased low
+    when the true value nears that cap. Per unit, the same with z_j alone. Both are unchanged when
+    z is rescaled, unlike the active-unit count. Returns (total, per_unit (J,)).
+    """
+    totals, per_unit = information_draws(z_mean, z_log_var, seed, draws)
+    return float(totals.mean()), per_unit.mean(axis=0)
+
+
+def information_draws(z_mean, z_log_var, seed=EVAL_SEED, draws=INFORMATION_DRAWS, max_elements=2 ** 22):
+    """information's estimate for each of `draws` noise draws: (totals (draws,), per_unit (draws, J)).
+
+    The draws share the n posteriors that make the aggregate, so their spread measures the noise of
+    the draw (the part averaging removes), not the finite-n bias. The first draw is the one earlier
+    versions made alone. Computed one unit at a time on (rows, n) blocks of at most max_elements.
     """
     rng = np.random.default_rng(seed + 1)
     mean, log_var = z_mean.astype("float64"), z_log_var.astype("float64")
     n, latent_dim = mean.shape
-    z = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)  # (n, latent_dim)
-    chunk = max(1, max_elements // (n * latent_dim))
-    total, per_unit = 0.0, np.zeros(latent_dim)
-    for start in range(0, n, chunk):
-        zs = z[start:start + chunk, None, :]  # (c, 1, latent_dim)
-        terms = np.asarray(losses.gaussian_log_density(zs, mean[None], log_var[None]))  # (c, n, latent_dim)
-        own = terms[np.arange(len(zs)), np.arange(start, start + len(zs))]  # (c, latent_dim)
-        log_aggregate_units = _log_mean_exp(terms, axis=1)  # (c, latent_dim)
-        log_aggregate = _log_mean_exp(terms.sum(axis=2), axis=1)  # (c,)
-        total += np.sum(own.sum(axis=1) - log_aggregate)
-        per_unit += np.sum(own - log_aggregate_units, axis=0)
-    return total / n, per_unit / n
+    totals, per_unit = np.zeros(draws), np.zeros((draws, latent_dim))
+    rows = max(1, max_elements // n)
+    for draw in range(draws):
+        z = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)  # (n, latent_dim)
+        for start in range(0, n, rows):
+            index = np.arange(start, min(n, start + rows))
+            joint, own_joint = np.zeros((len(index), n)), np.zeros(len(index))
+            for unit in range(latent_dim):
+                terms = np.asarray(losses.gaussian_log_density(z[index, unit, None], mean[None, :, unit],
+                                                               log_var[None, :, unit]))  # (rows, n)
+                own = terms[np.arange(len(index)), index]
+                per_unit[draw, unit] += np.sum(own - _log_mean_exp(terms, axis=1))
+                joint += terms
+                own_joint += own
+            totals[draw] += np.sum(own_joint - _log_mean_exp(joint, axis=1))
+    return totals / n, per_unit / n
 
 
 def _log_mean_exp(values, axis):

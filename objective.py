@@ -173,14 +173,14 @@ def teaching_warnings(loss, binarize, latent_dim, num_pixels, total_steps, warmu
                                   loss.kl_reduction, latent_dim, num_pixels)
     beta = describe(loss.reconstruction_reduction, loss.kl_reduction, kl_weight, latent_dim,
                     num_pixels)["effective_beta"]
+    elbo = elbo_advice(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, num_pixels)
+    collapses = beta >= COLLAPSE_BETA and loss.likelihood != "gaussian"  # A Gaussian's scale is its σ (expectation).
     if loss.reconstruction_reduction == "mean" and loss.kl_reduction == "sum":
+        consequence = "; expect posterior collapse (every reconstruction the same image)" if collapses else ""
         notes.append(f"WARNING: the reconstruction is averaged over {num_pixels} pixels but the KL is summed, "
-                     f"so the KL counts {beta:g}× more than in the ELBO; expect posterior collapse "
-                     f"(every reconstruction the same image). "
-                     f"{elbo_advice(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, num_pixels)}")
+                     f"so the KL counts {beta:g}× more than in the ELBO{consequence}. {elbo}")
     elif beta >= 10 and loss.likelihood != "gaussian":
-        notes.append(f"WARNING: effective β = {beta:g}; a latent code this penalised often collapses. "
-                     f"{elbo_advice(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, num_pixels)}")
+        notes.append(f"WARNING: effective β = {beta:g}; a latent code this penalised often collapses. {elbo}")
     ignored = ignored_schedule_settings(loss)
     if ignored:
         notes.append(f"NOTE: kl_schedule {loss.kl_schedule!r} does not read {', '.join(ignored)}; they have no "

@@ -66,7 +66,7 @@ class Prior(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="vae_kl")
 class Normal(Prior):
     """N(0, s²I). Rescaling z by s maps it onto N(0, I) with the same KL, so with a learnable
-    encoder and decoder its scale is a reparametrisation, not a regulariser (README)."""
+    encoder and decoder its scale is a reparametrisation, not a regulariser (docs/kl_weighting.md)."""
 
     name_in_config, closed_form_kl = "normal", True
 

@@ -249,29 +249,36 @@ class RunLock:
     __del__ = close
 
 
+def lock_folder(folder, busy):
+    """Take an exclusive flock on <folder>/.lock (creating the folder), or raise RunFolderError with
+    busy.format(folder=..., owner=<pid>). The lock names its holder's pid; closing it, or the process
+    dying, releases it."""
+    os.makedirs(folder, exist_ok=True)
+    if fcntl is None:
+        return RunLock(None)
+    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderError(busy.format(folder=folder, owner=owner))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return RunLock(fd)
+
+
 def lock_run_dir(run_dir):
     """Take the run folder for this process (creating it), or raise RunFolderError naming the owner.
 
     Keep the returned handle for as long as the folder is used. Removes the temporary files a killed
     writer left behind, since only the lock's holder writes into the folder.
     """
-    os.makedirs(run_dir, exist_ok=True)
-    if fcntl is None:
-        return RunLock(None)
-    fd = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise RunFolderError(f"{run_dir} is being trained by process {owner}; wait for it or choose another "
-                             f"output.run_name.")
-    lock = RunLock(fd)
+    lock = lock_folder(run_dir, "{folder} is being trained by process {owner}; wait for it or choose another "
+                                "output.run_name.")
     if run_status(run_dir) in FINAL_STATUSES:  # Another process finished it while we chose it.
         lock.close()
         raise RunFolderError(f"{run_dir} was finished by another process meanwhile; run the command again.")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     remove_stale_temp_files(run_dir)
     return lock
 

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,8 @@ import data  # noqa: E402
 import runs  # noqa: E402
 from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
 
+ADDRESS_PROBE_SECONDS = 5.0  # How long a --address must take to accept a connection before it is refused.
+MAX_RUNS = 10_000  # Runs one sweep plans; more is a study to split (each run is a process and a folder).
 EXIT_FAILED = 1  # A run failed or diverged; the other statuses are runs' (guard), shared by every entry point.
 EXIT_USER_ERROR, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_INTERRUPTED
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,6 +122,8 @@ def add_seeds(grid, seeds, first_seed):
     is unchanged, so a sweep folder made before --seeds existed is still the same sweep."""
     if seeds < 1:
         raise config.ConfigError(f"--seeds must be >= 1, received {seeds}.")
+    if seeds > MAX_RUNS:
+        raise config.ConfigError(f"--seeds must be at most {MAX_RUNS}, received {seeds}.")
     if seeds == 1:
         return grid
     if SEED_KEY in grid:
@@ -140,7 +145,7 @@ def make_label(settings):
 
 def plan_runs(raw, grid):
     """Validate every combination with config's own validator, before anything is created or trained."""
-    planned, seen = [], {}
+    planned, seen, labels = [], {}, set()
     for picks in itertools.product(*(list(enumerate(values)) for values in grid.values())):
         settings = {key: value for key, (_, value) in zip(grid, picks)}
         sets = [f"{key}={yaml_text(value)}" for key, value in settings.items()]
@@ -155,8 +160,9 @@ def plan_runs(raw, grid):
             raise config.ConfigError(f"Grid key {key} repeats a value: {config.quote(first)} and "
                                      f"{config.quote(again)} mean the same setting; list each value once.")
         label = make_label(settings)
-        if any(run.label == label for run in planned):  # Two values that only differ in odd characters.
+        if label in labels:  # Two values that only differ in odd characters.
             label += f"_{len(planned) + 1}"
+        labels.add(label)
         planned.append(Run(label, settings, cfg))
     return planned
 
@@ -169,6 +175,10 @@ def make_plan(args):
     yaml_name, yaml_grid = read_sweep_section(raw)
     grid = add_seeds(check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid),
                      args.seeds, base.train.seed)
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_RUNS:  # Checked before planning: a million combinations would take long just to validate.
+        raise config.ConfigError(f"The sweep has {count} runs (the grid's sizes times --seeds); at most {MAX_RUNS} "
+                                 f"are planned at once, so split it into smaller sweeps.")
     planned = plan_runs(raw, grid)
     for data_cfg in {repr(run.cfg.data): run.cfg.data for run in planned}.values():
         data.peek(data_cfg)  # A bad data.path is refused here, before any run starts (DataError: exit 2).
@@ -201,16 +211,22 @@ def same_sweep(stored, wanted):
 
 
 def prepare_folder(plan):
-    """Create the sweep folder, or check an existing one holds this very sweep; write each run's config."""
+    """Create the sweep folder, or check an existing one holds this very sweep; write each run's config.
+    Returns the folder's lock (runs.lock_folder): one sweep at a time per folder, held until it ends."""
     spec_path = os.path.join(plan.folder, "sweep.yaml")
     wanted = yaml.safe_load(yaml.safe_dump(plan.spec))  # Compare as YAML reads it back.
-    if os.path.exists(spec_path):
-        if not same_sweep(config.read_yaml(spec_path), wanted):
-            raise config.ConfigError(f"{plan.folder} holds a different sweep (its sweep.yaml differs); "
-                                     f"use another --name, or the settings recorded there.")
-    elif os.path.isdir(plan.folder) and os.listdir(plan.folder):
+    existed = os.path.isdir(plan.folder) and any(name != runs.LOCK_FILE for name in os.listdir(plan.folder))
+    if existed and not os.path.exists(spec_path):
         raise config.ConfigError(f"{plan.folder} exists but holds no sweep.yaml; choose another --name.")
     runs.check_writable(plan.base.output.dir)
+    # Before reading sweep.yaml: of two identical sweeps started at once, the second waits for nothing and
+    # trains nothing; it is refused here.
+    lock = runs.lock_folder(plan.folder, "{folder} is being swept by process {owner}; wait for it to finish (then "
+                                         "run the same command to fill any gaps) or use another --name.")
+    if os.path.exists(spec_path) and not same_sweep(config.read_yaml(spec_path), wanted):
+        lock.close()
+        raise config.ConfigError(f"{plan.folder} holds a different sweep (its sweep.yaml differs); "
+                                 f"use another --name, or the settings recorded there.")
     for sub in ("configs", LOG_DIR):
         os.makedirs(os.path.join(plan.folder, sub), exist_ok=True)
     runs.atomic_write_text(spec_path, yaml.safe_dump(plan.spec, sort_keys=False, allow_unicode=True))
@@ -218,6 +234,7 @@ def prepare_folder(plan):
         cfg = run.cfg.to_dict()
         cfg["output"].update(dir=plan.folder, run_name=run.label)
         runs.atomic_write_text(config_path(plan, run), yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+    return lock
 
 
 def config_path(plan, run):
@@ -376,6 +393,8 @@ def make_executor(args):
     except (ImportError, AttributeError, ValueError):
         pass  # Run as a script, this module is __main__, which cloudpickle ships by value anyway.
     cpus = args.cpus_per_run if args.cpus_per_run is not None else threads_per_run(args.workers)
+    if args.address:
+        check_answers(args.address)
     try:
         if args.address:
             ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
@@ -384,7 +403,32 @@ def make_executor(args):
     except (ConnectionError, ValueError, RuntimeError) as error:
         raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
                                  f"{runs.first_line(error)}")
+    check_resources(ray, cpus, args.gpus_per_run)
     return RayExecutor(ray, cpus, args.gpus_per_run, started=True)
+
+
+def check_answers(address, seconds=ADDRESS_PROBE_SECONDS):
+    """Refuse a Ray address (host:port or ray://host:port) nobody answers at within `seconds`: ray.init
+    itself retries for minutes. "auto" and other forms are left to Ray."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d{1,5})", address)
+    if not match:
+        return
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=seconds).close()
+    except OSError as error:
+        raise config.ConfigError(f"the Ray cluster at {address} did not answer within {seconds:g} s "
+                                 f"({error.strerror or type(error).__name__}); start it (ray start --head) or "
+                                 f"check --address.")
+
+
+def check_resources(ray, cpus, gpus):
+    """Refuse a run that asks for more CPUs or GPUs than the whole cluster has: Ray would queue it forever."""
+    total = ray.cluster_resources()
+    for kind, asked, option in (("CPU", cpus, "--cpus-per-run"), ("GPU", gpus, "--gpus-per-run")):
+        if asked > total.get(kind, 0):
+            ray.shutdown()
+            raise config.ConfigError(f"{option} {asked:g} asks for more {kind}s than the Ray cluster has "
+                                     f"({total.get(kind, 0):g}), so no run could ever start; lower {option}.")
 
 
 def clear_stillborn(run_dir):
@@ -537,9 +581,9 @@ def main(argv=None):
 def sweep(args):
     """Plan, train and report the sweep; returns its exit status."""
     plan = make_plan(args)
-    executor = make_executor(args)
+    executor, lock = make_executor(args), None
     try:
-        prepare_folder(plan)
+        lock = prepare_folder(plan)
         where = (f"{plan.workers} worker(s)" if executor.name == "local" else
                  f"Ray tasks of {executor.cpus:g} CPU(s)" + (f" and {executor.gpus:g} GPU(s)" if executor.gpus else ""))
         print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {where}.", flush=True)
@@ -548,9 +592,11 @@ def sweep(args):
         except KeyboardInterrupt:
             print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
             return EXIT_INTERRUPTED
+        return report(plan, statuses, walls)
     finally:
         executor.close()
-    return report(plan, statuses, walls)
+        if lock is not None:
+            lock.close()
 
 
 def report(plan, statuses, walls):

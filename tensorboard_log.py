@@ -14,6 +14,7 @@ keras.callbacks.TensorBoard is not used: it needs TensorBoard's profiler plugin 
 TBNotInstalledError, and it writes the graph and weight histograms we do not want.
 """
 
+import contextlib
 import glob
 import numbers
 import os
@@ -23,6 +24,9 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+import runs
+
+RUN_SUBFOLDER = "tensorboard"  # A run's events: <run_dir>/tensorboard.
 SETTINGS_TAG = "settings"
 IMAGE_TAG = "reconstructions"
 EXPERIMENT_TAG = "_hparams_/experiment"  # What hp.hparams_config writes (tensorboard.plugins.hparams.metadata).
@@ -93,12 +97,6 @@ def image_grid(rows):
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)[None]
 
 
-def read_png(path):
-    """A PNG file (e.g. epochs/reconstructions_epoch_NNN.png) as (1, H, W, C) float32 in [0, 1]."""
-    image = tf.io.decode_png(tf.io.read_file(path))
-    return (tf.cast(image, tf.float32) / 255.0).numpy()[None]
-
-
 def _event_files(folder):
     return sorted(glob.glob(os.path.join(folder, "*tfevents*")))
 
@@ -136,6 +134,17 @@ def prune_after(folder, last_step):
                 writer.write(event.SerializeToString())
         os.replace(scratch, path)
     return kept_tags
+
+
+@contextlib.contextmanager
+def events_written(log_dir):
+    """TensorFlow's error for an event file it cannot write (a full disk, the folder replaced by a file) as
+    an OSError, which train.py records (status failed) and reports in one line like any other disk fault."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({runs.first_line(error.message, 160)}); "
+                      f"free space or restore the folder, then run the same command again to resume") from None
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -176,6 +185,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         return self._writers[name]
 
     def on_train_begin(self, logs=None):
+        with events_written(self.log_dir):
+            self._log_settings()
+
+    def _log_settings(self):
         self._writer("")
         if self.settings is None or any(self._holds_settings(path) for path in self._earlier[""]):
             return
@@ -203,6 +216,10 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self._start(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        with events_written(self.log_dir):
+            self._log_epoch(epoch, logs)
+
+    def _log_epoch(self, epoch, logs):
         self._start(epoch)
         step = epoch + 1
         logs = {**(logs or {}), **(self.extra_fn() if self.extra_fn is not None else {})}
@@ -246,6 +263,11 @@ def write_final_metrics(log_dir, metrics, step):
         for tag, value in metrics.items():
             tf.summary.scalar(tag, float(value), step=step)
     writer.close()
+
+
+def write_run_evaluation(run_dir, validation, verdict, epochs):
+    """A finished run's β = 1 numbers (summary.json's validation and collapse) as its HParams metric columns."""
+    write_final_metrics(os.path.join(run_dir, RUN_SUBFOLDER), final_metrics(validation, verdict), epochs)
 
 
 def hparam_domain(values):

@@ -16,7 +16,9 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up chatter out of the way.
@@ -37,6 +39,7 @@ EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EX
 # per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
 # cores do not change the choice: measured, slices still won under them or tied (docs/performance.md).
 SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
+JOIN_SECONDS = 300.0  # How long a multi_worker run waits for the other machines of $TF_CONFIG to connect.
 
 
 def available_threads():
@@ -82,7 +85,7 @@ def read_tf_config(environ=None):
     """The task this process is in the cluster, from $TF_CONFIG (what MultiWorkerMirroredStrategy reads):
     (task type, index, number of workers). Raises config.ConfigError, one line, when it is missing or invalid."""
     example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}\' (README: Several GPUs and a cluster)')
+               '"task": {"type": "worker", "index": 0}}\' (docs/distributed.md)')
     text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
     if not text.strip():
         raise config.ConfigError(f"train.distribute multi_worker reads the cluster from $TF_CONFIG, which is not set; "
@@ -108,6 +111,39 @@ def read_tf_config(environ=None):
     return kind, index, len(cluster["worker"]) + len(cluster.get("chief", []))
 
 
+@contextlib.contextmanager
+def ends_process_after(seconds, message):
+    """End the process with `error: message` and exit status 4 if the block has not finished after `seconds`.
+    For calls into TensorFlow that wait without a timeout of their own; used before any run folder exists."""
+    def give_up():
+        print(f"error: {message}.", file=sys.stderr, flush=True)
+        os._exit(runs.EXIT_ENVIRONMENT)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def check_own_port(environ=None):
+    """Refuse a multi_worker run whose own address in $TF_CONFIG has its port in use: TensorFlow's gRPC
+    server would fail to start there with a traceback."""
+    kind, index, _ = read_tf_config(environ)
+    spec = json.loads((os.environ if environ is None else environ)["TF_CONFIG"])
+    address = spec["cluster"][kind][index]
+    port = address.rsplit(":", 1)[1]
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", int(port)))
+        except (OSError, ValueError) as error:
+            raise config.ConfigError(f"port {port} of this machine's $TF_CONFIG address {address} cannot be used "
+                                     f"({getattr(error, 'strerror', None) or error}); stop what listens there or "
+                                     f"give this task another port.")
+
+
 def make_strategy(distribute):
     """The tf.distribute strategy train.distribute names, or None for one device (no TensorFlow import then).
 
@@ -121,8 +157,13 @@ def make_strategy(distribute):
     import tensorflow as tf  # Deferred: see the note above the imports.
 
     if distribute == "multi_worker":
-        read_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        workers = read_tf_config()[2]
+        print(f"Joining the {workers} machines of $TF_CONFIG (waiting at most {JOIN_SECONDS:g} s for them) ...",
+              flush=True)
+        with ends_process_after(JOIN_SECONDS, f"the machines listed in $TF_CONFIG did not all join within "
+                                              f"{JOIN_SECONDS:g} s; start train.py on each of them, with its own "
+                                              f"task index, or fix the cluster's addresses"):
+            return tf.distribute.MultiWorkerMirroredStrategy()  # Blocks until every worker has connected.
     devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([device.name for device in devices])
 
@@ -222,30 +263,17 @@ def start_run(cfg, run_dir, resume, setup, vae):
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
     """Train from first_epoch; returns the recorder (which knows whether training diverged) and the
     phase clock (where the epochs' time went)."""
-    from callbacks import PhaseClock, RunRecorder  # Deferred: see the note above the imports.
+    from callbacks import run_callbacks  # Deferred: see the note above the imports.
 
     cfg = setup.cfg
-    recorder, clock = RunRecorder(setup, run_dir, history), PhaseClock()
-    callbacks = [clock, recorder, *tensorboard_callbacks(setup, vae, run_dir, recorder), *callbacks]
+    recorder, clock, run_list = run_callbacks(setup, vae, run_dir, history)
     if first_epoch < cfg.train.epochs:
         train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                         cfg.train.epochs, cfg.data.binarize == "dynamic")
         vae.fit(train_data, epochs=cfg.train.epochs, initial_epoch=first_epoch, steps_per_epoch=setup.steps_per_epoch,
-                validation_data=data.validation_batches(setup.digits.x_val), callbacks=callbacks,
+                validation_data=data.validation_batches(setup.digits.x_val), callbacks=[*run_list, *callbacks],
                 shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     return recorder, clock
-
-
-def tensorboard_callbacks(setup, vae, run_dir, recorder):
-    """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
-    if not setup.cfg.output.tensorboard:
-        return []
-    import tensorboard_log  # Deferred: see the note above the imports.
-
-    x = setup.digits.x_val[recorder.grid_index]
-    return [tensorboard_log.TensorBoardLogger(
-        os.path.join(run_dir, "tensorboard"), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
-        images_fn=lambda: tensorboard_log.image_grid([x, vae.reconstruct(x)]), extra_fn=recorder.extra_logs)]
 
 
 def finish(setup, vae, run_dir, history, phases):
@@ -290,8 +318,7 @@ def finish(setup, vae, run_dir, history, phases):
     if cfg.output.tensorboard:
         import tensorboard_log  # Deferred: see the note above the imports.
 
-        tensorboard_log.write_final_metrics(os.path.join(run_dir, "tensorboard"),
-                                            tensorboard_log.final_metrics(validation, verdict), len(history))
+        tensorboard_log.write_run_evaluation(run_dir, validation, verdict, len(history))
     summary = runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
                                   epochs_completed=len(history), status="complete")
     shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
@@ -375,7 +402,7 @@ def check_before_tensorflow(cfg):
     """Every check of the input that needs no TensorFlow, so that a bad value is refused in well under a
     second: data.path (data.peek), the run name, the output folder, $TF_CONFIG. Returns data.peek's answer."""
     if cfg.train.distribute == "multi_worker":
-        read_tf_config()
+        check_own_port()
     if cfg.output.run_name is not None:
         runs.check_run_name(cfg.output.run_name)
     shape = data.peek(cfg.data)

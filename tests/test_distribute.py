@@ -162,3 +162,30 @@ def test_read_tf_config_accepts_a_chief_and_workers():
 
     spec = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 1}}
     assert train.read_tf_config({"TF_CONFIG": json.dumps(spec)}) == ("worker", 1, 3)
+
+
+def test_a_taken_port_of_this_machine_is_refused_before_tensorflow():
+    import socket
+
+    import config
+    import train
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = {"cluster": {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+        with pytest.raises(config.ConfigError, match=f"port {port} of this machine's .TF_CONFIG address"):
+            train.check_own_port({"TF_CONFIG": json.dumps(spec)})
+    train.check_own_port({"TF_CONFIG": json.dumps(spec)})  # Free again once nothing listens.
+
+
+def test_a_wait_without_a_timeout_of_its_own_ends_the_process_with_one_line(tmp_path):
+    # A worker whose peers never start: TensorFlow's MultiWorkerMirroredStrategy() blocks with no timeout.
+    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import train\n"
+             "with train.ends_process_after(0.5, 'the machines did not all join'):\n    time.sleep(30)\n")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4 and result.stderr == "error: the machines did not all join.\n"
+    quick = subprocess.run([sys.executable, "-c", child.replace("time.sleep(30)", "pass")], capture_output=True,
+                           text=True, timeout=60)
+    assert quick.returncode == 0 and quick.stderr == ""

@@ -376,3 +376,59 @@ def test_a_fault_while_sweeping_is_one_error_line_and_its_status(tmp_path, monke
                        "--set", f"output.dir={tmp_path}", "--set", "data.source=mnist_embedded"])
     error = capsys.readouterr().err
     assert code == status and error.startswith("error: ") and error.count("\n") == 1, error
+
+
+def test_a_second_sweep_into_a_folder_being_swept_is_refused(tmp_path, capsys):
+    # The first sweep holds the folder's lock (as while it trains); the same command from elsewhere is refused.
+    args = ["--config", os.path.join(ROOT, "config.yaml"), *TWO_SETTINGS, "--name", "busy",
+            "--set", f"output.dir={tmp_path}", "--set", "data.source=mnist_embedded"]
+    holder = runs.lock_folder(str(tmp_path / "sweep_busy"), "{folder} {owner}")
+    try:
+        assert sweep.main(args) == 2
+    finally:
+        holder.close()
+    error = capsys.readouterr().err
+    assert f"is being swept by process {os.getpid()}" in error and error.count("\n") == 1
+    assert sorted(os.listdir(tmp_path / "sweep_busy")) == [runs.LOCK_FILE]  # Nothing planned was written.
+
+
+def test_a_sweep_of_too_many_runs_is_refused_before_planning(tmp_path, capsys):
+    args = ["--config", os.path.join(ROOT, "config.yaml"), "--grid", "loss.kl_weight=1,2,3", "--seeds", "5000",
+            "--set", f"output.dir={tmp_path}"]
+    assert sweep.main(args) == 2
+    error = capsys.readouterr().err
+    assert "The sweep has 15000 runs" in error and error.count("\n") == 1
+    assert sweep.main([*args[:-4], "--seeds", "1000000", *args[-2:]]) == 2
+    assert "--seeds must be at most 10000" in capsys.readouterr().err
+
+
+def test_a_ray_address_nobody_answers_at_is_refused_within_its_bound(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as closed:  # A port on this machine with nobody listening.
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = run_sweep(tmp_path, *TWO_SETTINGS, "--backend", "ray", "--address", f"127.0.0.1:{port}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the Ray cluster at 127.0.0.1:{port} did not answer within 5 s" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "sweep_reconstruction_reduction_").exists()
+
+
+def test_a_run_asking_for_more_than_the_cluster_has_is_refused():
+    class FakeRay:
+        stopped = False
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def shutdown(self):
+            self.stopped = True
+
+    ray = FakeRay()
+    with pytest.raises(sweep.config.ConfigError, match="--gpus-per-run 1 asks for more GPUs than the Ray cluster"):
+        sweep.check_resources(ray, 1, 1)
+    with pytest.raises(sweep.config.ConfigError, match="--cpus-per-run 64 asks for more CPUs"):
+        sweep.check_resources(ray, 64, 0)
+    assert ray.stopped
+    sweep.check_resources(FakeRay(), 2, 0)  # What the cluster has is fine.

@@ -79,13 +79,6 @@ def test_an_image_per_epoch_with_its_shape(tmp_path):
     assert pixels[:28].max() == 0 and pixels[28:].min() == 255  # Inputs row black, reconstructions white.
 
 
-def test_read_png_gives_a_batch_of_one_in_0_1(tmp_path):
-    path = str(tmp_path / "grid.png")
-    tf.io.write_file(path, tf.io.encode_png(np.full((4, 6, 3), 255, "uint8")))
-    image = tensorboard_log.read_png(path)
-    assert image.shape == (1, 4, 6, 3) and image.dtype == np.float32 and image.min() == 1.0
-
-
 def test_settings_as_text_and_hparams(tmp_path):
     drive(TensorBoardLogger(str(tmp_path), settings=SETTINGS, trial_id="kl_weight-0.1"), 1)
     acc = accumulator(tmp_path)
@@ -167,3 +160,47 @@ def test_sweep_experiment_config(tmp_path):
     assert not infos["loss.gaussian_sigma"].HasField("domain_discrete")  # Mixed types: no domain.
     names = [(m.name.group, m.name.tag) for m in experiment.metric_infos]
     assert names == [("evaluation", tag) for tag, _, _ in tensorboard_log.FINAL_METRICS]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing in train.py catches it, so no state is saved on the way out."""
+
+
+def test_a_kill_between_an_epochs_events_and_its_checkpoint_leaves_each_epoch_once(tmp_path, monkeypatch):
+    import runs
+    import train
+    from conftest import quick_config
+
+    cfg = quick_config(tmp_path, "train.epochs=3", "output.tensorboard=true", "output.run_name=tb")
+    save = runs.save_checkpoint
+
+    def die_at_the_second_checkpoint(run_dir, model, progress):
+        if progress["epochs_completed"] == 2:
+            raise Killed  # Epoch 2's events are on disk (they come first); its checkpoint is not.
+        save(run_dir, model, progress)
+
+    monkeypatch.setattr(runs, "save_checkpoint", die_at_the_second_checkpoint)
+    with pytest.raises(Killed):
+        train.train(cfg)
+    board = tmp_path / "tb" / "tensorboard"
+    assert [step for tag, step in raw_events(board / "train") if tag == "loss"] == [1, 2]
+    monkeypatch.setattr(runs, "save_checkpoint", save)
+    status, _ = train.train(cfg)  # Resumes after epoch 1: epoch 2 is pruned and trained again.
+    assert status == 0
+    for folder in ("train", "validation"):
+        for tag in ("loss", "kl", "neg_elbo"):
+            assert [s for t, s in raw_events(board / folder) if t == tag] == [1, 2, 3], (folder, tag)
+    import csv  # The events hold the values metrics.csv holds, the resumed epoch 2's included.
+
+    with open(tmp_path / "tb" / "metrics.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [s for s, _ in scalars(board / "train", "loss")] == [1, 2, 3]
+    assert [round(v, 3) for _, v in scalars(board / "train", "loss")] == [round(float(r["loss"]), 3) for r in rows]
+
+
+def test_events_that_cannot_be_written_are_an_os_error(tmp_path):
+    folder = tmp_path / "tensorboard"
+    folder.write_text("a file where the folder should be")
+    logger = TensorBoardLogger(str(folder), settings=SETTINGS)
+    with pytest.raises(OSError, match="TensorBoard events cannot be written"):
+        drive(logger, 1)
