@@ -137,9 +137,10 @@ class RunRecorder(keras.callbacks.Callback):
             plots.reconstructions(x, self.model.reconstruct(x), labels,
                                   os.path.join(self.run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
-        # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it.
+        # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it. The row
+        # joins the history once the checkpoint holds it, so a failed checkpoint leaves the history as saved.
+        runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": [*self.history, row]})
         self.history.append(row)
-        runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": self.history})
         runs.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
         runs.update_summary(self.run_dir, epochs_completed=epoch + 1)
 

@@ -87,12 +87,14 @@ def part(summary, key):
     return value if isinstance(value, dict) else {}
 
 
-def state_sentence(state, informative, latent_dim):
+def state_sentence(state, informative, latent_dim, decoder_ignores=False):
     """The verdict in capitals and one plain sentence made from the unit counts (the reasoning with all its
-    numbers is summary.json's collapse.reason, shown on the page)."""
+    numbers is summary.json's collapse.reason, shown on the page); decoder_ignores: collapse.decoder_ignores_code."""
     if state is None:
         return "No verdict: summary.json has none."
     counted = isinstance(informative, int) and isinstance(latent_dim, int)
+    if state == "collapsed" and decoder_ignores:
+        return "COLLAPSED: the code carries information about the digit, but the decoder ignores it."
     if state == "collapsed":
         return "COLLAPSED: the code tells the decoder almost nothing about the digit."
     if state == "partial" and counted and informative == 0:  # Information spread thinly over many units.
@@ -114,7 +116,8 @@ def verdict_of(summary):
     state = collapse_state(collapse) if collapse else None  # Older summaries have only `detected`.
     informative = collapse.get("informative_units", validation.get("informative_units"))
     latent_dim = validation.get("latent_dim", part(summary, "objective").get("latent_dim"))
-    return state, state_sentence(state, informative, latent_dim), collapse.get("advice")
+    return state, state_sentence(state, informative, latent_dim, collapse.get("decoder_ignores_code") is True), \
+        collapse.get("advice")
 
 
 def heading(summary, validation):

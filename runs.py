@@ -6,6 +6,7 @@ whose run finished starts a fresh folder `<run_name>-2` (then -3, ...).
 """
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -35,6 +36,8 @@ MIN_FREE_BYTES = 50 * 1024 * 1024
 MAX_RUN_NAME = 100  # Characters.
 MAX_RUN_NAME_BYTES = 200  # In UTF-8: with a '-N' suffix and temporary-file prefixes it fits a 255-byte file name.
 LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, flock'ed while it lives.
+PID_BYTES = 32  # The lock file's first bytes: the holder's pid as text, then NUL padding.
+RESERVE_BYTES = 256 * 1024  # Disk the run lock holds back for the last summary.json of a run the disk failed.
 UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
 PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
 _TEMP_NAME = re.compile(r"\.tmp-(\d+)-")  # atomic_* temporary files: .tmp-<pid>-...
@@ -98,11 +101,28 @@ def write_csv(path, rows):
     atomic_write_text(path, buffer.getvalue())
 
 
-def read_csv_rows(path):
-    """Rows of a CSV written by write_csv, with numbers as floats (epoch as int)."""
+def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
+    """Rows of a CSV written by write_csv, with numbers as floats (epoch as int).
+
+    metrics.csv holds one row per epoch, so at most 100,000 (train.epochs' largest value) of a few hundred
+    bytes. A file of more than max_bytes (64 MiB) or more than max_rows rows is refused with one
+    RunFolderError: the size before anything is read, the rows while they are streamed (reading stops at
+    row max_rows + 1), so a damaged or foreign file is answered in about a second, not after minutes.
+    """
     try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise RunFolderError(f"{path} is {size / 2 ** 20:.0f} MiB, more than the {max_bytes / 2 ** 20:g} MiB a "
+                                 f"CSV written by train.py can reach; restore it or delete it (it only feeds the "
+                                 f"rate-distortion figure).")
+        rows = []
         with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            for row in csv.DictReader(handle):
+                if len(rows) == max_rows:
+                    raise RunFolderError(f"{path} has more than {max_rows:,} rows, but train.py writes one per "
+                                         f"epoch (train.epochs is at most 100,000); restore it or delete it (it "
+                                         f"only feeds the rate-distortion figure).")
+                rows.append(row)
     except OSError:
         return []
     except (UnicodeDecodeError, csv.Error) as error:
@@ -236,13 +256,31 @@ def choose_run_dir(cfg_dict):
 
 
 class RunLock:
-    """An exclusive flock on <run_dir>/.lock. Closing it (or the process dying) releases it."""
+    """An exclusive flock on <run_dir>/.lock. Closing it (or the process dying) releases it.
+
+    The lock file also holds RESERVE_BYTES of disk, allocated when the lock is taken: when the disk fills
+    up during training, release_reserve() frees them so that summary.json can still say `failed`."""
 
     def __init__(self, fd):
         self.fd = fd
 
+    def reserve(self):
+        if self.fd is not None:
+            try:
+                os.posix_fallocate(self.fd, 0, RESERVE_BYTES)
+            except (OSError, AttributeError):
+                pass  # A file system without fallocate, or already full: the run goes on without the reserve.
+
+    def release_reserve(self):
+        if self.fd is not None:
+            os.ftruncate(self.fd, PID_BYTES)
+
     def close(self):
         if self.fd is not None:
+            try:
+                self.release_reserve()  # A finished run keeps no reserve; a resumed one takes it again.
+            except OSError:
+                pass
             os.close(self.fd)
             self.fd = None
 
@@ -260,12 +298,16 @@ def lock_folder(folder, busy):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        owner = _pid_text(os.read(fd, PID_BYTES))
         os.close(fd)
         raise RunFolderError(busy.format(folder=folder, owner=owner))
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode().ljust(PID_BYTES, b"\0"), 0)
     return RunLock(fd)
+
+
+def _pid_text(data):
+    return data.decode("ascii", "replace").replace("\0", "").strip() or "unknown"
 
 
 def lock_run_dir(run_dir):
@@ -280,6 +322,7 @@ def lock_run_dir(run_dir):
         lock.close()
         raise RunFolderError(f"{run_dir} was finished by another process meanwhile; run the command again.")
     remove_stale_temp_files(run_dir)
+    lock.reserve()
     return lock
 
 
@@ -295,7 +338,7 @@ def lock_holder(run_dir):
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # Only tests the lock: released at once below.
     except OSError:
-        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        return _pid_text(os.read(fd, PID_BYTES))
     finally:
         os.close(fd)
     return None
@@ -426,10 +469,28 @@ def guard(action):
               file=sys.stderr)
         return EXIT_ENVIRONMENT
     except OSError as error:  # The machine, not the input: a full disk, a folder gone, a permission changed.
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror or first_line(error)}{where}. Nothing finished is lost: fix that and run the "
-              f"same command again to resume from the last checkpoint.", file=sys.stderr)
+        print(f"error: {os_error_text(error)}. Nothing finished is lost: fix that and run the same command again "
+              f"to resume from the last checkpoint.", file=sys.stderr)
         return EXIT_ENVIRONMENT
+
+
+def exit_now(status):
+    """Flush and end the process with `status`, skipping the interpreter's teardown: after a failed write,
+    h5py's objects print tracebacks and can crash (SIGSEGV) while they are destroyed, which would turn one
+    `error:` line and exit status 4 into a screen of text and 139. Everything a run keeps is written already."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def os_error_text(error):
+    """An OSError in a few words on one line: 'No space left on device (path)' also when a library (h5py)
+    wraps errno 28 in a message of several lines."""
+    text = str(error.strerror or error)
+    if error.errno == errno.ENOSPC or "errno = 28" in text:
+        text = os.strerror(errno.ENOSPC)
+    where = f" ({error.filename})" if error.filename else ""
+    return first_line(text) + where
 
 
 def update_summary(run_dir, **fields):

@@ -387,9 +387,11 @@ def train(cfg, callbacks=(), quiet_console=False):
         runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")
         return EXIT_INTERRUPTED, run_dir
-    except OSError as error:  # A full disk, say: record it if we still can; runs.guard says it in one line.
+    except OSError as error:  # A full disk, say: record it (the lock's reserve makes room); runs.guard says it.
+        run_lock.release_reserve()
         try:
-            runs.update_summary(run_dir, status="failed", error=runs.first_line(error), epochs_completed=len(history))
+            runs.update_summary(run_dir, status="failed", error=runs.os_error_text(error),
+                                epochs_completed=len(history))
         except OSError:
             pass
         raise
@@ -532,4 +534,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     runs.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
-    sys.exit(main())
+    runs.exit_now(main())

@@ -3,6 +3,7 @@ in one run folder, a sweep killed under its children, and values that repeat or 
 
 import csv
 import dataclasses
+import errno
 import math
 import os
 import signal
@@ -211,8 +212,21 @@ def test_a_run_folder_held_by_a_live_process_is_refused_and_freed_when_it_dies(t
     lock = runs.lock_run_dir(str(run_dir))
     assert runs.lock_holder(str(run_dir)) == str(os.getpid())
     assert not stale.exists() and live.exists()
+    # The lock holds disk back for a last summary.json on a full disk, and gives it up when released.
+    assert os.path.getsize(run_dir / runs.LOCK_FILE) == runs.RESERVE_BYTES
+    lock.release_reserve()
+    assert os.path.getsize(run_dir / runs.LOCK_FILE) == runs.PID_BYTES
+    assert runs.lock_holder(str(run_dir)) == str(os.getpid())
     lock.close()
     assert runs.lock_holder(str(run_dir)) is None
+
+
+def test_a_library_s_full_disk_message_of_several_lines_is_one_line():
+    # What h5py raises when the checkpoint fills the disk (abridged).
+    error = OSError("Can't synchronously write data (file write failed: time = Tue Dec  1 18:50:10 2026\n, "
+                    "filename = 'x.h5', file descriptor = 6, errno = 28, error message = 'No space left on device')")
+    assert runs.os_error_text(error) == "No space left on device"
+    assert runs.os_error_text(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied (/x)"
 
 
 def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp_path, monkeypatch, capsys):
