@@ -22,8 +22,9 @@ def run_callbacks(setup, model, run_dir, history):
     an epoch the checkpoint does not hold, which the resumed logger prunes and writes again; the other way
     round, a kill after the checkpoint would lose that epoch's events for good.
     """
-    recorder, clock = RunRecorder(setup, run_dir, history), PhaseClock()
-    return recorder, clock, [clock, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder]
+    watch = CodeWatch(setup.digits.x_val[:UNIT_LOG_EXAMPLES])
+    recorder, clock = RunRecorder(setup, run_dir, history, watch), PhaseClock()
+    return recorder, clock, [clock, watch, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder]
 
 
 def tensorboard_callbacks(setup, model, run_dir, recorder):
@@ -96,6 +97,48 @@ class PhaseClock(keras.callbacks.Callback):
                 "tracing": sum(extra) if len(self.epochs) > 1 else None}
 
 
+class CodeWatch(keras.callbacks.Callback):
+    """After every epoch, the information the code carries (the verdict's estimator, evaluate.information)
+    on the first validation digits, put into the epoch's logs as val_information: so it is on the epoch's
+    console line, in metrics.csv and in TensorBoard. Says in one line when the code collapses (less than
+    evaluate.COLLAPSED_BELOW_NATS) and when it recovers. `per_unit` holds the last epoch's I(x; z_j).
+
+    x: the validation digits to encode, (n, H, W, C); a few hundred keep it to a fraction of an epoch.
+    """
+
+    def __init__(self, x):
+        super().__init__()
+        self.x, self.per_unit, self.collapsed_since, self.pending = x, None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
+            return  # A diverged epoch: the recorder stops the run; its codes say nothing.
+        z_mean, z_log_var = evaluate.encode(self.model, self.x)
+        total, self.per_unit = evaluate.information(z_mean, z_log_var)
+        logs["val_information"] = total
+        collapsed = total < evaluate.COLLAPSED_BELOW_NATS
+        if collapsed and self.collapsed_since is None:
+            self.collapsed_since = epoch + 1
+            self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats about the digit: collapsed "
+                            f"(below {evaluate.COLLAPSED_BELOW_NATS:g} nats; the decoder learns nothing from z).")
+        elif not collapsed and self.collapsed_since is not None:
+            self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats again: recovered from the "
+                            f"collapse of epoch {self.collapsed_since}.")
+            self.collapsed_since = None
+
+    # Said after Keras's line for the epoch (its progress bar prints once every callback's on_epoch_end ran).
+    def on_epoch_begin(self, epoch, logs=None):
+        self._say()
+
+    def on_train_end(self, logs=None):
+        self._say()
+
+    def _say(self):
+        if self.pending:
+            print(self.pending, flush=True)
+            self.pending = None
+
+
 class RunRecorder(keras.callbacks.Callback):
     """After every epoch: the row of metrics.csv, the reconstruction grid, the checkpoint; stops on NaN.
 
@@ -105,9 +148,9 @@ class RunRecorder(keras.callbacks.Callback):
         history: the list of per-epoch rows, extended in place (restored rows first when resuming).
     """
 
-    def __init__(self, setup, run_dir, history):
+    def __init__(self, setup, run_dir, history, watch=None):
         super().__init__()
-        self.setup, self.run_dir, self.history = setup, run_dir, history
+        self.setup, self.run_dir, self.history, self.watch = setup, run_dir, history, watch
         self.grid_index = plots.pick_one_per_class(setup.digits.y_val)
         self.diverged_at = None  # (epoch, step) of the first NaN or infinite loss.
         self.started = time.time()
@@ -131,6 +174,8 @@ class RunRecorder(keras.callbacks.Callback):
             return
         row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
                "seconds": time.time() - self.started}
+        if self.watch is not None and self.watch.per_unit is not None:  # I(x; z_j) per unit, for the figure.
+            row.update({f"val_information_unit_{j}": float(v) for j, v in enumerate(self.watch.per_unit)})
         if self.setup.cfg.output.per_epoch_images:
             digits = self.setup.digits
             x, labels = digits.x_val[self.grid_index], digits.y_val[self.grid_index]
@@ -148,11 +193,11 @@ class RunRecorder(keras.callbacks.Callback):
         """For the TensorBoard logger (extra_fn): the KL weight in force, and per latent unit on the first
         validation digits the closed-form KL (where the prior has one) and I(x; z_j), as lists it writes as
         kl_per_unit/j and information_per_unit/j."""
-        x = self.setup.digits.x_val[:UNIT_LOG_EXAMPLES]
-        z_mean, z_log_var = evaluate.encode(self.model, x)
-        _, information = evaluate.information(z_mean, z_log_var)
-        logs = {"kl_weight": float(self.model.kl_weight_in_force()), "information_per_unit": information.tolist()}
+        logs = {"kl_weight": float(self.model.kl_weight_in_force())}
+        if self.watch is not None and self.watch.per_unit is not None:  # Computed this epoch by the watch.
+            logs["information_per_unit"] = self.watch.per_unit.tolist()
         if self.model.prior.closed_form_kl:
+            z_mean, z_log_var = evaluate.encode(self.model, self.setup.digits.x_val[:UNIT_LOG_EXAMPLES])
             kl = np.asarray(self.model.prior.kl(z_mean, z_log_var, None)).mean(axis=0)
             logs["kl_per_unit"] = kl.tolist()
         return logs

@@ -24,7 +24,6 @@ from fast_layers import TapMatmulConv2DTranspose
 from objective import Objective
 
 IMAGE_SHAPE = (28, 28, 1)
-NUM_PIXELS = 28 * 28
 
 
 def reparameterize(z_mean, z_log_var, epsilon):

@@ -141,8 +141,8 @@ def expectation(description, likelihood="bernoulli", gaussian_sigma=None):
     if math.isclose(beta, 1.0):
         return "Expect: the ELBO's own balance; how much of the code is used depends on the data and the training."
     if beta < 1:
-        return (f"Expect: sharper reconstructions than the ELBO and codes that stray from the prior (KL well above "
-                f"the information), so digits decoded from prior samples look worse; β < 1 does not collapse.")
+        return ("Expect: sharper reconstructions than the ELBO and codes that stray from the prior (KL well above "
+                "the information), so digits decoded from prior samples look worse; collapse is less likely.")
     measured = " (on MNIST with a 2-D code every seed measured at β >= 30 collapsed)" if latent_dim == 2 else ""
     if beta >= COLLAPSE_BETA:
         return (f"Expect: posterior collapse, every reconstruction the same average digit: β = {beta:g} charges "

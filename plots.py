@@ -211,6 +211,39 @@ def loss_curves(history, path, title=None, skip_epochs=None):
     _save(fig, path)
 
 
+def information_curves(history, path, collapsed_below, informative_from, title=None):
+    """The information the code carries per epoch (metrics.csv's val_information, on the first validation
+    digits), in total and per latent unit, with the verdict's two thresholds as dashed lines. Epochs of a
+    run resumed from an earlier version, which did not log it, are left out. Returns False (and draws
+    nothing) when no epoch has the numbers."""
+    rows = [row for row in history if "val_information" in row]
+    if not rows:
+        return False
+    epochs = np.array([row["epoch"] for row in rows])
+    units = sorted(int(key.rsplit("_", 1)[1]) for key in rows[-1] if key.startswith("val_information_unit_"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+    total, per_unit = axes[0]
+    total.plot(epochs, [row["val_information"] for row in rows], marker="o", markersize=3, color="C0")
+    total.axhline(collapsed_below, color="gray", linestyle="--", linewidth=1)
+    total.set_title(f"I(x; z), nats (collapsed below {collapsed_below:g})", fontsize=10)
+    shown = units[:10]  # More lines than this are unreadable; the first ten units stand for the rest.
+    for j in shown:
+        per_unit.plot(epochs, [row.get(f"val_information_unit_{j}", np.nan) for row in rows], marker="o",
+                      markersize=3, label=f"unit {j}")
+    per_unit.axhline(informative_from, color="gray", linestyle="--", linewidth=1)
+    per_unit.set_title(f"I(x; z_j) per unit (informative from {informative_from:g})"
+                       + (f", units 0-9 of {len(units)}" if len(units) > len(shown) else ""), fontsize=10)
+    if shown:
+        per_unit.legend(fontsize=8)
+    for ax in (total, per_unit):
+        ax.set_xlabel("epoch")
+        ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _suptitle(fig, title, 11)
+    _save(fig, path)
+    return True
+
+
 def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None, title=None):
     """The KL weight in force at every step, with the value logged at the end of each epoch.
 

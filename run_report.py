@@ -26,6 +26,8 @@ FIGURES = (
                             "informative units when there are more)."),
     ("loss_curves.png", "The training objective and its reconstruction and KL terms per epoch, training and "
                         "validation."),
+    ("information.png", "The information the code carries per epoch, in total and per latent unit, on the first "
+                        "validation digits: where the code collapsed or recovered."),
     ("kl_schedule.png", "The KL weight at every gradient step, with its value at the end of each epoch."),
     ("kl_per_dim.png", "KL and information I(x; z_j) of each latent unit; informative units in colour."),
     ("rate_distortion.png", "The run's path per epoch in the plane of rate (KL) and distortion (reconstruction), "

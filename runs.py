@@ -95,7 +95,8 @@ def write_csv(path, rows):
     """Write a list of dicts as CSV atomically (the full history each time, so no epoch repeats)."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # Every key of every row, in first-seen order: a run resumed by a newer version adds columns.
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
@@ -128,7 +129,8 @@ def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
     except (UnicodeDecodeError, csv.Error) as error:
         raise RunFolderError(f"{path} is not a CSV written by train.py ({first_line(error)}); restore it or delete it.")
     try:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in rows]
+        # An empty cell is a column an earlier version's rows lack (write_csv's restval).
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in rows]
     except (TypeError, ValueError) as error:
         raise RunFolderError(f"{path} holds a value that is not a number ({first_line(error)}); restore the file "
                              f"or delete it (it only feeds the rate-distortion figure).")

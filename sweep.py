@@ -44,7 +44,7 @@ from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_tex
 ADDRESS_PROBE_SECONDS = 5.0  # How long a --address must take to accept a connection before it is refused.
 MAX_RUNS = 10_000  # Runs one sweep plans; more is a study to split (each run is a process and a folder).
 EXIT_FAILED = 1  # A run failed or diverged; the other statuses are runs' (guard), shared by every entry point.
-EXIT_USER_ERROR, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_INTERRUPTED
+EXIT_INTERRUPTED = runs.EXIT_INTERRUPTED
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
@@ -257,12 +257,6 @@ def thread_overrides(threads):
     thread pools (checked on TF 2.21); OMP_NUM_THREADS covers oneDNN's OpenMP pool.
     """
     return {name: str(max(1, int(threads))) for name in THREAD_VARIABLES}
-
-
-def child_env(workers):
-    """Environment for one train.py started by this process: its share of the cores, so N workers do not
-    oversubscribe them, and this process as the parent whose death stops it (like Ctrl-C, resumable)."""
-    return dict(os.environ, **thread_overrides(threads_per_run(workers)), **{PARENT_PID_VARIABLE: str(os.getpid())})
 
 
 def train_process(command, log_file, overrides, stop_wait=STOP_WAIT_SECONDS):

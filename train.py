@@ -34,7 +34,7 @@ import runs  # noqa: E402
 # Every module that loads TensorFlow (keras, model, callbacks, evaluate, ...) is imported inside the function
 # that needs it: `--help`, `--explain` and every check of the input answer before that import (~4 s).
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_USER_ERROR, runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
+EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
 # cores do not change the choice: measured, slices still won under them or tied (docs/performance.md).
@@ -300,6 +300,8 @@ def finish(setup, vae, run_dir, history, phases):
     plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
                       f"Loss per epoch: {setup.description['formula']} (effective β = "
                       f"{setup.description['effective_beta']:g})")
+    plots.information_curves(history, os.path.join(run_dir, "information.png"), evaluate.COLLAPSED_BELOW_NATS,
+                             evaluate.INFORMATIVE_UNIT_NATS, "Information the code carries, per epoch")
     steps = np.linspace(0, setup.total_steps, min(setup.total_steps, 2000) + 1)
     plots.kl_schedule(steps, np.asarray(setup.objective.kl_weight_at(steps)),
                       [row["epoch"] * setup.steps_per_epoch for row in history],

@@ -55,7 +55,8 @@ def test_a_model_whose_decoder_ignores_an_informative_code_is_not_called_healthy
     x = digits.x_val[:300]
     validation, _ = evaluate.compute_metrics(vae, x, 2)
     assert validation["mutual_information_nats"] > 3 * evaluate.COLLAPSED_BELOW_NATS  # The encoder's code is used...
-    assert validation["decoder_use_nats"] == 0.0 and validation["decoder_use_se_nats"] == 0.0  # ...the decoder's not.
+    # ...the decoder's not: every code decodes to the same image (bit for bit here; rounding allowed for).
+    assert abs(validation["decoder_use_nats"]) < 1e-3 and validation["decoder_use_se_nats"] < 1e-3
     verdict = evaluate.diagnose(validation, CONTEXT)
     assert verdict["state"] == "collapsed" and verdict["detected"] is True and verdict["decoder_ignores_code"] is True
     assert verdict["reason"].startswith("the decoder ignores the code"), verdict["reason"]

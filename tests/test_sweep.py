@@ -248,7 +248,7 @@ def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
 
 def test_workers_share_the_cores():
     threads = str(max(1, runs.available_cores() // 2))
-    env = sweep.child_env(2)
+    env = sweep.thread_overrides(sweep.threads_per_run(2))
     assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -180,8 +181,15 @@ def test_a_short_beta_1_run_is_collapsed_and_told_to_train_longer(tmp_path, caps
     assert '<span class="state collapsed">COLLAPSED</span>' in page and summary["collapse"]["advice"] in page
     figures = [name for name in os.listdir(run_dir) if name.endswith(".png")]
     assert len(figures) >= 7 and page.count("data:image/png") == len(figures)
-    block = capsys.readouterr().out.splitlines()[-6:]
+    console = capsys.readouterr().out
+    block = console.splitlines()[-6:]
     assert block[0].startswith("Result on 1000 validation digits") and block[3].startswith("  COLLAPSED: ")
+    # The live watch: every epoch's information in metrics.csv and on its line, and the collapse said once.
+    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(0 <= float(row["val_information"]) < 7 and "val_information_unit_1" in row for row in rows)
+    assert console.count("- val_information: ") == 3
+    assert re.search(r"Epoch \d: the code carries [0-9.e-]+ nats about the digit: collapsed", console)
     assert block[1].startswith(f"  −ELBO {summary['validation']['neg_elbo_nats']:.1f} nats per digit")
     assert block[-1] == f"  Figures: {os.path.join(run_dir, 'report.html')} (and the PNGs beside it)"
 
