@@ -12,6 +12,7 @@ import plots
 import runs
 
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
+WATCH_DRAWS = 2  # Noise draws of the per-epoch information (the final verdict averages evaluate's 8): cheaper.
 
 
 def run_callbacks(setup, model, run_dir, history):
@@ -114,7 +115,7 @@ class CodeWatch(keras.callbacks.Callback):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
             return  # A diverged epoch: the recorder stops the run; its codes say nothing.
         z_mean, z_log_var = evaluate.encode(self.model, self.x)
-        total, self.per_unit = evaluate.information(z_mean, z_log_var)
+        total, self.per_unit = evaluate.information(z_mean, z_log_var, draws=WATCH_DRAWS)
         logs["val_information"] = total
         collapsed = total < evaluate.COLLAPSED_BELOW_NATS
         if collapsed and self.collapsed_since is None:
@@ -153,12 +154,15 @@ class RunRecorder(keras.callbacks.Callback):
         self.setup, self.run_dir, self.history, self.watch = setup, run_dir, history, watch
         self.grid_index = plots.pick_one_per_class(setup.digits.y_val)
         self.diverged_at = None  # (epoch, step) of the first NaN or infinite loss.
-        self.started = time.time()
+        self.started, self.ended = time.time(), None
 
     def on_epoch_begin(self, epoch, logs=None):
         runs.raise_if_interrupted()
         self.model.reseed(epoch)
-        self.started = time.time()
+        self.started, self.ended = time.time(), None
+
+    def on_test_end(self, logs=None):  # The epoch's validation pass: its seconds end here, as PhaseClock's do.
+        self.ended = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         runs.raise_if_interrupted()
@@ -173,7 +177,7 @@ class RunRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
-               "seconds": time.time() - self.started}
+               "seconds": (self.ended or time.time()) - self.started}
         if self.watch is not None and self.watch.per_unit is not None:  # I(x; z_j) per unit, for the figure.
             row.update({f"val_information_unit_{j}": float(v) for j, v in enumerate(self.watch.per_unit)})
         if self.setup.cfg.output.per_epoch_images:

@@ -255,7 +255,7 @@ def _information_block(z, index, mean, log_var):
 
     log N(z_ij; μ_mj, σ_mj²) is losses.gaussian_log_density written out in numpy, in place: through TensorFlow
     this (rows, n) block per unit, the whole cost of the estimate, takes twice as long."""
-    inverse_var, offset = np.exp(-log_var), log_var + math.log(2 * math.pi)
+    inverse_var, offset = np.exp(-log_var), losses.gaussian_log_normalizer(log_var)
     joint, own_joint, per_unit = np.zeros((len(index), len(mean))), np.zeros(len(index)), np.zeros(mean.shape[1])
     for unit in range(mean.shape[1]):
         terms = np.subtract.outer(z[index, unit], mean[:, unit])  # (rows, n): z_ij - μ_mj
@@ -482,8 +482,26 @@ def latent_extent(z_mean, prior_samples, dims=(0, 1), quantile=0.01, margin=0.1)
     return tuple(extent)
 
 
-def write_figures(vae, run_dir, x, labels, arrays, history, title):
-    """The figures of a finished run (training-time figures are drawn by train.py)."""
+def history_figures(vae, run_dir, history, steps_per_epoch):
+    """The figures drawn from metrics.csv's rows: the loss curves, the information per epoch and the KL
+    weight over the run's steps (the objective's own schedule, with the weight each epoch logged)."""
+    described = describe_objective(vae)
+    plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
+                      f"Loss per epoch: {described['formula']} (effective β = {described['effective_beta']:g})")
+    plots.information_curves(history, os.path.join(run_dir, "information.png"), COLLAPSED_BELOW_NATS,
+                             INFORMATIVE_UNIT_NATS, "Information the code carries, per epoch")
+    total = vae.objective.total_steps
+    steps = np.linspace(0, total, min(total, 2000) + 1)
+    plots.kl_schedule(steps, np.asarray(vae.objective.kl_weight_at(steps)),
+                      [row["epoch"] * steps_per_epoch for row in history], [row["kl_weight"] for row in history],
+                      os.path.join(run_dir, "kl_schedule.png"), schedule=vae.objective.kl_schedule)
+
+
+def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epoch=None):
+    """Every figure of a finished run, from its model, its validation digits and metrics.csv's rows: the
+    one function training and `evaluate.py --run` both call."""
+    if history and steps_per_epoch:
+        history_figures(vae, run_dir, history, steps_per_epoch)
     decode = lambda z: vae.decode(z).numpy()  # noqa: E731
     index = plots.pick_one_per_class(labels)
     plots.reconstructions(x[index], vae.reconstruct(x[index]), labels[index],
@@ -518,8 +536,8 @@ def evaluate_run(vae, run_dir, x_val, y_val, k, max_examples, history, steps):
     validation, arrays = compute_metrics(vae, x_val, k)
     verdict = diagnose(validation, verdict_context(vae, steps))
     title = (f"β = {describe_objective(vae)['effective_beta']:g}: −ELBO {validation['neg_elbo_nats']:.1f} nats, "
-             f"I(x; z) {validation['mutual_information_nats']:.2f} nats: {verdict['state'].upper()}")
-    write_figures(vae, run_dir, x_val, y_val, arrays, history, title)
+             f"I(x; z) {_nats(validation['mutual_information_nats'])} nats: {verdict['state'].upper()}")
+    write_figures(vae, run_dir, x_val, y_val, arrays, history, title, steps // max(1, len(history)))
     return validation, verdict
 
 

@@ -43,6 +43,12 @@ def gaussian_log_density(x, mean, log_var):
     return -0.5 * (ops.square(x - mean) * inverse_var + log_var + LOG_2PI)
 
 
+def gaussian_log_normalizer(log_var):
+    """log σ² + log 2π: the part of -2·log N(x; μ, σ²) that does not depend on x. Plain arithmetic, so numpy
+    arrays work too (evaluate.information computes its (rows, n) blocks in numpy, in place)."""
+    return log_var + LOG_2PI
+
+
 def gaussian_nll(x, mean, log_sigma):
     """Gaussian negative log-density per pixel: (x-μ)²/(2σ²) + log σ + ½ log 2π.
 

@@ -282,7 +282,6 @@ def finish(setup, vae, run_dir, history, phases):
     phases: seconds this process spent so far, by phase (train); the final evaluation's are added.
     """
     import evaluate
-    import plots
     import run_report
 
     finish_started = time.perf_counter()
@@ -297,16 +296,6 @@ def finish(setup, vae, run_dir, history, phases):
         for target, source in zip(vae.optimizer.variables, adam.variables, strict=True):
             target.assign(source)
     runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
-    plots.loss_curves(history, os.path.join(run_dir, "loss_curves.png"),
-                      f"Loss per epoch: {setup.description['formula']} (effective β = "
-                      f"{setup.description['effective_beta']:g})")
-    plots.information_curves(history, os.path.join(run_dir, "information.png"), evaluate.COLLAPSED_BELOW_NATS,
-                             evaluate.INFORMATIVE_UNIT_NATS, "Information the code carries, per epoch")
-    steps = np.linspace(0, setup.total_steps, min(setup.total_steps, 2000) + 1)
-    plots.kl_schedule(steps, np.asarray(setup.objective.kl_weight_at(steps)),
-                      [row["epoch"] * setup.steps_per_epoch for row in history],
-                      [row["kl_weight"] for row in history], os.path.join(run_dir, "kl_schedule.png"),
-                      schedule=cfg.loss.kl_schedule)
     evaluated = min(len(setup.digits.x_val), cfg.evaluation.max_examples or len(setup.digits.x_val))
     print(f"Evaluating on {evaluated} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,

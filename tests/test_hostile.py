@@ -243,7 +243,8 @@ def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp
     assert statuses == {run.label: "busy"}
     assert f"process {os.getpid()} is still training it" in capsys.readouterr().out
     assert not os.path.exists(sweep.log_path(plan, run))  # No train.py was started.
-    assert sorted(os.listdir(plan.folder)) == sorted(["configs", "logs", run.label, "sweep.yaml", "wall_seconds.json"])
+    assert sorted(os.listdir(plan.folder)) == sorted([".lock", "configs", "logs", run.label, "sweep.yaml",
+                                                      "wall_seconds.json"])
     lock.close()
     sweep.clear_stillborn(run_dir)
     assert not os.path.exists(run_dir)
