@@ -180,6 +180,22 @@ def check_run_name(name, what="output.run_name"):
     return name
 
 
+def check_could_write(folder):
+    """Refuse an output folder that could not be created or written, without creating anything: its
+    nearest existing ancestor must be a writable folder with room for a run (the check before TensorFlow;
+    check_writable proves it by writing once the data has loaded)."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        why = "Not a directory" if not os.path.isdir(path) else "Permission denied"
+        raise RunFolderError(f"Cannot write to output.dir '{folder}' ({why}: {path}); choose a writable folder.")
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise RunFolderError(f"output.dir '{folder}' has only {free // 2**20} MiB free; a run needs at least "
+                             f"{MIN_FREE_BYTES // 2**20} MiB. Free space or choose another folder.")
+
+
 def check_writable(folder):
     """Create the output folder if needed and prove we can write there, before any training.
     A refusal removes the folders this call created, so it leaves nothing behind."""

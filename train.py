@@ -399,7 +399,7 @@ def check_before_tensorflow(cfg):
     if cfg.output.run_name is not None:
         runs.check_run_name(cfg.output.run_name)
     shape = data.peek(cfg.data)
-    runs.check_writable(cfg.output.dir)
+    runs.check_could_write(cfg.output.dir)  # Creates nothing: a refusal of the data later leaves no folder.
     return shape
 
 

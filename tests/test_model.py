@@ -241,9 +241,10 @@ def test_a_model_saved_by_version_1_loads_with_identical_outputs(name):
     reference = np.load(os.path.join(fixtures, "v1_reference.npz"))
     vae = keras.saving.load_model(os.path.join(fixtures, f"{name}.keras"), safe_mode=True)
     z_mean, z_log_var = (np.asarray(t) for t in vae.encoder_moments(reference["x"]))
-    np.testing.assert_array_equal(z_mean, reference[f"{name}_z_mean"])
-    np.testing.assert_array_equal(z_log_var, reference[f"{name}_z_log_var"])
-    np.testing.assert_array_equal(np.asarray(vae(reference["x"])), reference[f"{name}_recon"])
+    # To float32 rounding, not bit for bit: oneDNN's kernels differ between CPUs (the fixtures' machine and
+    # this one give outputs 3e-8 apart), while a weight restored wrongly would be off by far more.
+    for got, key in ((z_mean, "z_mean"), (z_log_var, "z_log_var"), (np.asarray(vae(reference["x"])), "recon")):
+        np.testing.assert_allclose(got, reference[f"{name}_{key}"], rtol=1e-5, atol=1e-6)
     assert isinstance(vae.prior, priors.StandardNormal)
     if name == "v1_gaussian_learned":
         assert math.isclose(float(vae.likelihood.learned_log_sigma), -1.3, rel_tol=1e-6)  # Moved from the VAE.

@@ -117,7 +117,7 @@ def test_monte_carlo_kl_of_a_mixture_averages_to_the_standard_normals_when_it_is
     (["model.prior_components=3"], "only read by the mixture and vamp"),
     (["model.prior=mixture", "loss.free_bits=0.5"], "does not split per dimension"),
     (["model.prior=uniform"], "expects one of standard_normal"),
-    (["model.prior=normal", "model.prior_scale=0"], "must be > 0"),
+    (["model.prior=normal", "model.prior_scale=0"], "must be >= 0.001"),
 ])
 def test_prior_settings_are_validated(settings, message):
     with pytest.raises(config.ConfigError, match=message):
