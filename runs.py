@@ -190,6 +190,11 @@ def check_could_write(folder):
     if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
         why = "Not a directory" if not os.path.isdir(path) else "Permission denied"
         raise RunFolderError(f"Cannot write to output.dir '{folder}' ({why}: {path}); choose a writable folder.")
+    check_free_space(folder, path)
+
+
+def check_free_space(folder, path):
+    """Refuse output.dir `folder` when the file system holding `path` has less than MIN_FREE_BYTES free."""
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
         raise RunFolderError(f"output.dir '{folder}' has only {free // 2**20} MiB free; a run needs at least "
@@ -205,10 +210,7 @@ def check_writable(folder):
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
         os.close(handle)
         os.remove(probe)
-        free = shutil.disk_usage(folder).free
-        if free < MIN_FREE_BYTES:
-            raise RunFolderError(f"output.dir '{folder}' has only {free // 2**20} MiB free; a run needs at least "
-                                 f"{MIN_FREE_BYTES // 2**20} MiB. Free space or choose another folder.")
+        check_free_space(folder, folder)
     except (OSError, RunFolderError) as error:
         for path in created:  # Deepest first; rmdir leaves a folder alone once anything is in it.
             try:
