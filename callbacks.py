@@ -7,8 +7,10 @@ import time
 import keras
 import numpy as np
 
+import atomic
 import evaluate
 import plots
+import process
 import runs
 
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
@@ -32,12 +34,20 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
     """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
     if not setup.cfg.output.tensorboard:
         return []
-    import tensorboard_log  # Only runs that log to TensorBoard load its package.
+    import tensorboard_log  # Only runs that log to TensorBoard load its package (and TensorBoard's).
 
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
         os.path.join(run_dir, tensorboard_log.RUN_SUBFOLDER), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
         images_fn=lambda: tensorboard_log.image_grid([x, model.reconstruct(x)]), extra_fn=recorder.extra_logs)]
+
+
+def log_evaluation(cfg, run_dir, validation, verdict, epochs):
+    """After the final evaluation: give the loggers the run's numbers and verdict (TensorBoard, when on)."""
+    if cfg.output.tensorboard:
+        import tensorboard_log  # As in tensorboard_callbacks.
+
+        tensorboard_log.write_run_evaluation(run_dir, validation, verdict, epochs)
 
 
 class PhaseClock(keras.callbacks.Callback):
@@ -157,7 +167,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.started, self.ended = time.time(), None
 
     def on_epoch_begin(self, epoch, logs=None):
-        runs.raise_if_interrupted()
+        process.raise_if_interrupted()
         self.model.reseed(epoch)
         self.started, self.ended = time.time(), None
 
@@ -165,7 +175,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.ended = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
-        runs.raise_if_interrupted()
+        process.raise_if_interrupted()
         if logs and not math.isfinite(float(logs["loss"])):
             self.diverged_at = (len(self.history) + 1, batch + 1)
             self.model.stop_training = True
@@ -178,6 +188,10 @@ class RunRecorder(keras.callbacks.Callback):
             return
         row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
                "seconds": (self.ended or time.time()) - self.started}
+        if self.model.objective.chooses_beta:  # GECO's β after the epoch's last step.
+            row["beta"] = float(self.model.beta_in_force())
+        if self.model.objective.target_rate is not None:  # The capacity C in force after it.
+            row["target_rate"] = float(self.model.objective.rate_at(self.model.optimizer.iterations))
         if self.watch is not None and self.watch.per_unit is not None:  # I(x; z_j) per unit, for the figure.
             row.update({f"val_information_unit_{j}": float(v) for j, v in enumerate(self.watch.per_unit)})
         if self.setup.cfg.output.per_epoch_images:
@@ -190,7 +204,7 @@ class RunRecorder(keras.callbacks.Callback):
         # joins the history once the checkpoint holds it, so a failed checkpoint leaves the history as saved.
         runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": [*self.history, row]})
         self.history.append(row)
-        runs.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
+        atomic.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
         runs.update_summary(self.run_dir, epochs_completed=epoch + 1)
 
     def extra_logs(self):
@@ -198,6 +212,8 @@ class RunRecorder(keras.callbacks.Callback):
         validation digits the closed-form KL (where the prior has one) and I(x; z_j), as lists it writes as
         kl_per_unit/j and information_per_unit/j."""
         logs = {"kl_weight": float(self.model.kl_weight_in_force())}
+        if self.model.objective.chooses_beta:
+            logs["beta"] = float(self.model.beta_in_force())
         if self.watch is not None and self.watch.per_unit is not None:  # Computed this epoch by the watch.
             logs["information_per_unit"] = self.watch.per_unit.tolist()
         if self.model.prior.closed_form_kl:

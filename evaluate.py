@@ -16,7 +16,9 @@ import math
 import os
 import sys
 
+import atomic
 import config
+import process
 import runs
 
 MAX_IWAE_K = 100_000
@@ -42,7 +44,7 @@ def iwae_k_argument(text):
 
 def check_run_folder(run_dir):
     """Refuse a folder that holds no finished run (summary.json and model.keras), before anything loads."""
-    summary = runs.read_json(os.path.join(run_dir, "summary.json")) if os.path.isdir(run_dir) else None
+    summary = atomic.read_json(os.path.join(run_dir, "summary.json")) if os.path.isdir(run_dir) else None
     model_path = os.path.join(run_dir, "model.keras")
     if not isinstance(summary, dict) or not os.path.isfile(model_path):
         raise runs.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
@@ -59,7 +61,7 @@ def check_arguments(args):
 
 if __name__ == "__main__":  # Answer --help and bad arguments before TensorFlow loads (it takes seconds), quietly.
     ARGS = parse_args()
-    STATUS = runs.guard(lambda: check_arguments(ARGS) and None)
+    STATUS = process.guard(lambda: check_arguments(ARGS) and None)
     if STATUS:
         sys.exit(STATUS)
     import quiet
@@ -70,6 +72,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import data  # noqa: E402
+import likelihoods  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402,F401  Registers the VAE's classes, so model.keras loads in safe mode.
 import objective  # noqa: E402
@@ -371,7 +374,7 @@ def advice(state, informative, latent_dim, context, decoder_ignores=False):
         return f"Lower β: effective β = {beta:g} charges {beta:g} nats of reconstruction for every nat of " \
                f"information in z. {elbo}"
     sigma = context.get("gaussian_sigma")
-    if state == "collapsed" and context["likelihood"] == "gaussian" and isinstance(sigma, float) \
+    if state == "collapsed" and likelihoods.FAMILY.get(context["likelihood"]).has_sigma and isinstance(sigma, float) \
             and sigma > LARGE_FIXED_SIGMA:
         return (f"Lower loss.gaussian_sigma: a fixed σ = {sigma:g} makes the reconstruction term weak (it equals "
                 f"MSE-sum + {2 * sigma ** 2 * beta:.3g}·KL); try 0.1, or 'learned' or 'optimal'.")
@@ -490,11 +493,22 @@ def history_figures(vae, run_dir, history, steps_per_epoch):
                       f"Loss per epoch: {described['formula']} (effective β = {described['effective_beta']:g})")
     plots.information_curves(history, os.path.join(run_dir, "information.png"), COLLAPSED_BELOW_NATS,
                              INFORMATIVE_UNIT_NATS, "Information the code carries, per epoch")
-    total = vae.objective.total_steps
-    steps = np.linspace(0, total, min(total, 2000) + 1)
-    plots.kl_schedule(steps, np.asarray(vae.objective.kl_weight_at(steps)),
-                      [row["epoch"] * steps_per_epoch for row in history], [row["kl_weight"] for row in history],
-                      os.path.join(run_dir, "kl_schedule.png"), schedule=vae.objective.kl_schedule)
+    goal, total = vae.objective, vae.objective.total_steps
+    epoch_steps, epoch_weights = [row["epoch"] * steps_per_epoch for row in history], [row["kl_weight"] for row in history]
+    label = "KL weight λ"
+    if goal.chooses_beta:  # GECO's weight is known where it was logged: from its start (β = 1), epoch by epoch.
+        steps, weights = [0, *epoch_steps], [goal.kl_weight, *epoch_weights]
+        schedule = f"chosen by GECO for κ = {goal.target_distortion:g}"
+    elif goal.target_rate is not None:  # Capacity: the schedule ramps the target rate C, not a weight.
+        steps = np.linspace(0, total, min(total, 2000) + 1)
+        weights, label = np.asarray(goal.rate_at(steps)), "target rate C (nats)"
+        epoch_weights = [row.get("target_rate", np.nan) for row in history]
+        schedule = f"capacity C up to {goal.target_rate:g} nats ({goal.kl_schedule})"
+    else:
+        steps = np.linspace(0, total, min(total, 2000) + 1)
+        weights, schedule = np.asarray(goal.kl_weight_at(steps)), goal.kl_schedule
+    plots.kl_schedule(steps, weights, epoch_steps, epoch_weights, os.path.join(run_dir, "kl_schedule.png"),
+                      schedule=schedule, ylabel=label)
 
 
 def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epoch=None):
@@ -556,7 +570,7 @@ def load_run(run_dir):
     try:
         vae = keras.saving.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a damaged or unsafe file; all mean "cannot load".
-        raise runs.RunFolderError(f"{model_path} cannot be loaded safely ({runs.first_line(error)}); it is damaged, "
+        raise runs.RunFolderError(f"{model_path} cannot be loaded safely ({process.first_line(error)}); it is damaged, "
                                   f"from another program, or needs code that safe mode refuses to run.")
     if not isinstance(vae, model.VAE):
         raise runs.RunFolderError(f"{model_path} holds a {type(vae).__name__}, not a VAE written by train.py.")
@@ -581,7 +595,7 @@ def reevaluate(run_dir, iwae_k=None):
 
 def main(argv=None, args=None):
     args = args or parse_args(argv)
-    return runs.guard(lambda: reevaluate(*check_arguments(args)))
+    return process.guard(lambda: reevaluate(*check_arguments(args)))
 
 
 if __name__ == "__main__":

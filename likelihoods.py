@@ -2,24 +2,34 @@
 
 A likelihood turns the decoder's logits (batch, H, W, C) into a negative log-likelihood per
 pixel value and into the image it stands for (its mean). It is part of the saved model, so a
-learned σ is saved with the weights. To add a likelihood: write its class here, register it
-in LIKELIHOODS, add its name to config.LIKELIHOODS and test it in tests/test_losses.py.
+learned σ is saved with the weights. To add a likelihood: write its class here with its traits
+and `@FAMILY.register`, and test it in tests/test_losses.py; loss.likelihood then accepts its
+name (choices.py says how a plain class becomes a Keras layer without loading TensorFlow here).
 """
 
 import math
 
-import keras
-from keras import ops
+import choices
 
-import losses
+ops, losses = choices.Deferred("keras.ops"), choices.Deferred("losses")  # Keras only when the math runs.
+
+FAMILY = choices.Family("loss.likelihood", layers=True)
 
 
-class Likelihood(keras.layers.Layer):
-    """Base class. Subclasses define nll (per pixel value, no reduction) and mean."""
+class Likelihood:
+    """Base class. Subclasses define nll (per pixel value, no reduction) and mean, and their traits."""
 
-    name_in_config = None  # The config name (loss.likelihood).
+    family, __new__ = FAMILY, choices.new_layer
+    name_in_config = None  # The config name (loss.likelihood); `name` is Keras's layer name.
     formula = None  # How the start-up line writes the summed negative log-likelihood.
     has_sigma = False  # Whether log_sigma returns a σ (reported per epoch and in summary.json).
+    settings_read = ()  # Loss-section keys only this likelihood reads (config refuses them with another).
+    shows = "sigmoid(logits), the mean"  # What reconstructions and samples draw (its `mean`).
+
+    @classmethod
+    def options(cls, loss_cfg):
+        """Constructor arguments from the config's loss section (the settings in settings_read)."""
+        return {}
 
     def nll(self, x, logits, log_sigma=None):
         """-log p(x|z) per pixel value, same shape as x; log_sigma only matters to the Gaussian."""
@@ -31,15 +41,15 @@ class Likelihood(keras.layers.Layer):
 
     def log_sigma(self, x, logits, batch_mean=None):
         """log σ in force for this batch (a scalar), or None for likelihoods without a σ. batch_mean:
-        the mean over the global batch under tf.distribute (model.GlobalBatch.mean), else None."""
+        the mean over the global batch under tf.distribute (shards.GlobalBatch.mean), else None."""
         return None
 
     def describe(self):
         """What summary.json records about this likelihood."""
-        return {"name": self.name_in_config}
+        return {"name": self.name_in_config, "image": self.shows}
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class Bernoulli(Likelihood):
     """Binary cross-entropy from logits: the tutorial's reconstruction loss."""
 
@@ -49,11 +59,11 @@ class Bernoulli(Likelihood):
         return losses.bernoulli_nll(x, logits)
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019), a normalised density on [0, 1]."""
 
-    name_in_config, formula = "continuous_bernoulli", "Σ CB NLL"
+    name_in_config, formula, shows = "continuous_bernoulli", "Σ CB NLL", "the continuous Bernoulli's mean"
 
     def nll(self, x, logits, log_sigma=None):
         return losses.continuous_bernoulli_nll(x, logits)
@@ -62,7 +72,7 @@ class ContinuousBernoulli(Likelihood):
         return losses.continuous_bernoulli_mean(logits)
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class Gaussian(Likelihood):
     """N(x; sigmoid(logits), σ²) per pixel value, with one σ shared by all pixels.
 
@@ -70,7 +80,11 @@ class Gaussian(Likelihood):
     "optimal" (σ² = the batch's mean squared error, the same paper's analytic σ).
     """
 
-    name_in_config, formula, has_sigma = "gaussian", "Σ Gaussian NLL", True
+    name_in_config, formula, has_sigma, settings_read = "gaussian", "Σ Gaussian NLL", True, ("gaussian_sigma",)
+
+    @classmethod
+    def options(cls, loss_cfg):
+        return {"sigma": loss_cfg.gaussian_sigma}
 
     def __init__(self, sigma="learned", **kwargs):
         super().__init__(**kwargs)
@@ -94,7 +108,7 @@ class Gaussian(Likelihood):
         return ops.convert_to_tensor(math.log(float(self.sigma)), dtype="float32")
 
     def describe(self):
-        return {"name": self.name_in_config, "sigma": self.sigma}
+        return {**super().describe(), "sigma": self.sigma}
 
     def load_own_variables(self, store):
         if self.restored_by_parent and not list(store.keys()):
@@ -105,11 +119,7 @@ class Gaussian(Likelihood):
         return {**super().get_config(), "sigma": self.sigma}
 
 
-LIKELIHOODS = {cls.name_in_config: cls for cls in (Bernoulli, Gaussian, ContinuousBernoulli)}
-
-
 def build(loss_cfg):
-    """The likelihood named by a config's loss section (loss.likelihood, loss.gaussian_sigma)."""
-    if loss_cfg.likelihood == "gaussian":
-        return Gaussian(sigma=loss_cfg.gaussian_sigma, name="likelihood")
-    return LIKELIHOODS[loss_cfg.likelihood](name="likelihood")
+    """The likelihood layer named by a config's loss section (loss.likelihood and the settings it reads)."""
+    cls = FAMILY.get(loss_cfg.likelihood)
+    return cls(**cls.options(loss_cfg), name="likelihood")

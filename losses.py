@@ -68,7 +68,7 @@ def optimal_log_sigma(x, mean, batch_mean=None):
     cannot drive the density to infinity. Returns a scalar.
 
     batch_mean: (batch, ...) -> (...), the mean over the global batch when the batch is split
-    between replicas (model.GlobalBatch.mean); None: this batch's plain mean.
+    between replicas (shards.GlobalBatch.mean); None: this batch's plain mean.
     No gradient flows through σ*: it minimises the batch's mean NLL, D·[mse/(2σ²) + log σ] + const,
     whose derivative in log σ, D·(1 - mse/σ²), is 0 at σ² = mse (below the floor σ* is a
     constant), so the dropped term is 0 up to the 1e-12 guard (envelope theorem). Stopping it
@@ -172,7 +172,7 @@ def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reco
         kl_weight: λ, a float or a scalar tensor (the weight in force under a schedule).
         free_bits: τ in nats per latent dimension; 0 disables it.
         batch_mean: (batch, ...) -> (...), the mean over the batch. Under tf.distribute each replica
-            holds a slice of the global batch, and model.GlobalBatch.mean averages over the global
+            holds a slice of the global batch, and shards.GlobalBatch.mean averages over the global
             batch instead, so the free-bits floor max(mean KL_j, τ) and the reductions refer to the
             global batch, as on one device.
     """
@@ -180,3 +180,21 @@ def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reco
     kl_scale = 1.0 / latent_dim if kl_reduction == "mean" else 1.0
     kl = free_bits_kl(kl_per_dim, free_bits, batch_mean)
     return rec_scale * batch_mean(rec_per_example) + kl_weight * kl_scale * kl
+
+
+def capacity_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_reduction, capacity, gamma,
+                       batch_mean=batch_average):
+    """The capacity objective of Burgess et al. (2018), averaged over the batch. Returns a scalar.
+
+    Per batch: rec_scale·[mean Σ_pixels NLL + gamma·|mean Σ_j KL_j - capacity|], rec_scale = 1/num_pixels for
+    a `mean` reconstruction reduction, else 1. The KL is the batch mean of the summed KL, so the target
+    capacity C is in nats per example.
+
+    Args:
+        rec_per_example: (batch,) reconstruction NLL summed over pixels.
+        kl_per_dim: (batch, latent_dim), or (batch, 1) for a prior whose KL does not split; summed here.
+        capacity: C in force at this step (a float or scalar tensor); gamma: its weight γ.
+    """
+    rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
+    kl = batch_mean(ops.sum(kl_per_dim, axis=1))
+    return rec_scale * (batch_mean(rec_per_example) + gamma * ops.abs(kl - capacity))

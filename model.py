@@ -1,10 +1,8 @@
 """The keras.io convolutional VAE: VAE(encoder, decoder, likelihood, prior), trained by compile(objective).
 
-The encoder and decoder are functional models, the tutorial's layer for layer (for any image
-H×W×C with H and W divisible by 4; MNIST keeps the tutorial's exact parameter count). One
-change: the decoder's last layer outputs logits instead of sigmoid probabilities, so the losses
-can be computed stably (losses.py); `VAE.call` and `VAE.decode` return the likelihood's mean,
-which for the Bernoulli is the same sigmoid. The likelihood (likelihoods.py) and the prior
+The encoder and decoder are the tutorial's functional models (networks.py), whose decoder outputs
+logits; `VAE.call` and `VAE.decode` return the likelihood's mean, which for the Bernoulli is the
+tutorial's sigmoid. The likelihood (likelihoods.py) and the prior
 (priors.py) are layers saved with the model; the objective (objective.Objective) is a training
 choice and goes through `compile`, as keras-io's dcgan_overriding_train_step.py passes its losses.
 """
@@ -15,149 +13,19 @@ import functools
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import ops
 
+import legacy
 import likelihoods
 import losses
 import priors
-from fast_layers import TapMatmulConv2DTranspose
+from networks import IMAGE_SHAPE, build_decoder, build_encoder, reparameterize
 from objective import Objective
+from shards import GlobalBatch, map_shards
 
-IMAGE_SHAPE = (28, 28, 1)
-
-
-def reparameterize(z_mean, z_log_var, epsilon):
-    """z = μ + σ·ε, with σ = exp(½ log σ²). All (batch, latent_dim)."""
-    return z_mean + ops.exp(0.5 * z_log_var) * epsilon
-
-
-@keras.saving.register_keras_serializable(package="vae_kl")
-class Sampling(layers.Layer):
-    """Draws z = μ + σ·ε with ε ~ N(0, I), the reparameterisation trick."""
-
-    def __init__(self, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, inputs):
-        z_mean, z_log_var = inputs  # (batch, latent_dim) each
-        return reparameterize(z_mean, z_log_var, self.draw(ops.shape(z_mean)))
-
-    def draw(self, shape):
-        """ε ~ N(0, I) of the given shape, from this layer's generator (advancing it)."""
-        return keras.random.normal(shape, seed=self.seed_generator)
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
-
-
-def build_encoder(latent_dim, seed=None, image_shape=IMAGE_SHAPE):
-    """Image (batch, H, W, C) -> [z_mean, z_log_var, z], each (batch, latent_dim)."""
-    inputs = keras.Input(shape=tuple(image_shape))
-    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, H/2, W/2, 32)
-    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/4, W/4, 64)
-    x = layers.Flatten()(x)
-    x = layers.Dense(16, activation="relu")(x)
-    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
-    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
-    z = Sampling(seed=seed, name="z", dtype="float32")([z_mean, z_log_var])  # Noise in float32 under any policy.
-    return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
-
-
-def build_decoder(latent_dim, fast_layers=False, image_shape=IMAGE_SHAPE):
-    """Latent code (batch, latent_dim) -> logits (batch, H, W, C).
-
-    fast_layers computes the last layer with TapMatmulConv2DTranspose: the same
-    function and weights, about 1.5x faster forward+backward on a CPU (docs/performance.md).
-    """
-    height, width, channels = image_shape
-    inputs = keras.Input(shape=(latent_dim,))
-    x = layers.Dense(height // 4 * width // 4 * 64, activation="relu")(inputs)
-    x = layers.Reshape((height // 4, width // 4, 64))(x)
-    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/2, W/2, 64)
-    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H, W, 32)
-    last = TapMatmulConv2DTranspose if fast_layers else layers.Conv2DTranspose
-    logits = last(channels, 3, padding="same", name="logits")(x)  # (batch, H, W, C)
-    return keras.Model(inputs, logits, name="decoder")
-
-
-def map_shards(fn, inputs, shards):
-    """fn applied to `shards` consecutive slices of the batch, its outputs concatenated back.
-
-    inputs: tensors with the same batch size; fn takes one slice of each. The slices are as
-    equal as possible (the first batch % shards get one example more). A batch smaller than
-    `shards` is zero-padded first, because oneDNN's convolutions reject empty batches; the
-    padding's outputs are dropped, so the results never depend on `shards`.
-    Returns a list with one (batch, ...) tensor per output of fn.
-    """
-    batch = tf.shape(inputs[0])[0]
-    padded = tf.maximum(batch, shards)
-    base = padded // shards
-    sizes = base + tf.cast(tf.range(shards) < padded - base * shards, "int32")  # (shards,)
-    pieces = [tf.split(tf.pad(t, [[0, padded - batch]] + [[0, 0]] * (len(t.shape) - 1)), sizes, num=shards)
-              for t in inputs]
-    outputs = [tf.nest.flatten(fn(*piece)) for piece in zip(*pieces)]
-    return [tf.concat(parts, axis=0)[:batch] for parts in zip(*outputs)]
-
-
-class GlobalBatch:
-    """A replica's place in the step's global batch, and means over the global batch.
-
-    Under tf.distribute (train.distribute mirrored or multi_worker) Keras runs train_step once per
-    replica on its local slice of the global batch (MirroredStrategy: consecutive slices in replica
-    order, the first ones one example larger), and the optimizer SUMs the replicas' gradients.
-    mean(v) is the global-batch mean on every replica, with a gradient through this replica's own
-    examples only: local_sum/B + stop_gradient(all_reduce(local_sum)/B - local_sum/B), B the global
-    batch size. A loss built from such means, f(mean(a), mean(b), ...), has the single-device
-    value on every replica, and its gradient on replica r is f'·∂(replica r's share of the means):
-    the shares add up over the replicas to exactly the single-device gradient. So a sum or mean
-    reduction, λ and the free-bits floor max(mean KL_j, τ) keep their global-batch meaning, with no
-    1/replicas factor to forget (averaging per replica and then summing would multiply the
-    learning rate by the number of replicas).
-
-    Outside a replica context of more than one replica (one device; evaluation) every mean is the
-    plain batch mean, exactly as before this class existed.
-    """
-
-    def __init__(self, local_size):
-        self.local_size = local_size  # Examples on this replica (may be 0 for a last batch < replicas).
-        context = tf.distribute.get_replica_context()
-        self.context = context if context is not None and context.num_replicas_in_sync > 1 else None
-        self.size, self.offset = local_size, 0
-        if self.context is None:
-            return
-        replica = self.context.replica_id_in_sync_group
-        # Every replica's size in one all-reduce (float32: NCCL and the ring all-reduce both take it;
-        # exact below 2**24): (replicas,).
-        mine = tf.one_hot(replica, self.context.num_replicas_in_sync) * tf.cast(local_size, "float32")
-        sizes = tf.cast(self.context.all_reduce(tf.distribute.ReduceOp.SUM, mine), "int32")
-        self.size = tf.reduce_sum(sizes)
-        self.offset = tf.reduce_sum(sizes[:replica])
-
-    @property
-    def replicated(self):
-        return self.context is not None
-
-    def mean(self, values):
-        """(local batch, ...) -> (...): the mean over the global batch (see the class)."""
-        if self.context is None:
-            return ops.mean(values, axis=0)
-        local = ops.sum(values, axis=0) / ops.cast(self.size, values.dtype)
-        total = self.context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(local))
-        return local + tf.stop_gradient(total - local)
-
-    def local_mean(self, values):
-        """(local batch, ...) -> (...): the mean over this replica's examples (0 when it has none)."""
-        if self.context is None:
-            return ops.mean(values, axis=0)
-        return ops.divide_no_nan(ops.sum(values, axis=0), ops.cast(self.local_size, values.dtype))
-
-    def own_rows(self, global_values):
-        """This replica's rows of a (global batch, ...) tensor, in the order the batch was split."""
-        if self.context is None:
-            return global_values
-        return global_values[self.offset:self.offset + self.local_size]
+# Every likelihood and prior as a Keras layer class, registered for saving, so any saved model loads.
+likelihoods.FAMILY.make_layer_classes()
+priors.FAMILY.make_layer_classes()
 
 
 @keras.saving.register_keras_serializable(package="vae_kl")
@@ -222,6 +90,11 @@ class VAE(keras.Model):
         if self.likelihood.has_sigma:
             names.append("sigma")
         self.terms_tracker = WeightedMeans(names)
+        # GECO's state (objective.chooses_beta), saved with the weights so a resumed run keeps its multiplier:
+        # log λ, with β = 1/λ, and the moving average of the constraint reconstruction/κ - 1.
+        self.geco_log_multiplier = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                                   name="geco_log_multiplier")
+        self.geco_constraint = self.add_weight(shape=(), initializer="zeros", trainable=False, name="geco_constraint")
         self.built = True
 
     def compile(self, optimizer="adam", objective=None, batch_shards=None, **kwargs):
@@ -238,9 +111,7 @@ class VAE(keras.Model):
             if config else config
 
     def compile_from_config(self, config):
-        if self.from_version_1:
-            # Its optimizer state lists log σ first, as the version-1 VAE's own weight; the order cannot be
-            # restored onto the new layers. Evaluating needs no optimizer; compile again to train further.
+        if self.from_version_1:  # Its optimizer state (log σ first) does not fit the new layers; evaluating needs none.
             return
         config = dict(config)
         objective = config.pop("objective", None)
@@ -255,10 +126,7 @@ class VAE(keras.Model):
         return [self.terms_tracker]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 (checked on 3.15) builds a model under tf.distribute from its first batch averaged over the
-        # replicas, which fails when the replicas' slices differ in size (a global batch of 45 on 2 replicas:
-        # 23 and 22 digits). This VAE is built at construction; with its optimizer built too (train.Setup
-        # builds it in the strategy's scope) there is nothing left to build, so that step is skipped.
+        # Private, and kept: Keras 3.15 rebuilds a tf.distribute model from replicas of unequal slices and fails.
         if self.optimizer is not None and self.optimizer.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
@@ -283,8 +151,25 @@ class VAE(keras.Model):
         state.assign(np.array([base + 1, 1_000_003 * (epoch + 1)], dtype=state.dtype))
 
     def kl_weight_in_force(self):
-        """λ times the schedule's multiplier at the optimizer's current step."""
+        """λ times the schedule's multiplier at the optimizer's current step (GECO: the λ of its β)."""
+        if self.objective.chooses_beta:
+            return self.objective.kl_weight_for_beta(self.beta_in_force(), self.latent_dim, self.num_pixels)
         return self.objective.kl_weight_at(self.optimizer.iterations if self.optimizer is not None else 0)
+
+    def beta_in_force(self):
+        """GECO's effective β = 1/λ = exp(-log λ) (a scalar tensor)."""
+        return ops.exp(-self.geco_log_multiplier)
+
+    def geco_step(self, reconstruction, first_step):
+        """GECO's multiplier update after a step (Rezende & Viola 2018): the constraint c = reconstruction/κ - 1
+        (the batch's mean summed NLL, relative to κ) enters a moving average, started at the first step's c,
+        and log λ moves by rate·average: λ grows (β falls) while the reconstruction is above κ."""
+        goal = self.objective
+        c = ops.stop_gradient(reconstruction) / goal.target_distortion - 1.0
+        average = ops.where(first_step, c, goal.geco_smoothing * self.geco_constraint + (1 - goal.geco_smoothing) * c)
+        self.geco_constraint.assign(average)
+        # Bounded to β in [1e-6, 1e6]: a κ the model cannot reach would otherwise drive λ to overflow.
+        self.geco_log_multiplier.assign(ops.clip(self.geco_log_multiplier + goal.geco_rate * average, -13.8, 13.8))
 
     @functools.cached_property
     def encoder_moments(self):
@@ -356,7 +241,8 @@ class VAE(keras.Model):
         reconstruction = losses.sum_over_pixels(self.likelihood.nll(x, logits, log_sigma))  # (batch,) nats per digit
         kl_terms = self.prior.kl(z_mean, z_log_var, z, self.encode_for_prior(training))  # (batch, latent_dim or 1)
         step = self.optimizer.iterations if self.optimizer is not None else 0
-        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step, batch.mean)
+        beta = self.beta_in_force() if self.objective.chooses_beta else None
+        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step, batch.mean, beta)
         kl = ops.sum(kl_terms, axis=1)  # (batch,) true KL, whatever free bits did to the loss
         terms = {"loss": loss, "reconstruction": batch.local_mean(reconstruction), "kl": batch.local_mean(kl),
                  "neg_elbo": batch.local_mean(reconstruction + kl)}
@@ -383,6 +269,8 @@ class VAE(keras.Model):
         # Under tf.distribute this is replica r's share of the global-batch gradient (GlobalBatch); Keras's
         # optimizer all-reduces (SUMs) the shares before applying them. No 1/replicas factor belongs here.
         grads = tape.gradient(scaled_loss, self.trainable_weights)
+        if self.objective.chooses_beta:  # Before apply, which advances the step counter.
+            self.geco_step(terms["reconstruction"], ops.equal(self.optimizer.iterations, 0))
         self.optimizer.apply(grads, self.trainable_weights)
         return self._report(terms, ops.shape(x)[0])
 
@@ -399,44 +287,16 @@ class VAE(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         if "encoder" not in config:
-            return _from_version_1_config(cls, config)
+            return legacy.from_version_1_config(cls, config)
         parts = {name: keras.saving.deserialize_keras_object(config.pop(name))
                  for name in ("encoder", "decoder", "likelihood", "prior")}
         return cls(**parts, **config)
 
     def load_own_variables(self, store):
-        # A version-1 file kept the learned log σ as the VAE's own variable; it now lives in the likelihood.
-        if list(store.keys()) and getattr(self.likelihood, "learned_log_sigma", None) is not None:
-            self.likelihood.learned_log_sigma.assign(store["0"])
-            self.likelihood.restored_by_parent = True
-            return
-        super().load_own_variables(store)
-
-
-# The settings a version-1 VAE (before the four-part design) stored in its config.
-_VERSION_1_KEYS = ("latent_dim", "likelihood", "reconstruction_reduction", "kl_reduction", "kl_weight", "free_bits",
-                   "gaussian_sigma", "kl_schedule", "warmup_steps", "total_steps", "kl_cycles", "kl_ramp_ratio",
-                   "dynamic_binarize", "seed", "fast_layers", "batch_shards")
-
-
-def _from_version_1_config(cls, config):
-    """Rebuild a model saved before the four-part design: the same layers (so the weights load), the
-    standard normal prior it was trained with, and its objective (used if it is compiled again)."""
-    old = {key: config.pop(key) for key in _VERSION_1_KEYS if key in config}
-    latent_dim, seed = old.get("latent_dim", 2), old.get("seed")
-    likelihood = old.get("likelihood", "bernoulli")
-    if likelihood not in likelihoods.LIKELIHOODS:
-        raise ValueError(f"Unknown likelihood {likelihood!r} in a saved model; expected one of "
-                         f"{', '.join(likelihoods.LIKELIHOODS)}.")
-    vae = cls(build_encoder(latent_dim, seed=seed), build_decoder(latent_dim, old.get("fast_layers", False)),
-              likelihoods.Gaussian(sigma=old.get("gaussian_sigma", "learned"), name="likelihood")
-              if likelihood == "gaussian" else likelihoods.LIKELIHOODS[likelihood](name="likelihood"),
-              priors.StandardNormal(latent_dim, name="prior"), **config)
-    fields = {f.name for f in dataclasses.fields(Objective)}
-    vae.objective = Objective(**{key: value for key, value in old.items() if key in fields})
-    vae.batch_shards = int(old.get("batch_shards", 1))
-    vae.from_version_1 = True
-    return vae
+        if self.from_version_1:  # A version-1 file kept the learned log σ as the VAE's own variable.
+            legacy.restore_log_sigma(self, store)
+        elif list(store.keys()):  # Files saved before GECO's state existed hold none: it keeps its start.
+            super().load_own_variables(store)
 
 
 def build_vae(model_cfg, loss_cfg, seed, image_shape=IMAGE_SHAPE, precision="float32"):

@@ -11,8 +11,14 @@ et al. (2017), with J latent dimensions and D = H·W·C pixel values.
 
 import dataclasses
 import math
+from typing import Optional
 
-import schedules  # TensorFlow-free at import, like this module: `train.py --explain` describes without it.
+import choices
+import config
+import likelihoods  # TensorFlow-free at import, like this module: `train.py --explain` describes without it.
+import schedules
+
+losses = choices.Deferred("losses")  # losses.py loads Keras: only a training computes the loss.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,14 @@ class Objective:
     total_steps: int = 1
     kl_cycles: int = 1
     kl_ramp_ratio: float = 0.5
+    # GECO (loss.kl_weight: auto): κ in summed nats per example, and how its multiplier moves. With κ set,
+    # the VAE's controller (model.VAE.geco_step) chooses β each step and kl_weight is only its start, β = 1.
+    target_distortion: Optional[float] = None
+    geco_rate: float = 0.01
+    geco_smoothing: float = 0.99
+    # Capacity (loss.target_rate): C in summed nats per example, reached through the schedule's ramp, and γ.
+    target_rate: Optional[float] = None
+    rate_weight: float = 1000.0
 
     @classmethod
     def from_config(cls, loss_cfg, latent_dim, num_pixels, steps_per_epoch, epochs):
@@ -43,20 +57,40 @@ class Objective:
                                    loss_cfg.kl_reduction, latent_dim, num_pixels)
         return cls(loss_cfg.reconstruction_reduction, loss_cfg.kl_reduction, weight, loss_cfg.free_bits,
                    loss_cfg.kl_schedule, loss_cfg.kl_warmup * per_unit, steps_per_epoch * epochs,
-                   loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio)
+                   loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio, loss_cfg.target_distortion, loss_cfg.geco_rate,
+                   loss_cfg.geco_smoothing, loss_cfg.target_rate, loss_cfg.rate_weight)
+
+    def rate_at(self, step):
+        """The capacity C in force at `step`: target_rate times the schedule's multiplier (its ramp)."""
+        return self.target_rate * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps,
+                                                          self.total_steps, self.kl_cycles, self.kl_ramp_ratio)
+
+    @property
+    def chooses_beta(self):
+        """Whether β is chosen during training (GECO) rather than fixed by kl_weight and the schedule."""
+        return self.target_distortion is not None
+
+    def kl_weight_for_beta(self, beta, latent_dim, num_pixels):
+        """The λ that gives effective β = beta with this objective's reductions."""
+        rec_scale, kl_scale = scales(self.reconstruction_reduction, self.kl_reduction, latent_dim, num_pixels)
+        return beta * rec_scale / kl_scale
 
     def kl_weight_at(self, step):
         """λ times the schedule's multiplier at `step` (a scalar or an array of steps)."""
         return self.kl_weight * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
                                                         self.kl_cycles, self.kl_ramp_ratio)
 
-    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=None):
+    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=None, beta=None):
         """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K);
-        batch_mean averages over the global batch (default: losses.batch_average; see losses.training_objective)."""
-        import losses  # Here, not at the top: losses.py loads Keras, and --explain must not.
-
+        batch_mean averages over the global batch (default: losses.batch_average; see losses.training_objective);
+        beta: the effective β GECO chose for this step (chooses_beta), else None for the configured weight."""
+        if self.target_rate is not None:
+            return losses.capacity_objective(reconstruction, kl_terms, num_pixels,
+                                             self.reconstruction_reduction, self.rate_at(step), self.rate_weight,
+                                             batch_mean or losses.batch_average)
+        weight = self.kl_weight_at(step) if beta is None else self.kl_weight_for_beta(beta, latent_dim, num_pixels)
         return losses.training_objective(reconstruction, kl_terms, num_pixels, latent_dim,
-                                         self.reconstruction_reduction, self.kl_reduction, self.kl_weight_at(step),
+                                         self.reconstruction_reduction, self.kl_reduction, weight,
                                          self.free_bits, batch_mean or losses.batch_average)
 
 
@@ -68,11 +102,12 @@ def scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):
 
 
 def resolve_kl_weight(kl_weight, kl_weight_norm, reconstruction_reduction, kl_reduction, latent_dim, num_pixels):
-    """The λ to put on the KL term: kl_weight as given, or the λ that makes β = β_norm·D/J."""
-    if kl_weight_norm is None:
+    """The λ to put on the KL term: kl_weight as given, the λ that makes β = β_norm·D/J, or for kl_weight
+    "auto" (GECO) the λ of its first step, β = 1."""
+    if kl_weight_norm is None and kl_weight != "auto":
         return 1.0 if kl_weight is None else float(kl_weight)
     rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
-    beta = kl_weight_norm * num_pixels / latent_dim
+    beta = 1.0 if kl_weight == "auto" else kl_weight_norm * num_pixels / latent_dim
     return beta * rec_scale / kl_scale
 
 
@@ -90,8 +125,8 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
     """
     rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
     beta = kl_weight * kl_scale / rec_scale
-    nll = {"bernoulli": "Σ BCE", "gaussian": "Σ Gaussian NLL", "continuous_bernoulli": "Σ CB NLL"}[likelihood]
-    formula = f"loss = {_fraction(rec_scale)}·[{nll} + {beta:g}·KL]"
+    has_sigma = likelihoods.FAMILY.get(likelihood).has_sigma
+    formula = f"loss = {_fraction(rec_scale)}·[{likelihoods.FAMILY.get(likelihood).formula} + {beta:g}·KL]"
     if math.isclose(beta, 1.0):
         meaning = "the negative ELBO (β = 1)"
     elif beta > 1:
@@ -102,15 +137,40 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
     result = {"formula": formula, "meaning": meaning, "effective_beta": beta,
               "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight,
               "num_pixels": int(num_pixels), "latent_dim": int(latent_dim)}
-    if likelihood == "gaussian" and isinstance(gaussian_sigma, (int, float)):
+    if has_sigma and isinstance(gaussian_sigma, (int, float)):
         # SSE/(2σ²) + β·KL = (1/(2σ²))·[SSE + 2σ²β·KL] up to a constant: the ELBO (β = 1) of σ' = σ·√β.
         result["sse_equivalent_beta"] = 2.0 * gaussian_sigma ** 2 * beta
         result["equivalent_sigma"] = gaussian_sigma * math.sqrt(beta)
     return result
 
 
+def with_chosen_beta(description, goal, likelihood):
+    """describe's dict for a run whose β GECO chooses (goal.chooses_beta): the formula names κ, and the
+    effective β is the first step's (1); the one it ends with is reported after training."""
+    nll = likelihoods.FAMILY.get(likelihood).formula
+    formula = (f"loss = {_fraction(description['loss_scale'])}·[{nll} + β·KL], β chosen during training so "
+               f"that {nll} averages κ = {goal.target_distortion:g} nats per example (GECO)")
+    return {**description, "formula": formula, "meaning": "the KL minimised subject to a reconstruction of κ",
+            "weight_chosen_by": "GECO", "target_distortion": goal.target_distortion}
+
+
+def with_target_rate(description, goal, likelihood):
+    """describe's dict for a capacity run (goal.target_rate): the formula with C and γ instead of a β."""
+    nll = likelihoods.FAMILY.get(likelihood).formula
+    formula = (f"loss = {_fraction(description['loss_scale'])}·[{nll} + {goal.rate_weight:g}·|KL − C|], C rising to "
+               f"{goal.target_rate:g} nats per example ({goal.kl_schedule} schedule)")
+    return {**description, "formula": formula, "meaning": f"a code held at a rate of C = {goal.target_rate:g} nats",
+            "weight_chosen_by": "capacity", "target_rate": goal.target_rate, "rate_weight": goal.rate_weight}
+
+
 def statement(description, latent_dim, num_pixels):
     """One human line for start-up: the formula, β and β_norm."""
+    if description.get("weight_chosen_by") == "GECO":
+        return (f"Objective: {description['formula']}, i.e. {description['meaning']}. β starts at 1; the run "
+                f"reports the β it ends with, the fixed λ that gives this distortion.")
+    if description.get("weight_chosen_by") == "capacity":
+        return (f"Objective: {description['formula']}, i.e. {description['meaning']} (Burgess et al. 2018); the "
+                f"run reports the rate it reached and the information the code carries.")
     line = (f"Objective: {description['formula']}, i.e. {description['meaning']}. "
             f"Effective β = {description['effective_beta']:g}, β_norm = β·J/D = "
             f"{description['effective_beta']:g}·{latent_dim}/{num_pixels} = {description['beta_norm']:.4g}.")
@@ -128,8 +188,14 @@ COLLAPSE_BETA, BLURRY_SIGMA = 30.0, 0.3
 
 def expectation(description, likelihood="bernoulli", gaussian_sigma=None):
     """One line saying what a run with this objective should be expected to show, and why."""
+    if description.get("weight_chosen_by") == "capacity":
+        return ("Expect: a KL near C; a rate is not information: the code may spend part of C on noise "
+                "the decoder ignores, so the information it carries can be lower.")
+    if description.get("weight_chosen_by") == "GECO":
+        return ("Expect: β falls while the reconstruction is above κ and rises while it is below, until the "
+                "training reconstruction settles near κ; a κ below what the model can reach drives β towards 0.")
     beta, latent_dim = description["effective_beta"], description["latent_dim"]
-    if likelihood == "gaussian" and not isinstance(gaussian_sigma, (int, float)):
+    if likelihoods.FAMILY.get(likelihood).has_sigma and not isinstance(gaussian_sigma, (int, float)):
         return (f"Expect: the data choose σ ({gaussian_sigma}), and σ² is the KL's weight against the summed "
                 f"squared error, so the balance adapts (Rybkin et al. 2021); β = {beta:g} multiplies it.")
     if "equivalent_sigma" in description:
@@ -153,11 +219,8 @@ def expectation(description, likelihood="bernoulli", gaussian_sigma=None):
 
 def ignored_schedule_settings(loss):
     """'loss.key value' for each schedule setting changed from its default that loss.kl_schedule does not read."""
-    import config  # Below objective in the layering; imported here only for the defaults.
-
-    defaults, reads = config.LossConfig(), schedules.SETTINGS_READ[loss.kl_schedule]
-    return [f"loss.{key} {getattr(loss, key)!r}" for key in schedules.SCHEDULE_SETTINGS
-            if key not in reads and getattr(loss, key) != getattr(defaults, key)]
+    keys = schedules.FAMILY.unread_settings(loss, config.LossConfig(), loss.kl_schedule)
+    return [f"loss.{key} {getattr(loss, key)!r}" for key in keys]
 
 
 def teaching_warnings(loss, binarize, latent_dim, num_pixels, total_steps, warmup_steps):
@@ -174,33 +237,28 @@ def teaching_warnings(loss, binarize, latent_dim, num_pixels, total_steps, warmu
     beta = describe(loss.reconstruction_reduction, loss.kl_reduction, kl_weight, latent_dim,
                     num_pixels)["effective_beta"]
     elbo = elbo_advice(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, num_pixels)
-    collapses = beta >= COLLAPSE_BETA and loss.likelihood != "gaussian"  # A Gaussian's scale is its σ (expectation).
+    scaled_by_sigma = likelihoods.FAMILY.get(loss.likelihood).has_sigma  # Its σ sets the scale (expectation).
+    collapses = beta >= COLLAPSE_BETA and not scaled_by_sigma
     if loss.reconstruction_reduction == "mean" and loss.kl_reduction == "sum":
         consequence = "; expect posterior collapse (every reconstruction the same image)" if collapses else ""
         notes.append(f"WARNING: the reconstruction is averaged over {num_pixels} pixels but the KL is summed, "
                      f"so the KL counts {beta:g}× more than in the ELBO{consequence}. {elbo}")
-    elif beta >= 10 and loss.likelihood != "gaussian":
+    elif beta >= 10 and not scaled_by_sigma:
         notes.append(f"WARNING: effective β = {beta:g}; a latent code this penalised often collapses. {elbo}")
     ignored = ignored_schedule_settings(loss)
     if ignored:
+        readers = "; ".join(f"{name} reads {', '.join(cls.settings_read)}"
+                            for name, cls in schedules.FAMILY.choices.items() if cls.settings_read)
         notes.append(f"NOTE: kl_schedule {loss.kl_schedule!r} does not read {', '.join(ignored)}; they have no "
-                     f"effect (linear and sigmoid read kl_warmup and kl_warmup_unit, cyclical kl_cycles and "
-                     f"kl_ramp_ratio).")
-    full = schedules.first_full_weight_step(loss.kl_schedule, warmup_steps, total_steps, loss.kl_cycles,
-                                            loss.kl_ramp_ratio)
-    if full is None:
+                     f"effect ({readers}).")
+    schedule = schedules.get(loss.kl_schedule, warmup_steps, total_steps, loss.kl_cycles, loss.kl_ramp_ratio)
+    if schedule.first_full_step() is None:
         notes.append(f"WARNING: kl_schedule '{loss.kl_schedule}' never reaches its final weight within the "
-                     f"{total_steps} training steps; {_schedule_fix(loss.kl_schedule)}")
+                     f"{total_steps} training steps; {schedule.fix}")
     if loss.free_bits > 0:
         notes.append(f"NOTE: free bits: the objective sees max(KL_j, {loss.free_bits:g}) per dimension; "
                      f"reported KLs are the true ones.")
     return notes
-
-
-def _schedule_fix(schedule):
-    if schedule == "cyclical":
-        return "lower kl_ramp_ratio or kl_cycles (each cycle must have a step past its ramp)."
-    return "lengthen training or shorten kl_warmup."
 
 
 def elbo_advice(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):

@@ -18,7 +18,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from runs import atomic_save  # noqa: E402
+from atomic import atomic_save  # noqa: E402
 
 DPI = 150
 DIGIT_CMAP = "gray_r"  # Dark ink on light paper, for every figure that shows digits.
@@ -244,8 +244,9 @@ def information_curves(history, path, collapsed_below, informative_from, title=N
     return True
 
 
-def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None, title=None):
-    """The KL weight in force at every step, with the value logged at the end of each epoch.
+def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None, title=None, ylabel="KL weight λ"):
+    """The KL weight in force at every step (or what the schedule moves: ylabel), with the value logged
+    at the end of each epoch.
 
     A constant weight gets a plain statement ("constant weight λ = ...") instead of a flat line
     that looks like a plot of something; `schedule` names the schedule in the title.
@@ -255,7 +256,7 @@ def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None,
     ax.plot(steps, weights, label="weight in force")
     ax.scatter(epoch_steps, epoch_weights, color="C3", zorder=3, label="logged per epoch")
     ax.set_xlabel("training step")
-    ax.set_ylabel("KL weight λ")
+    ax.set_ylabel(ylabel)
     constant = len(weights) and np.ptp(weights) <= 1e-12 * max(1.0, abs(weights[0]))
     if constant:
         value = f"{weights[0]:.4g}"

@@ -6,17 +6,21 @@ priors: shape (batch, latent_dim)); otherwise it is the one-sample Monte Carlo e
 log q(z|x) - log p(z) at the same z the decoder sees (shape (batch, 1)). Priors with
 parameters (mixture, vamp) learn them with the rest of the model and are saved in model.keras.
 
-To add a prior: write its class here, register it in PRIORS, add its name to config.PRIORS and
-test it in tests/test_priors.py.
+To add a prior: write its class here with its traits and `@FAMILY.register`, and test it in
+tests/test_priors.py; model.prior then accepts its name (choices.py: how a plain class becomes a
+Keras layer without loading TensorFlow at import).
 """
 
 import math
 
-import keras
 import numpy as np
-from keras import ops
 
-import losses
+import choices
+
+# Keras only when the math runs.
+keras, ops, losses = choices.Deferred("keras"), choices.Deferred("keras.ops"), choices.Deferred("losses")
+
+FAMILY = choices.Family("model.prior", layers=True)
 
 
 def diagonal_normal_log_prob(z, mean, log_var):
@@ -29,12 +33,20 @@ def log_mean_exp(values, axis):
     return ops.logsumexp(values, axis=axis) - math.log(values.shape[axis])
 
 
-class Prior(keras.layers.Layer):
+class Prior:
     """Base class. `encode` (images -> (z_mean, z_log_var)) is passed to every method for the
     VampPrior, whose density is the encoder's posterior at learned pseudo-inputs; others ignore it."""
 
-    name_in_config = None
-    closed_form_kl = False
+    family, __new__ = FAMILY, choices.new_layer
+    name_in_config = None  # The config name (model.prior); `name` is Keras's layer name.
+    closed_form_kl = False  # Whether kl is exact; else the one-sample estimate below.
+    kl_per_dimension = False  # Whether kl is (batch, latent_dim), which free bits need, or (batch, 1).
+    settings_read = ()  # Model-section keys only this prior reads (config refuses them with another prior).
+
+    @classmethod
+    def options(cls, model_cfg, image_shape):
+        """Constructor arguments besides latent_dim, from the config's model section and the image shape."""
+        return {}
 
     def __init__(self, latent_dim, **kwargs):
         super().__init__(**kwargs)
@@ -63,12 +75,16 @@ class Prior(keras.layers.Layer):
         return {**super().get_config(), "latent_dim": self.latent_dim}
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class Normal(Prior):
     """N(0, s²I). Rescaling z by s maps it onto N(0, I) with the same KL, so with a learnable
     encoder and decoder its scale is a reparametrisation, not a regulariser (docs/kl_weighting.md)."""
 
-    name_in_config, closed_form_kl = "normal", True
+    name_in_config, closed_form_kl, kl_per_dimension, settings_read = "normal", True, True, ("prior_scale",)
+
+    @classmethod
+    def options(cls, model_cfg, image_shape):
+        return {"scale": model_cfg.prior_scale}
 
     def __init__(self, latent_dim, scale=1.0, **kwargs):
         super().__init__(latent_dim, **kwargs)
@@ -93,11 +109,15 @@ class Normal(Prior):
         return {**super().get_config(), "scale": self.scale}
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class StandardNormal(Normal):
     """N(0, I): the tutorial's prior."""
 
-    name_in_config = "standard_normal"
+    name_in_config, settings_read = "standard_normal", ()
+
+    @classmethod
+    def options(cls, model_cfg, image_shape):
+        return {}
 
     def __init__(self, latent_dim, **kwargs):
         kwargs.pop("scale", None)
@@ -110,11 +130,15 @@ class StandardNormal(Normal):
         return Prior.get_config(self)
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class Mixture(Prior):
     """A learnable mixture of K diagonal Gaussians: p(z) = Σ_k π_k N(z; m_k, diag s_k²)."""
 
-    name_in_config = "mixture"
+    name_in_config, settings_read = "mixture", ("prior_components",)
+
+    @classmethod
+    def options(cls, model_cfg, image_shape):
+        return {"components": model_cfg.prior_components}
 
     def __init__(self, latent_dim, components=10, **kwargs):
         super().__init__(latent_dim, **kwargs)
@@ -143,7 +167,7 @@ class Mixture(Prior):
         return {**super().get_config(), "components": self.components}
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
+@FAMILY.register
 class Vamp(Prior):
     """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) Σ_k q(z|u_k) at K learned pseudo-inputs u_k.
 
@@ -151,7 +175,11 @@ class Vamp(Prior):
     random grey-level images near the mean brightness of MNIST.
     """
 
-    name_in_config = "vamp"
+    name_in_config, settings_read = "vamp", ("prior_components",)
+
+    @classmethod
+    def options(cls, model_cfg, image_shape):
+        return {"components": model_cfg.prior_components, "image_shape": image_shape}
 
     def __init__(self, latent_dim, components=10, image_shape=(28, 28, 1), **kwargs):
         super().__init__(latent_dim, **kwargs)
@@ -188,15 +216,7 @@ class Vamp(Prior):
         return {**super().get_config(), "components": self.components, "image_shape": list(self.image_shape)}
 
 
-PRIORS = {cls.name_in_config: cls for cls in (StandardNormal, Normal, Mixture, Vamp)}
-
-
 def build(model_cfg, image_shape):
-    """The prior named by a config's model section (model.prior, prior_scale, prior_components)."""
-    name, latent_dim = model_cfg.prior, model_cfg.latent_dim
-    if name == "normal":
-        return Normal(latent_dim, scale=model_cfg.prior_scale, name="prior")
-    if name in ("mixture", "vamp"):
-        extra = {"image_shape": image_shape} if name == "vamp" else {}
-        return PRIORS[name](latent_dim, components=model_cfg.prior_components, name="prior", **extra)
-    return PRIORS[name](latent_dim, name="prior")
+    """The prior layer named by a config's model section (model.prior and the settings it reads)."""
+    cls = FAMILY.get(model_cfg.prior)
+    return cls(model_cfg.latent_dim, **cls.options(model_cfg, image_shape), name="prior")

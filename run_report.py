@@ -11,6 +11,8 @@ import math
 import os
 import sys
 
+import atomic
+import process
 import runs
 from sweep_report import collapse_state, data_uri, html_table
 
@@ -152,6 +154,15 @@ def console_lines(summary, run_dir, page=None):
     validation = part(summary, "validation")
     _, sentence, advice = verdict_of(summary)
     lines = [heading(summary, validation)] + [f"  {line}" for line in number_lines(validation)]
+    geco = summary.get("geco") if isinstance(summary.get("geco"), dict) else None
+    if geco and isinstance(geco.get("final_beta"), (int, float)):
+        lines.append(f"  GECO ended at β = {geco['final_beta']:.4g} (loss.kl_weight {geco['final_kl_weight']:.4g}) for "
+                     f"κ = {geco['target_distortion']:g}: the last epoch's training reconstruction was "
+                     f"{value_text(geco['training_reconstruction_nats'])} nats.")
+    rate = summary.get("capacity") if isinstance(summary.get("capacity"), dict) else None
+    if rate and isinstance(rate.get("validation_kl_nats"), (int, float)):
+        lines.append(f"  Capacity: KL {value_text(rate['validation_kl_nats'])} nats on the validation digits for a target "
+                     f"of C = {rate['target_rate']:g}" + (f"; {rate['note']}." if rate.get("note") else "."))
     lines.append(f"  {sentence}")
     if advice:
         lines.append(f"  Advice: {advice}")
@@ -288,11 +299,11 @@ def html_page(summary, run_dir):
 def write(run_dir, summary=None):
     """Write <run_dir>/report.html from summary (default: the folder's summary.json); returns its path."""
     if summary is None:
-        summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+        summary = atomic.read_json(os.path.join(run_dir, "summary.json"))
     if not isinstance(summary, dict):
         raise runs.RunFolderError(f"{run_dir} holds no readable summary.json; pass a folder written by train.py.")
     path = os.path.join(run_dir, PAGE)
-    runs.atomic_write_text(path, html_page(summary, run_dir))
+    atomic.atomic_write_text(path, html_page(summary, run_dir))
     return path
 
 
@@ -303,7 +314,7 @@ def publish(run_dir, summary):
         page = write(run_dir, summary)
     except OSError as error:
         page = None
-        why = error.strerror or runs.first_line(error)
+        why = error.strerror or process.first_line(error)
         print(f"warning: {os.path.join(run_dir, PAGE)} could not be written ({why}); `python evaluate.py --run "
               f"{run_dir}` writes it again.", file=sys.stderr)
     print("\n".join(console_lines(summary, run_dir, page)))

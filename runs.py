@@ -1,4 +1,4 @@
-"""Run folders: naming, safety checks, atomic writes, resumable checkpoints.
+"""Run folders: naming, safety checks, the run lock, resumable checkpoints, summary.json and metrics.csv.
 
 A run folder `<output.dir>/<run_name>/` is never overwritten. Re-running a
 command whose run is unfinished (killed, interrupted) resumes it; re-running one
@@ -6,30 +6,25 @@ whose run finished starts a fresh folder `<run_name>-2` (then -3, ...).
 """
 
 import csv
-import errno
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 
 import yaml
 
 import config
-import data
+import process
+from atomic import atomic_save, atomic_write_json, read_json, remove_stale_temp_files
 from config import quote
+from process import first_line
 
 try:
     import fcntl
 except ImportError:  # Not on Windows: runs there go unlocked.
     fcntl = None
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 4, 130
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
@@ -39,67 +34,10 @@ LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, floc
 PID_BYTES = 32  # The lock file's first bytes: the holder's pid as text, then NUL padding.
 RESERVE_BYTES = 256 * 1024  # Disk the run lock holds back for the last summary.json of a run the disk failed.
 UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
-PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
-_TEMP_NAME = re.compile(r"\.tmp-(\d+)-")  # atomic_* temporary files: .tmp-<pid>-...
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-class RunFolderError(ValueError):
+class RunFolderError(process.UserError):
     """The run folder cannot be used; the message says why and what to do."""
-
-
-def available_cores():
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def atomic_write_bytes(path, data):
-    """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file ordinary permissions.
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def atomic_save(path, save_fn):
-    """Call save_fn(tmp_path) for a file whose writer insists on its own name, then rename."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    try:
-        save_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_csv(path, rows):
-    """Write a list of dicts as CSV atomically (the full history each time, so no epoch repeats)."""
-    buffer = io.StringIO()
-    if rows:
-        # Every key of every row, in first-seen order: a run resumed by a newer version adds columns.
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
@@ -136,19 +74,11 @@ def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
                              f"or delete it (it only feeds the rate-distortion figure).")
 
 
-def read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def config_fingerprint(cfg_dict):
     """A short hash of the settings that change what is learned (not where outputs go).
 
     train.distribute is left out: replicas compute the single-device objective and gradient
-    (model.GlobalBatch), so a run started on several devices may resume on one, and the names of
+    (shards.GlobalBatch), so a run started on several devices may resume on one, and the names of
     run folders made before the key existed stay the same."""
     relevant = {k: v for k, v in cfg_dict.items() if k != "output"}
     if isinstance(relevant.get("train"), dict):
@@ -364,85 +294,6 @@ def lock_holder(run_dir):
     return None
 
 
-def pid_alive(pid):
-    if pid <= 0:  # os.kill(0, ...) would signal our own process group.
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # Someone else's process, or a number no process can have (kept, to be safe).
-    return True
-
-
-def remove_stale_temp_files(run_dir):
-    """Delete .tmp-<pid>-* files in the run folder whose writing process is gone (killed mid-write)."""
-    for folder, _, names in os.walk(run_dir):
-        for name in names:
-            match = _TEMP_NAME.match(name)
-            if match and not pid_alive(int(match.group(1))):
-                try:
-                    os.remove(os.path.join(folder, name))
-                except OSError:
-                    pass  # Gone already, or not ours to remove: harmless either way.
-
-
-_interrupt_requested = threading.Event()
-
-
-def raise_if_interrupted():
-    """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived. Training calls this between steps because a
-    KeyboardInterrupt raised while TensorFlow runs C++ code can be lost there; the flag is not."""
-    if _interrupt_requested.is_set():
-        raise KeyboardInterrupt
-
-
-def stop_like_ctrl_c():
-    """Make Ctrl-C and SIGTERM stop training (status interrupted, resumable, exit 130), and stop this
-    process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL."""
-    def interrupt(signum, frame):
-        # Once: a second signal must not interrupt the handler that is saving the interrupted state.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _interrupt_requested.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not where a shell made us ignore it.
-        signal.signal(signal.SIGINT, interrupt)
-    parent = os.environ.get(PARENT_PID_VARIABLE, "")
-    if not parent.isdigit():
-        return
-    if not _ask_kernel_for_sigterm_on_parent_death():
-        threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
-    if os.getppid() != int(parent):  # The parent died before we asked to be told: nothing started yet.
-        raise SystemExit(130)  # The exit status of an interrupted run.
-
-
-def _ask_kernel_for_sigterm_on_parent_death():
-    """Linux's prctl(PR_SET_PDEATHSIG, SIGTERM); False where it is not available."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_parent(parent):
-    """Elsewhere than Linux: poll for the parent's death, then send ourselves the SIGTERM the kernel would
-    (a real signal, unlike _thread.interrupt_main, also wakes a main thread blocked in a system call)."""
-    import time
-
-    while os.getppid() == parent:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def checkpoint_paths(run_dir):
     state = os.path.join(run_dir, STATE_DIR)
     return os.path.join(state, "checkpoint.weights.h5"), os.path.join(state, "progress.json")
@@ -465,52 +316,6 @@ def load_checkpoint(run_dir, model):
     model.optimizer.build(model.trainable_variables)
     model.load_weights(weights)
     return progress
-
-
-def first_line(error, limit=200):
-    """The first line of an exception's message, at most `limit` characters, for one-line errors."""
-    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def guard(action):
-    """Run an entry point's action(); a user error becomes one `error:` line and exit status 2,
-    Ctrl-C exit status 130. Returns the exit status (action's own, or 0)."""
-    try:
-        return action() or 0
-    except (config.ConfigError, data.DataError, RunFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except ImportError as error:  # A requirement missing from this Python: the environment, not the input.
-        print(f"error: {first_line(error)}; install the requirements with pip install -r requirements.txt.",
-              file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    except OSError as error:  # The machine, not the input: a full disk, a folder gone, a permission changed.
-        print(f"error: {os_error_text(error)}. Nothing finished is lost: fix that and run the same command again "
-              f"to resume from the last checkpoint.", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-
-
-def exit_now(status):
-    """Flush and end the process with `status`, skipping the interpreter's teardown: after a failed write,
-    h5py's objects print tracebacks and can crash (SIGSEGV) while they are destroyed, which would turn one
-    `error:` line and exit status 4 into a screen of text and 139. Everything a run keeps is written already."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
-def os_error_text(error):
-    """An OSError in a few words on one line: 'No space left on device (path)' also when a library (h5py)
-    wraps errno 28 in a message of several lines."""
-    text = str(error.strerror or error)
-    if error.errno == errno.ENOSPC or "errno = 28" in text:
-        text = os.strerror(errno.ENOSPC)
-    where = f" ({error.filename})" if error.filename else ""
-    return first_line(text) + where
 
 
 def update_summary(run_dir, **fields):

@@ -17,12 +17,14 @@ instance, or the cluster at --address); everything else is the same. Exit status
 
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,22 +38,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow here (rep
 
 import yaml  # noqa: E402
 
+import atomic  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
+import process  # noqa: E402
 import runs  # noqa: E402
 from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
 
 ADDRESS_PROBE_SECONDS = 5.0  # How long a --address must take to accept a connection before it is refused.
+RAY_START_SECONDS, RAY_STOP_SECONDS = 60.0, 15.0  # Bounds on starting and on stopping the local Ray instance.
 MAX_RUNS = 10_000  # Runs one sweep plans; more is a study to split (each run is a process and a folder).
-EXIT_FAILED = 1  # A run failed or diverged; the other statuses are runs' (guard), shared by every entry point.
-EXIT_INTERRUPTED = runs.EXIT_INTERRUPTED
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
 THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is waited for.
 STOP_WAIT_SECONDS = 60  # How long an interrupted train.py may take to save its state before it is killed.
-PARENT_PID_VARIABLE = runs.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
+PARENT_PID_VARIABLE = process.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
 BACKENDS = ("local", "ray")
 CLUSTER_REQUIREMENTS = "requirements-cluster.txt"
 
@@ -229,11 +232,11 @@ def prepare_folder(plan):
                                  f"use another --name, or the settings recorded there.")
     for sub in ("configs", LOG_DIR):
         os.makedirs(os.path.join(plan.folder, sub), exist_ok=True)
-    runs.atomic_write_text(spec_path, yaml.safe_dump(plan.spec, sort_keys=False, allow_unicode=True))
+    atomic.atomic_write_text(spec_path, yaml.safe_dump(plan.spec, sort_keys=False, allow_unicode=True))
     for run in plan.runs:
         cfg = run.cfg.to_dict()
         cfg["output"].update(dir=plan.folder, run_name=run.label)
-        runs.atomic_write_text(config_path(plan, run), yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        atomic.atomic_write_text(config_path(plan, run), yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return lock
 
 
@@ -247,7 +250,7 @@ def log_path(plan, run):
 
 def threads_per_run(workers):
     """Each run's share of this machine's cores when `workers` runs train at once."""
-    return max(1, runs.available_cores() // workers)
+    return max(1, process.available_cores() // workers)
 
 
 def thread_overrides(threads):
@@ -323,8 +326,9 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, ray, cpus, gpus, started):
-        self.ray, self.cpus, self.gpus, self.started = ray, cpus, gpus, started
+    def __init__(self, ray, cpus, gpus, head=None):
+        """head: the LocalRayHead this sweep started, stopped by close(); None for a cluster (--address)."""
+        self.ray, self.cpus, self.gpus, self.head = ray, cpus, gpus, head
         self.task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_process)
         self.overrides = thread_overrides(cpus)
         self.pending, self.lock, self.cancelled = set(), threading.Lock(), False
@@ -335,17 +339,17 @@ class RayExecutor:
     def run(self, command, log_file):
         with self.lock:
             if self.cancelled:
-                return EXIT_INTERRUPTED
+                return process.EXIT_INTERRUPTED
             ref = self.task.remote(command, log_file, self.overrides)
             self.pending.add(ref)
         try:
             return self.ray.get(ref)
         except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.RayError) as error:
             if self.cancelled:
-                return EXIT_INTERRUPTED
+                return process.EXIT_INTERRUPTED
             with open(log_file, "a", encoding="utf-8") as log:  # The run is reported failed, with this reason.
-                log.write(f"sweep.py: the Ray task failed: {runs.first_line(error)}\n")
-            return EXIT_FAILED
+                log.write(f"sweep.py: the Ray task failed: {process.first_line(error)}\n")
+            return process.EXIT_SWEEP_RUN_FAILED
         finally:
             with self.lock:
                 self.pending.discard(ref)
@@ -362,8 +366,9 @@ class RayExecutor:
             self.ray.wait(pending, num_returns=len(pending), timeout=STOP_WAIT_SECONDS + 10)
 
     def close(self):
-        if self.started:
-            self.ray.shutdown()
+        self.ray.shutdown()
+        if self.head:
+            self.head.stop()
 
 
 def make_executor(args):
@@ -375,6 +380,10 @@ def make_executor(args):
         if args.address or args.gpus_per_run or args.cpus_per_run is not None:
             raise config.ConfigError("--address, --cpus-per-run and --gpus-per-run are read by --backend ray only.")
         return LocalExecutor(args.workers)
+    if not args.address:
+        # Ray's token authentication, with a token of this sweep's own for the Ray instance it starts (and its
+        # processes inherit). Before Ray is imported: it reads these variables once, then.
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     try:
         import ray  # Optional: only this backend needs it.
     except ImportError:
@@ -389,16 +398,77 @@ def make_executor(args):
     cpus = args.cpus_per_run if args.cpus_per_run is not None else threads_per_run(args.workers)
     if args.address:
         check_answers(args.address)
+    head = None if args.address else LocalRayHead(process.available_cores())
     try:
-        if args.address:
-            ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(num_cpus=runs.available_cores(), include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as error:
-        raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
-                                 f"{runs.first_line(error)}")
-    check_resources(ray, cpus, args.gpus_per_run)
-    return RayExecutor(ray, cpus, args.gpus_per_run, started=True)
+        try:
+            ray.init(address=args.address or head.address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
+                                     f"{process.first_line(error)}")
+        check_resources(ray, cpus, args.gpus_per_run)
+    except BaseException:  # Nothing of the sweep's own Ray instance outlives a refusal or a Ctrl-C here.
+        if head:
+            head.stop()
+        raise
+    return RayExecutor(ray, cpus, args.gpus_per_run, head)
+
+
+# The local Ray instance's keeper, run as `python -c` in a session of its own with Ray's processes: it starts
+# `ray start --head --block`, waits for its stdin (a pipe from the sweep) to close, which happens however the
+# sweep ends (SIGKILL included), and then ends its whole process group: Ray's processes, agents included,
+# and the train.py processes its tasks started. (ray.init's own local instance leaves its agents alive.)
+_RAY_KEEPER = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+head = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+sys.stdin.buffer.read()
+os.killpg(0, signal.SIGTERM)
+time.sleep(float(os.environ.get("RAY_KEEPER_GRACE", "5")))
+os.killpg(0, signal.SIGKILL)
+"""
+
+
+class LocalRayHead:
+    """A Ray instance on this machine that lives exactly as long as the sweep (see _RAY_KEEPER).
+
+    Args:
+        cpus: the CPUs it offers (this machine's cores).
+    Raises ConfigError if it does not answer within RAY_START_SECONDS.
+    """
+
+    def __init__(self, cpus):
+        with socket.socket() as probe:  # A free port for its GCS.
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        command = [sys.executable, "-c", _RAY_KEEPER, sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+                   "--block", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                   "--include-dashboard=false", "--disable-usage-stats"]
+        self.keeper = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + RAY_START_SECONDS
+        while not self._answers(port):
+            if self.keeper.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise config.ConfigError(f"a local Ray instance did not start within {RAY_START_SECONDS:g} s "
+                                         f"(`ray start --head` failed); check `ray start --head` by hand.")
+            time.sleep(0.25)
+
+    @staticmethod
+    def _answers(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self):
+        """End the instance and everything it started (closing the keeper's pipe), and wait for that."""
+        with contextlib.suppress(OSError):
+            self.keeper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.keeper.wait(timeout=RAY_STOP_SECONDS)
 
 
 def check_answers(address, seconds=ADDRESS_PROBE_SECONDS):
@@ -495,7 +565,7 @@ def train_one(plan, run, executor, progress):
     seconds = time.monotonic() - begin
     status = runs.run_status(run_dir)  # summary.json is the authority; the exit code only fills gaps.
     if status not in runs.FINAL_STATUSES:
-        status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
+        status = "interrupted" if code == process.EXIT_INTERRUPTED else "failed"
     progress.ended(run.label, status, seconds)
     return status, seconds
 
@@ -523,7 +593,7 @@ def run_all(plan, executor=None):
         else:
             todo.append(run)
     walls_path = os.path.join(plan.folder, "wall_seconds.json")
-    walls = runs.read_json(walls_path) or {}
+    walls = atomic.read_json(walls_path) or {}
     progress = Progress(len(plan.runs), len(statuses), plan.workers)
     with concurrent.futures.ThreadPoolExecutor(executor.pool_size(todo)) as pool:
         futures = {pool.submit(train_one, plan, run, executor, progress): run for run in todo}
@@ -532,7 +602,7 @@ def run_all(plan, executor=None):
                 label = futures[future].label
                 statuses[label], seconds = future.result()
                 walls[label] = walls.get(label, 0.0) + seconds  # A resumed run's wall time adds up.
-                runs.atomic_write_json(walls_path, walls)
+                atomic.atomic_write_json(walls_path, walls)
         except KeyboardInterrupt:  # Local children got the same Ctrl-C; Ray tasks are cancelled. Both save state.
             pool.shutdown(wait=False, cancel_futures=True)
             executor.cancel()
@@ -569,7 +639,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    return runs.guard(lambda: sweep(args))  # One error path: one `error:` line and runs' exit statuses.
+    return process.guard(lambda: sweep(args))  # One error path: one `error:` line and process.py's exit statuses.
 
 
 def sweep(args):
@@ -585,7 +655,7 @@ def sweep(args):
             statuses, walls = run_all(plan, executor)
         except KeyboardInterrupt:
             print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return process.EXIT_INTERRUPTED
         return report(plan, statuses, walls)
     finally:
         executor.close()
@@ -594,7 +664,7 @@ def sweep(args):
 
 
 def report(plan, statuses, walls):
-    """Write the sweep's table, figures and page from its runs; returns 0, or EXIT_FAILED if a run failed."""
+    """Write the sweep's table, figures and page from its runs; returns 0, or EXIT_SWEEP_RUN_FAILED if a run failed."""
     import quiet  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
 
     tf_log = os.path.join(plan.folder, LOG_DIR, "tensorflow_startup.log")
@@ -609,7 +679,7 @@ def report(plan, statuses, walls):
         summary = write_outputs(plan, rows)
     print(summary)
     print(f"Report: {os.path.join(plan.folder, 'report.html')}")
-    return 0 if all(status == "complete" for status in statuses.values()) else EXIT_FAILED
+    return 0 if all(status == "complete" for status in statuses.values()) else process.EXIT_SWEEP_RUN_FAILED
 
 
 if __name__ == "__main__":

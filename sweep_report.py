@@ -14,7 +14,8 @@ import urllib.parse
 
 import numpy as np
 
-import runs
+import atomic
+
 
 LOG_DIR = "logs"  # Each run's train.py output, as <sweep folder>/logs/<label>.log.
 SEED_KEY = "train.seed"  # Not part of a setting: runs that differ only in it are its seeds.
@@ -58,7 +59,7 @@ def result_rows(plan, statuses, walls):
     """One row per run: its setting and seed, what its summary.json says, and its wall time."""
     rows = []
     for run in plan.runs:
-        summary = runs.read_json(os.path.join(plan.folder, run.label, "summary.json")) or {}
+        summary = atomic.read_json(os.path.join(plan.folder, run.label, "summary.json")) or {}
         validation, collapse = summary.get("validation") or {}, summary.get("collapse") or {}
         settings = {key: yaml_text(value) for key, value in run.settings.items() if key != SEED_KEY}
         row = {"run": run.label, "setting": setting_label(settings), **settings, "seed": run.cfg.train.seed,
@@ -374,11 +375,11 @@ def html_page(plan, rows, summary):
 
 def write_outputs(plan, rows):
     """results.csv, results.md, the figures (when some run finished) and report.html."""
-    runs.write_csv(os.path.join(plan.folder, "results.csv"), rows)
-    runs.atomic_write_text(os.path.join(plan.folder, "results.md"), results_markdown(plan, rows))
+    atomic.write_csv(os.path.join(plan.folder, "results.csv"), rows)
+    atomic.atomic_write_text(os.path.join(plan.folder, "results.md"), results_markdown(plan, rows))
     done = [row for row in rows if row["status"] == "complete"]
     if done:
         draw_figures(plan, done)
     summary = findings(rows)
-    runs.atomic_write_text(os.path.join(plan.folder, "report.html"), html_page(plan, rows, summary))
+    atomic.atomic_write_text(os.path.join(plan.folder, "report.html"), html_page(plan, rows, summary))
     return summary

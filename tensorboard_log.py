@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-import runs
+import process
+
 
 RUN_SUBFOLDER = "tensorboard"  # A run's events: <run_dir>/tensorboard.
 SETTINGS_TAG = "settings"
@@ -143,7 +144,7 @@ def events_written(log_dir):
     try:
         yield
     except tf.errors.OpError as error:
-        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({runs.first_line(error.message, 160)}); "
+        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({process.first_line(error.message, 160)}); "
                       f"free space or restore the folder, then run the same command again to resume") from None
 
 

@@ -26,15 +26,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+import atomic  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
+import likelihoods  # noqa: E402
 import plan  # noqa: E402
+import process  # noqa: E402
 import runs  # noqa: E402
 
 # Every module that loads TensorFlow (keras, model, callbacks, evaluate, ...) is imported inside the function
 # that needs it: `--help`, `--explain` and every check of the input answer before that import (~4 s).
 
-EXIT_DIVERGED, EXIT_INTERRUPTED = runs.EXIT_DIVERGED, runs.EXIT_INTERRUPTED
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
 # cores do not change the choice: measured, slices still won under them or tied (docs/performance.md).
@@ -46,7 +48,7 @@ def available_threads():
     """CPU threads this run may use: TF_NUM_INTRAOP_THREADS when set (sweep.py gives each worker its
     share that way), otherwise every core the process may run on."""
     value = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else runs.available_cores()
+    return int(value) if value.isdigit() and int(value) > 0 else process.available_cores()
 
 
 def resolve_batch_shards(requested):
@@ -117,7 +119,7 @@ def ends_process_after(seconds, message):
     For calls into TensorFlow that wait without a timeout of their own; used before any run folder exists."""
     def give_up():
         print(f"error: {message}.", file=sys.stderr, flush=True)
-        os._exit(runs.EXIT_ENVIRONMENT)
+        os._exit(process.EXIT_ENVIRONMENT)
 
     timer = threading.Timer(seconds, give_up)
     timer.daemon = True
@@ -234,7 +236,7 @@ def divergence_advice(cfg):
     """Name the likeliest cause of a NaN loss and the setting to change."""
     if cfg.train.learning_rate > 1e-2:
         return f"train.learning_rate {cfg.train.learning_rate:g} is high for Adam; try 1e-3."
-    if cfg.loss.likelihood == "gaussian":
+    if likelihoods.FAMILY.get(cfg.loss.likelihood).has_sigma:
         return "a gaussian σ near 0 makes the loss explode; set loss.gaussian_sigma to a larger number or 'optimal'."
     return "lower train.learning_rate (for example 1e-4), or reduce loss.kl_weight."
 
@@ -249,7 +251,7 @@ def start_run(cfg, run_dir, resume, setup, vae):
     """Create the run folder and its first files, or announce the resume."""
     os.makedirs(os.path.join(run_dir, "epochs"), exist_ok=True)
     if not resume:
-        runs.atomic_write_text(os.path.join(run_dir, "config.yaml"),
+        atomic.atomic_write_text(os.path.join(run_dir, "config.yaml"),
                                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     description = {**setup.description, "likelihood": vae.likelihood.describe(), "prior": vae.prior.describe()}
     runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
@@ -281,8 +283,9 @@ def finish(setup, vae, run_dir, history, phases):
 
     phases: seconds this process spent so far, by phase (train); the final evaluation's are added.
     """
-    import evaluate
+    import evaluate  # Deferred: see the note above the imports.
     import run_report
+    from callbacks import log_evaluation
 
     finish_started = time.perf_counter()
     cfg = setup.cfg
@@ -295,25 +298,53 @@ def finish(setup, vae, run_dir, history, phases):
         adam = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)
         for target, source in zip(vae.optimizer.variables, adam.variables, strict=True):
             target.assign(source)
-    runs.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
+    atomic.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
     evaluated = min(len(setup.digits.x_val), cfg.evaluation.max_examples or len(setup.digits.x_val))
     print(f"Evaluating on {evaluated} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,
                                                 cfg.evaluation.iwae_k, cfg.evaluation.max_examples, history,
                                                 len(history) * setup.steps_per_epoch)
-    runs.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
+    process.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None,
               "phases_seconds": {**phases, "evaluation": time.perf_counter() - finish_started}}
-    if cfg.output.tensorboard:
-        import tensorboard_log  # Deferred: see the note above the imports.
-
-        tensorboard_log.write_run_evaluation(run_dir, validation, verdict, len(history))
-    summary = runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing,
-                                  epochs_completed=len(history), status="complete")
+    log_evaluation(cfg, run_dir, validation, verdict, len(history))
+    chosen = geco_result(vae, history, validation) if vae.objective.chooses_beta else None
+    rate = capacity_result(vae, history, validation) if vae.objective.target_rate is not None else None
+    summary = runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing, geco=chosen,
+                                  capacity=rate, epochs_completed=len(history), status="complete")
     shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
     run_report.publish(run_dir, summary)  # report.html from the complete summary, and the short console block.
+
+
+def geco_result(vae, history, validation):
+    """What summary.json records of a GECO run: the β it ended with (the fixed λ to use for this distortion),
+    κ, and the reconstruction reached in its last epoch of training and on the validation digits."""
+    goal = vae.objective
+    reached = history[-1]["reconstruction"] if history else None
+    return {"final_beta": float(vae.beta_in_force()), "final_kl_weight": float(vae.kl_weight_in_force()),
+            "target_distortion": goal.target_distortion, "training_reconstruction_nats": reached,
+            "validation_reconstruction_nats": validation["reconstruction_nats"],
+            "training_gap_percent": None if reached is None else 100 * (reached / goal.target_distortion - 1)}
+
+
+# A rate and the information it buys differ by more than this (nats) and the report says so: the KL counts
+# noise the decoder ignores, the information only what reaches it (docs/evaluation.md).
+RATE_INFORMATION_GAP = 1.0
+
+
+def capacity_result(vae, history, validation):
+    """What summary.json records of a capacity run: C, the rate reached (training and validation KL) and
+    the information the code carries, with a note when the two differ by more than RATE_INFORMATION_GAP."""
+    information = validation.get("mutual_information_nats")
+    result = {"target_rate": vae.objective.target_rate, "rate_weight": vae.objective.rate_weight,
+              "training_kl_nats": history[-1]["kl"] if history else None,
+              "validation_kl_nats": validation["kl_nats"], "information_nats": information}
+    if isinstance(information, (int, float)) and validation["kl_nats"] - information > RATE_INFORMATION_GAP:
+        result["note"] = (f"a target rate is not a target information: the code's KL is {validation['kl_nats']:.3g} "
+                          f"nats but it carries {information:.3g} nats about the digit")
+    return result
 
 
 def train(cfg, callbacks=(), quiet_console=False):
@@ -328,33 +359,10 @@ def train(cfg, callbacks=(), quiet_console=False):
         import quiet  # Deferred: see the note above the imports.
 
         quiet.import_tensorflow()
-    digits = data.load_digits(cfg.data, cfg.train.seed)
-    cfg = resolved(cfg, digits)
-    for note in digits.notes:  # The data's own warnings come before anything that depends on them.
-        print(note)
-    setup = Setup(cfg, digits)
-    thread_note = configure_threads(setup.batch_shards)
-    if thread_note:
-        setup.notes.append(thread_note)
+    cfg, setup = prepare(cfg)
     run_dir, resume, where = runs.choose_run_dir(cfg.to_dict())
-    print(f"Data: {digits.name}, {len(digits.x_train)} training and {len(digits.x_val)} validation digits.")
-    if setup.batch_shards > 1:
-        print(f"Each batch runs as {setup.batch_shards} slices at the same time (train.batch_shards).")
-    if setup.distribution_statement():
-        print(setup.distribution_statement())
-    print(setup.statement)
-    for note in setup.notes:
-        print(note)
-    print(setup.plan.expectation)
-    print(where)
-
-    import keras  # Deferred: see the note above the imports.
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    vae = setup.build_vae()
+    announce(setup, where)
+    vae = build_seeded_vae(setup)
     history = []
     # Taken last before the folder's first files: an interruption before this leaves no folder behind.
     run_lock = runs.lock_run_dir(run_dir)  # Held until train() returns or raises; another process is refused.
@@ -362,12 +370,7 @@ def train(cfg, callbacks=(), quiet_console=False):
         start_run(cfg, run_dir, resume, setup, vae)
         if quiet_console:
             quiet.save_chatter(os.path.join(run_dir, "tensorflow_startup.log"))
-        progress = runs.load_checkpoint(run_dir, vae) if resume else None
-        first_epoch = 0
-        if progress:
-            history[:], first_epoch = progress["history"], progress["epochs_completed"]
-            runs.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
-            print(f"Restored the checkpoint after epoch {first_epoch}.")
+        first_epoch = restore(run_dir, vae, history) if resume else 0
         runs.update_summary(run_dir, epochs_completed=first_epoch)
         startup = time.perf_counter() - started
         recorder, clock = fit(setup, vae, run_dir, history, first_epoch, callbacks)
@@ -377,18 +380,65 @@ def train(cfg, callbacks=(), quiet_console=False):
     except KeyboardInterrupt:
         runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")
-        return EXIT_INTERRUPTED, run_dir
-    except OSError as error:  # A full disk, say: record it (the lock's reserve makes room); runs.guard says it.
+        return process.EXIT_INTERRUPTED, run_dir
+    except OSError as error:  # A full disk, say: record it (the lock's reserve makes room); process.guard says it.
         run_lock.release_reserve()
-        try:
-            runs.update_summary(run_dir, status="failed", error=runs.os_error_text(error),
+        with contextlib.suppress(OSError):
+            runs.update_summary(run_dir, status="failed", error=process.os_error_text(error),
                                 epochs_completed=len(history))
-        except OSError:
-            pass
         raise
     finally:  # In a notebook a raised exception's traceback would otherwise hold the lock until it is cleared.
         run_lock.close()
     return 0, run_dir
+
+
+def prepare(cfg):
+    """Load the digits and work out the run on this machine: (cfg naming the data used, Setup)."""
+    digits = data.load_digits(cfg.data, cfg.train.seed)
+    cfg = resolved(cfg, digits)
+    for note in digits.notes:  # The data's own warnings come before anything that depends on them.
+        print(note)
+    setup = Setup(cfg, digits)
+    thread_note = configure_threads(setup.batch_shards)
+    if thread_note:
+        setup.notes.append(thread_note)
+    return cfg, setup
+
+
+def announce(setup, where):
+    """The start-up lines: the data, how batches run, the objective, every note, what to expect, the folder."""
+    digits = setup.digits
+    print(f"Data: {digits.name}, {len(digits.x_train)} training and {len(digits.x_val)} validation digits.")
+    if setup.batch_shards > 1:
+        print(f"Each batch runs as {setup.batch_shards} slices at the same time (train.batch_shards).")
+    if setup.distribution_statement():
+        print(setup.distribution_statement())
+    for line in (setup.statement, *setup.notes, setup.plan.expectation, where):
+        print(line)
+
+
+def build_seeded_vae(setup):
+    """The run's compiled VAE, its weights drawn from train.seed (and TensorFlow's ops made deterministic
+    when train.deterministic asks)."""
+    import keras  # Deferred: see the note above the imports.
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(setup.cfg.train.seed)
+    if setup.cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return setup.build_vae()
+
+
+def restore(run_dir, vae, history):
+    """Resume from the run's checkpoint, if it has one: fills history with its epochs' rows and returns
+    how many epochs it holds (0 without a checkpoint)."""
+    progress = runs.load_checkpoint(run_dir, vae)
+    if not progress:
+        return 0
+    history[:] = progress["history"]
+    atomic.write_csv(os.path.join(run_dir, "metrics.csv"), history)  # Drop rows of an unfinished epoch.
+    print(f"Restored the checkpoint after epoch {progress['epochs_completed']}.")
+    return progress["epochs_completed"]
 
 
 def check_before_tensorflow(cfg):
@@ -412,7 +462,7 @@ def report_divergence(cfg, run_dir, where, history):
     kept = (f"The checkpoint after epoch {len(history)} and the outputs so far are kept in {run_dir}."
             if history else f"No epoch finished, so there is no checkpoint; see {run_dir}.")
     print(f"error: {message} {kept}", file=sys.stderr)
-    return EXIT_DIVERGED
+    return process.EXIT_DIVERGED
 
 
 def run(config_or_path=None, overrides=(), callbacks=()):
@@ -433,7 +483,7 @@ def run(config_or_path=None, overrides=(), callbacks=()):
             raise config.ConfigError(f"callbacks must hold keras.callbacks.Callback objects, received a "
                                      f"{type(callback).__name__}.")
     _, run_dir = train(cfg, callbacks)
-    return runs.read_json(os.path.join(run_dir, "summary.json"))
+    return atomic.read_json(os.path.join(run_dir, "summary.json"))
 
 
 def check_list(name, value, kind, what):
@@ -456,7 +506,7 @@ def load_config(config_or_path, overrides):
         try:
             config_or_path = config_or_path.to_dict()
         except TypeError as error:  # dataclasses.asdict deep-copies: an unpicklable value fails here.
-            raise config.ConfigError(f"the Config holds a value that is not a setting ({runs.first_line(error)}).")
+            raise config.ConfigError(f"the Config holds a value that is not a setting ({process.first_line(error)}).")
     if isinstance(config_or_path, dict):
         raw = config.apply_overrides(config_or_path, overrides)
     elif config_or_path is None or isinstance(config_or_path, (str, os.PathLike)):
@@ -512,7 +562,7 @@ def explain(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.explain:
-        return runs.guard(lambda: explain(args))
+        return process.guard(lambda: explain(args))
 
     def action():
         cfg, notes = load_config(args.config, args.overrides)
@@ -520,9 +570,9 @@ def main(argv=None):
             print(note)
         return train(cfg, quiet_console=True)[0]
 
-    return runs.guard(action)
+    return process.guard(action)
 
 
 if __name__ == "__main__":
-    runs.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
-    runs.exit_now(main())
+    process.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
+    process.exit_now(main())

@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                  # about 2 minutes on 2 cores
     python benchmarks/throughput.py --quick          # about 1 minute
+    python benchmarks/throughput.py --smoke          # does it run? (seconds of timing; the figures mean little)
     python benchmarks/throughput.py --learning 5     # also compare the loss per epoch over 5 epochs
     python benchmarks/throughput.py --variant plain:model.fast_layers=false --variant xla:jit_compile=true
     python benchmarks/throughput.py --under-load 1   # with one other busy process on the CPU
@@ -68,9 +69,19 @@ def parse_args(argv=None):
                                                                "has bfloat16 instructions.")
     parser.add_argument("--quick", action="store_true", help="Shorthand for --blocks 3 --epochs-per-block 1 "
                                                              "--layer-reps 3.")
+    parser.add_argument("--start-together", action="store_true",
+                        help="Start every worker (and this process's TensorFlow) at once instead of one at a time: "
+                             "faster to start, but each model is built and traced while the others start, so its "
+                             "first-step time is not comparable.")
+    parser.add_argument("--smoke", action="store_true", help="The smallest run that prints every line, to check the "
+                                                             "script works (its figures mean little): --blocks 1 "
+                                                             "--steps 1 --layer-reps 1 --start-together.")
     args = parser.parse_args(argv)
     if args.quick:
         args.blocks, args.epochs_per_block, args.layer_reps = 3, 1, 3
+    if args.smoke:
+        args.blocks, args.epochs_per_block, args.steps, args.layer_reps = 1, 1, 1, 1
+        args.start_together = True
     if not 1 <= args.steps <= 39:
         parser.error("--steps must be between 1 and 39 (5,000 digits hold 39 full batches).")
     return args
@@ -325,16 +336,18 @@ class Remote:
         self.label, self.block_rates, self.report = label, [], {}
 
     def run(self, epochs):
+        self.send(epochs)
+        return self.receive()
+
+    def send(self, epochs):
         self.conn.send(epochs)
+
+    def receive(self):
         try:
             self.report = self.conn.recv()
         except EOFError:
             raise SystemExit(f"error: the {self.label} worker process died (exit code {self.process.exitcode}).")
         return self.report["seconds"]
-
-    def close(self):
-        self.conn.send(None)
-        self.process.join()
 
 
 def describe(remote):
@@ -391,11 +404,8 @@ def start_load(count, kind="spin", seconds=3600):
 
 def main(argv=None):
     args = parse_args(argv)
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")  # The per-layer timing traces one small function per layer, by design.
-    import keras
-
+    if not args.start_together:
+        import tensorflow as tf  # noqa: F401  Before the workers: none of them shares the CPU with this start.
     x_all, x = load_digits(args.steps)
     # The load first and the workers one at a time: each is built and traced (its first-step time) under the
     # conditions it is timed in, not while its siblings start TensorFlow.
@@ -411,7 +421,20 @@ def main(argv=None):
     remotes = []
     for label, overrides in specs:
         remotes.append(Remote(label, overrides, args))
-        remotes[-1].run(1)  # Warm-up: build, trace and run one epoch, before the next worker starts; not timed.
+        if args.start_together:
+            remotes[-1].send(1)  # Warm-up, not timed; all workers start, build and trace at once.
+        else:
+            remotes[-1].run(1)  # Warm-up: build, trace and run one epoch, before the next worker starts; not timed.
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # The per-layer timing traces one small function per layer, by design.
+    import keras
+
+    tutorial = ours = None
+    if args.start_together:  # This process's models too, while the workers warm up.
+        tutorial, ours = build_tutorial_vae(), build_ours(load_config(args.config)[0], x)
+        for remote in remotes:
+            remote.receive()
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; one process per model.")
     for remote in remotes:
         print("  " + describe(remote))
@@ -420,12 +443,14 @@ def main(argv=None):
         for remote in order:
             seconds = remote.run(args.epochs_per_block)
             remote.block_rates.append(len(x) * len(seconds) / sum(seconds))
+    for remote in remotes:  # All at once: a TensorFlow process takes seconds to exit.
+        remote.send(None)
     for remote in remotes:
-        remote.close()
+        remote.process.join()
     for process in loads:
         process.terminate()
-    cfg, _ = load_config(args.config)
-    tutorial, ours = build_tutorial_vae(), build_ours(cfg, x)
+    if tutorial is None:
+        tutorial, ours = build_tutorial_vae(), build_ours(load_config(args.config)[0], x)
     macs, flops = training_flops(parametric_layers(tutorial))
     print(f"Work: {macs / 1e6:.2f} M multiply-adds forward per digit, {flops / 1e6:.1f} MFLOP forward+backward.")
     baseline = np.array(remotes[0].block_rates)

@@ -46,6 +46,19 @@ def quick_config(output_dir, *extra):
     return config.load(None, quick_overrides(output_dir, *extra))[0]
 
 
+def interrupting_callback(after):
+    """A Keras callback that presses Ctrl-C right after epoch `after` is recorded (the run's own callbacks come
+    first), as keras's backup_and_restore_test interrupts training."""
+    import keras
+
+    class InterruptingCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == after:
+                raise KeyboardInterrupt
+
+    return InterruptingCallback()
+
+
 @pytest.fixture
 def quick():
     return quick_sets

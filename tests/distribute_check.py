@@ -3,10 +3,11 @@ which TensorFlow allows only before it initialises them (so never inside the sha
 
     python tests/distribute_check.py exact RESULT.json      first-step loss, gradients and trackers
     python tests/distribute_check.py train ARGS...          train.py's main() on the split CPU
+    python tests/distribute_check.py both RESULT.json ARGS...   the first, then the second, in one process
 
 `exact` compares, for each case, one VAE on the default device with the same VAE under a two-replica
 MirroredStrategy: the same weights, the same generator state (reseed), the same batch. The noise is
-the same too: each replica draws the global batch's ε and keeps its own rows (model.GlobalBatch), so
+the same too: each replica draws the global batch's ε and keeps its own rows (shards.GlobalBatch), so
 every term is compared as computed, noise included, within float32 rounding of a different summation
 order. Writes {case: {"loss": [single, replica 0, replica 1], "gradient_error": ..., ...}}.
 """
@@ -21,6 +22,8 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+
+import process  # noqa: E402
 
 REPLICAS = 2
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
@@ -115,14 +118,17 @@ def exact(result_path):
         results[name] = one_case(strategy, settings, batch)
     with open(result_path, "w", encoding="utf-8") as handle:
         json.dump(results, handle)
+    return strategy
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "exact":
-        exact(sys.argv[2])
-    else:
-        import runs
+    if sys.argv[1] in ("exact", "both"):
+        strategy = exact(sys.argv[2])
+    if sys.argv[1] in ("train", "both"):  # "both": tests/test_distribute.py pays for one TensorFlow start, not two.
         import train
 
-        runs.stop_like_ctrl_c()
-        sys.exit(train.main(sys.argv[2:]))
+        if sys.argv[1] == "both":  # The run gets the same MirroredStrategy: a second one in one process reuses
+            make_strategy = train.make_strategy  # the first one's collective keys, and their all-reduces collide.
+            train.make_strategy = lambda name: strategy if name == "mirrored" else make_strategy(name)
+        process.stop_like_ctrl_c()
+        sys.exit(train.main(sys.argv[2 if sys.argv[1] == "train" else 3:]))

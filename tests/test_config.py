@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import config
-import runs
+import process
 from conftest import ROOT, run_cli
 
 
@@ -57,7 +57,7 @@ def test_gaussian_sigma_accepts_numbers_and_the_two_words():
     (["loss.kl_wieght=0.1"], "Unknown config key 'loss.kl_wieght'. Did you mean 'kl_weight'?"),
     (["lose.kl_weight=0.1"], "Unknown config section 'lose'"),
     (["loss.kl_weight=-1"], "loss.kl_weight must be >= 0, received -1.0"),
-    (["loss.kl_weight=abc"], "loss.kl_weight expects a number, received 'abc'"),
+    (["loss.kl_weight=abc"], "loss.kl_weight expects a number or one of auto, received 'abc'"),
     (["loss.kl_weight=.nan"], "expects a finite number"),
     (["train.batch_size=0"], "train.batch_size must be >= 1, received 0"),
     (["train.batch_size=12.5"], "train.batch_size expects an integer, received 12.5 (float)"),
@@ -140,7 +140,7 @@ DOCUMENTS = st.recursive(SCALARS, lambda inner: st.one_of(
 
 def outcome(action):
     """0 or 2 from the CLI's error handling; anything else (a traceback) fails the test."""
-    return runs.guard(action)
+    return process.guard(action)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 
 import config
 import data
-import runs
+import process
 
 BOUND_SECONDS = 120  # Generous: every refusal here takes about a second; only a hang comes near this.
 
@@ -42,12 +42,12 @@ def ends(action, bound=BOUND_SECONDS):
 
 
 def refused(action, capsys):
-    """The one line runs.guard prints for action(), checked to be an `error:` line with exit status 2 and to
+    """The one line process.guard prints for action(), checked to be an `error:` line with exit status 2 and to
     come with no warning (Pillow's DecompressionBombWarning among them)."""
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        status = runs.guard(action)
+        status = process.guard(action)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err

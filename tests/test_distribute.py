@@ -2,7 +2,7 @@
 allows the split only before it initialises its devices), and a one-worker MultiWorkerMirroredStrategy.
 
 The claim under test: replicas train the single-device objective. Each replica's loss is the global
-batch's (model.GlobalBatch), their summed gradients equal the single-device gradient, and the trackers
+batch's (shards.GlobalBatch), their summed gradients equal the single-device gradient, and the trackers
 report global means; so a mirrored run reproduces a single-device run up to float32 summation order.
 """
 
@@ -46,11 +46,20 @@ def summary(run_dir):
 
 
 @pytest.fixture(scope="module")
-def exact(tmp_path_factory):
-    path = tmp_path_factory.mktemp("exact") / "exact.json"
-    result = run([sys.executable, CHECK, "exact", str(path)])
+def split_cpu(tmp_path_factory):
+    """One process on the CPU split into two devices (a TensorFlow start is seconds): the exact first-step
+    comparison (exact.json), then a short mirrored train.py run (the run folder "mirrored"). Returns
+    (folder, CompletedProcess)."""
+    folder = tmp_path_factory.mktemp("split")
+    result = run([sys.executable, CHECK, "both", str(folder / "exact.json"), "--config",
+                  os.path.join(ROOT, "config.yaml"), *sets(folder, "mirrored", "train.distribute=mirrored")])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return json.loads(path.read_text())
+    return folder, result
+
+
+@pytest.fixture(scope="module")
+def exact(split_cpu):
+    return json.loads((split_cpu[0] / "exact.json").read_text())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -75,10 +84,13 @@ def test_free_bits_straddle_the_floor_in_the_free_bits_case(exact):
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
+    """The single-device reference, trained in this process (the distributed runs need processes of their own),
+    on whole batches as each replica runs its local batch (slices compute the same, and trace longer)."""
+    import train
+
     output_dir = tmp_path_factory.mktemp("single")
-    result = run([sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "config.yaml"),
-                  *sets(output_dir, "single")])
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert train.main(["--config", os.path.join(ROOT, "config.yaml"),
+                       *sets(output_dir, "single", "train.batch_shards=1")]) == 0
     return os.path.join(output_dir, "single")
 
 
@@ -94,13 +106,11 @@ def assert_same_training(run_dir, reference):
     assert got["kl_nats"] == pytest.approx(want["kl_nats"], rel=1e-2, abs=1e-2)
 
 
-def test_a_short_mirrored_run_matches_the_single_device_run_and_its_model_reloads(tmp_path, single_run):
-    result = run([sys.executable, CHECK, "train", "--config", os.path.join(ROOT, "config.yaml"),
-                  *sets(tmp_path, "mirrored", "train.distribute=mirrored")])
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+def test_a_short_mirrored_run_matches_the_single_device_run_and_its_model_reloads(split_cpu, single_run):
+    folder, result = split_cpu
     assert "Distributed (mirrored): 2 replica(s)" in result.stdout and "global batch 64" in result.stdout
     assert "each replica runs its local batch whole (batch_shards 1)" in result.stdout
-    run_dir = tmp_path / "mirrored"
+    run_dir = folder / "mirrored"
     info = summary(run_dir)
     assert info["status"] == "complete"
     assert {key: info["distribute"][key] for key in ("strategy", "replicas", "global_batch", "per_replica_batch")} == \

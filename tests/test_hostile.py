@@ -14,8 +14,10 @@ import time
 import pytest
 import yaml
 
+import atomic
 import config
 import evaluate
+import process
 import runs
 import sweep
 import train
@@ -45,8 +47,8 @@ def refused(*overrides):
     (["train.steps_per_execution=" + "9" * 30], "train.steps_per_execution must be <= 100000"),
     (["data.limit=" + "9" * 30], "data.limit must be <= 1000000000"),
     (["evaluation.max_examples=" + "9" * 30], "evaluation.max_examples must be <= 1000000000"),
-    (["loss.gaussian_sigma=0.1"], "loss.gaussian_sigma 0.1 is only read when loss.likelihood is gaussian"),
-    (["loss.gaussian_sigma=optimal", "loss.likelihood=continuous_bernoulli"], "only read when"),
+    (["loss.gaussian_sigma=0.1"], "loss.gaussian_sigma is only read by loss.likelihood gaussian"),
+    (["loss.gaussian_sigma=optimal", "loss.likelihood=continuous_bernoulli"], "only read by loss.likelihood gaussian"),
 ])
 def test_unbounded_and_meaningless_values_are_refused_in_one_line(overrides, fragment):
     assert fragment in refused(*overrides)
@@ -225,8 +227,8 @@ def test_a_library_s_full_disk_message_of_several_lines_is_one_line():
     # What h5py raises when the checkpoint fills the disk (abridged).
     error = OSError("Can't synchronously write data (file write failed: time = Tue Dec  1 18:50:10 2026\n, "
                     "filename = 'x.h5', file descriptor = 6, errno = 28, error message = 'No space left on device')")
-    assert runs.os_error_text(error) == "No space left on device"
-    assert runs.os_error_text(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied (/x)"
+    assert process.os_error_text(error) == "No space left on device"
+    assert process.os_error_text(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied (/x)"
 
 
 def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp_path, monkeypatch, capsys):
@@ -265,7 +267,7 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
     child = None
     try:
         deadline = time.time() + 300
-        while (runs.read_json(str(run_dir / "state" / "progress.json")) or {}).get("epochs_completed", 0) < 1:
+        while (atomic.read_json(str(run_dir / "state" / "progress.json")) or {}).get("epochs_completed", 0) < 1:
             assert first.poll() is None and time.time() < deadline, "the sweep did not reach its first epoch"
             time.sleep(0.05)
         child = runs.lock_holder(str(run_dir))
@@ -273,7 +275,7 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
         first.wait()
         rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
-        if child and runs.pid_alive(int(child)):
+        if child and process.pid_alive(int(child)):
             os.kill(int(child), signal.SIGKILL)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     with open(tmp_path / "sweep_orphan" / "logs" / "kl_weight-1.log", encoding="utf-8") as handle:
@@ -287,26 +289,26 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["prctl", "polling"])
 def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
-    """The two ways runs.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
+    """The two ways process.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
     starts a sleeping child and is then SIGKILLed; the child must get KeyboardInterrupt."""
     mark = tmp_path / "interrupted"
-    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import runs\n"
-             f"if not {kernel}: runs._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
-             "runs.stop_like_ctrl_c(); print('ready', flush=True)\n"
+    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import process\n"
+             f"if not {kernel}: process._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
+             "process.stop_like_ctrl_c(); print('ready', flush=True)\n"
              f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    open({str(mark)!r}, 'w').close()\n")
     parent = ("import os, subprocess, sys\n"
-              f"env = dict(os.environ, {runs.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
+              f"env = dict(os.environ, {process.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
               f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
               " text=True)\n"
               "child.stdout.readline(); print(child.pid, flush=True); sys.stdin.read()\n")
-    process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    pid = int(process.stdout.readline())
-    process.kill()
-    process.wait()
+    parent_process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pid = int(parent_process.stdout.readline())
+    parent_process.kill()
+    parent_process.wait()
     deadline = time.time() + 30
-    while runs.pid_alive(pid) and not mark.exists() and time.time() < deadline:
+    while process.pid_alive(pid) and not mark.exists() and time.time() < deadline:
         time.sleep(0.05)
-    if runs.pid_alive(pid) and not mark.exists():
+    if process.pid_alive(pid) and not mark.exists():
         os.kill(pid, signal.SIGKILL)
     assert mark.exists()
 
@@ -408,7 +410,7 @@ def test_ctrl_c_during_the_final_evaluation_leaves_an_interrupted_run_that_resum
     monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
     cfg = quick_config(tmp_path, "output.run_name=late", "output.tensorboard=false")
     status, run_dir = train.train(cfg)
-    assert status == train.EXIT_INTERRUPTED and runs.run_status(run_dir) == "interrupted"
+    assert status == process.EXIT_INTERRUPTED and runs.run_status(run_dir) == "interrupted"
     monkeypatch.setattr(evaluate, "evaluate_run", real)
     summary = train.run(cfg)
     assert summary["status"] == "complete" and summary["epochs_completed"] == 1
@@ -422,7 +424,7 @@ def test_a_full_disk_during_training_is_one_line_exit_4_and_resumable(tmp_path, 
 
     monkeypatch.setattr(runs, "save_checkpoint", full)
     args = quick_sets(tmp_path, "output.run_name=full", "output.tensorboard=false")
-    assert train.main(args) == runs.EXIT_ENVIRONMENT
+    assert train.main(args) == process.EXIT_ENVIRONMENT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: No space left on device"), err
     assert runs.run_status(os.path.join(tmp_path, "full")) == "failed"

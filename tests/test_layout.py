@@ -19,6 +19,9 @@ def imports_of(module):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module.split(".")[0])
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Deferred" and node.args
+              and isinstance(node.args[0], ast.Constant)):  # choices.Deferred("losses"): an import at first use.
+            found.add(node.args[0].value.split(".")[0])
     return found & set(MODULES) - {module}
 
 
@@ -38,6 +41,16 @@ def test_the_project_modules_import_each_other_without_a_cycle():
     for module in MODULES:
         visit(module, [])
     assert "train" not in graph["evaluate"] and "evaluate" in graph["train"]  # Re-evaluation lives in evaluate.py.
+
+
+def test_the_choice_families_and_the_process_concerns_sit_below_everything_else():
+    # config validates names against the families' registries, so they must not import config (or anything
+    # above it); likelihoods and priors reach losses.py only at first use (choices.Deferred).
+    assert imports_of("likelihoods") == {"choices", "losses"} and imports_of("priors") == {"choices", "losses"}
+    assert imports_of("schedules") == {"choices"} and imports_of("choices") == set()
+    assert imports_of("process") == set() and imports_of("atomic") == {"process"}
+    assert imports_of("config") == {"likelihoods", "priors", "schedules", "process"}
+    assert "runs" not in imports_of("plots") and "data" not in imports_of("runs")
 
 
 def test_the_gaussian_log_density_is_written_in_one_module():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import model
+import networks
 import priors
 from conftest import ROOT, build_vae
 
@@ -33,7 +34,9 @@ def test_parameter_counts_equal_the_tutorials():
     vae = build_vae()
     assert vae.encoder.count_params() == encoder_expected == 69076
     assert vae.decoder.count_params() == decoder_expected == 65089
-    assert vae.count_params() == encoder_expected + decoder_expected  # The standard normal prior has no weights.
+    trainable = sum(int(np.prod(w.shape)) for w in vae.trainable_weights)
+    assert trainable == encoder_expected + decoder_expected  # The standard normal prior has no weights.
+    assert vae.count_params() == trainable + 2  # And GECO's state: two scalars, not trained (model.VAE).
 
 
 def test_the_architecture_follows_any_image_size_divisible_by_four():
@@ -63,11 +66,11 @@ def test_reconstruct_gives_what_predict_gives(shards):
 
 
 def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
-    layer = model.Sampling(seed=7)
+    layer = networks.Sampling(seed=7)
     mu, log_var = np.zeros((5, 2), "float32"), np.zeros((5, 2), "float32")
     first, second = np.asarray(layer([mu, log_var])), np.asarray(layer([mu, log_var]))
     assert not np.allclose(first, second)  # The generator advances: fresh noise each call.
-    assert np.allclose(first, np.asarray(model.Sampling(seed=7)([mu, log_var])))
+    assert np.allclose(first, np.asarray(networks.Sampling(seed=7)([mu, log_var])))
     vae, x = build_vae(seed=3), images(2)
     draws = []
     for epoch in (4, 4, 5):
@@ -193,10 +196,12 @@ RELOAD_CASES = [{}, {"loss__likelihood": "gaussian", "loss__gaussian_sigma": "le
                 {"model__prior": "normal", "model__prior_scale": 2.0},
                 {"model__prior": "mixture", "model__prior_components": 4},
                 {"model__prior": "vamp", "model__prior_components": 3, "loss__reconstruction_reduction": "mean",
-                 "loss__kl_schedule": "cyclical"}]
+                 "loss__kl_schedule": "cyclical"},
+                {"model__fast_layers": False}]  # The plain Keras last layer; every other case has the fast one.
 
 # Loads each model.keras in safe mode and writes what a reloaded model computes. One process for all
-# cases: starting TensorFlow is most of the cost.
+# cases (the fast and the plain last layer included, for tests/test_fast_layers.py): starting TensorFlow
+# is most of the cost.
 RELOAD_SCRIPT = """
 import dataclasses, json, sys
 import numpy as np
@@ -208,7 +213,8 @@ for path in sys.argv[3:]:
     encode = vae.encode_for_prior()
     z = vae.prior.sample(4, 0, encode)
     np.savez(path + ".npz", recon=np.asarray(vae(x)), log_p=np.asarray(vae.prior.log_prob(z, encode)))
-    print(json.dumps([vae.likelihood.describe(), vae.prior.describe(), dataclasses.asdict(vae.objective)]))
+    print(json.dumps([vae.likelihood.describe(), vae.prior.describe(), dataclasses.asdict(vae.objective),
+                      type(vae.decoder.get_layer("logits")).__name__]))
 """
 
 
@@ -217,7 +223,13 @@ def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs_and_objective
     np.save(tmp_path / "x.npy", x)
     for i, settings in enumerate(RELOAD_CASES):
         vae = compiled(**settings)
-        vae.fit(x, epochs=1, batch_size=8, verbose=0)  # Move the weights (and a learned prior) off their start.
+        if i == 0:  # A trained model, its optimizer's state in the file too.
+            vae.fit(x, epochs=1, batch_size=8, verbose=0)
+        else:  # Move the weights (and a learned prior) off their start; a fit per case costs seconds of tracing.
+            vae(x)
+            vae.prior.log_prob(vae.prior.sample(4, 0, vae.encode_for_prior()), vae.encode_for_prior())  # Built.
+            for weight in vae.trainable_weights:
+                weight.assign(weight + RNG.normal(0, 0.05, weight.shape).astype(weight.dtype))
         paths.append(str(tmp_path / f"model_{i}.keras"))
         vae.save(paths[-1])
         models.append(vae)
@@ -225,7 +237,9 @@ def test_model_keras_reloads_in_a_fresh_process_with_equal_outputs_and_objective
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     described = [json.loads(line) for line in result.stdout.strip().splitlines()[-len(paths):]]
-    for vae, path, (likelihood, prior, objective_) in zip(models, paths, described):
+    assert [layer for *_, layer in described] == ["TapMatmulConv2DTranspose"] * (len(paths) - 1) + ["Conv2DTranspose"]
+    for vae, path, (likelihood, prior, objective_, layer) in zip(models, paths, described):
+        assert layer == type(vae.decoder.get_layer("logits")).__name__  # Each reloads the class it was saved with.
         assert likelihood == vae.likelihood.describe() and prior == vae.prior.describe()
         assert objective_ == dataclasses.asdict(vae.objective)  # The training objective travels in the compile config.
         out = np.load(path + ".npz")

@@ -12,9 +12,25 @@ import priors
 RNG = np.random.default_rng(3)
 
 
-def test_registries_hold_exactly_the_configs_names():
-    assert tuple(priors.PRIORS) == config.PRIORS
-    assert tuple(likelihoods.LIKELIHOODS) == config.LIKELIHOODS
+def test_the_config_accepts_exactly_the_registered_names():
+    assert priors.FAMILY.names() == ("normal", "standard_normal", "mixture", "vamp")
+    assert likelihoods.FAMILY.names() == ("bernoulli", "continuous_bernoulli", "gaussian")
+    for name in priors.FAMILY.names():
+        assert config.from_dict({"model": {"prior": name}}).model.prior == name
+    with pytest.raises(config.ConfigError, match="model.prior expects one of normal, standard_normal"):
+        config.from_dict({"model": {"prior": "laplace"}})
+    with pytest.raises(ValueError, match="Unknown loss.likelihood 'laplace'; registered: bernoulli"):
+        likelihoods.FAMILY.get("laplace")
+
+
+def test_settings_only_some_choices_read_are_refused_with_others():
+    assert priors.FAMILY.readers("prior_components") == ["mixture", "vamp"]
+    with pytest.raises(config.ConfigError, match="model.prior_components is only read by model.prior mixture or vamp"):
+        config.from_dict({"model": {"prior_components": 3}})
+    with pytest.raises(config.ConfigError, match="loss.gaussian_sigma is only read by loss.likelihood gaussian"):
+        config.from_dict({"loss": {"gaussian_sigma": 0.5}})
+    with pytest.raises(config.ConfigError, match="free_bits floors the KL of each latent dimension"):
+        config.from_dict({"model": {"prior": "vamp"}, "loss": {"free_bits": 0.5}})
 
 
 def normal_kl_numpy(mu, log_var, s):
@@ -114,9 +130,9 @@ def test_monte_carlo_kl_of_a_mixture_averages_to_the_standard_normals_when_it_is
 
 @pytest.mark.parametrize("settings, message", [
     (["model.prior_scale=2"], "only read by model.prior normal"),
-    (["model.prior_components=3"], "only read by the mixture and vamp"),
+    (["model.prior_components=3"], "only read by model.prior mixture or vamp"),
     (["model.prior=mixture", "loss.free_bits=0.5"], "does not split per dimension"),
-    (["model.prior=uniform"], "expects one of standard_normal"),
+    (["model.prior=uniform"], "expects one of normal, standard_normal"),
     (["model.prior=normal", "model.prior_scale=0"], "must be >= 0.001"),
 ])
 def test_prior_settings_are_validated(settings, message):

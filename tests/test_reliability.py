@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import config
+import process
 import train
-from conftest import ROOT, quick_config, quick_sets, run_cli
+from conftest import ROOT, interrupting_callback, quick_config, quick_sets
 
 RESUME_SETTINGS = ["data.limit=1000", "train.epochs=4", "train.deterministic=true", "output.per_epoch_images=true"]
 
@@ -58,21 +59,29 @@ def comparable(rows):
     return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in rows]
 
 
-def test_sigkill_then_rerun_finishes_with_each_epoch_once_and_equal_metrics(tmp_path):
-    whole = quick_sets(tmp_path, *RESUME_SETTINGS, "output.run_name=whole")
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """The uninterrupted run that every interrupted-and-resumed run of RESUME_SETTINGS must reproduce, trained
+    in this process (a fresh train.py process trains the same numbers: deterministic ops, the same batches)."""
+    out = tmp_path_factory.mktemp("whole")
+    summary = train.run(quick_config(out, *RESUME_SETTINGS, "output.run_name=whole"))
+    assert summary["status"] == "complete"
+    return out / "whole", summary
+
+
+def test_sigkill_then_rerun_finishes_with_each_epoch_once_and_equal_metrics(tmp_path, whole_run, capsys):
     killed = quick_sets(tmp_path, *RESUME_SETTINGS, "output.run_name=killed")
     process = start_training(killed)
     wait_for_epochs(process, tmp_path / "killed", 2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert read_summary(tmp_path / "killed")["status"] == "running"  # What a killed process leaves behind.
-    resumed = run_cli("train.py", *killed)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming the unfinished run" in resumed.stdout
-    assert run_cli("train.py", *whole).returncode == 0
+    capsys.readouterr()
+    assert train.main(killed) == 0  # The rerun: the same command (here in this process; the kill is what needs one).
+    assert "Resuming the unfinished run" in capsys.readouterr().out
     rows = read_rows(tmp_path / "killed")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert comparable(rows) == comparable(read_rows(tmp_path / "whole"))
+    assert comparable(rows) == comparable(read_rows(whole_run[0]))
     assert read_summary(tmp_path / "killed")["status"] == "complete"
     assert len(os.listdir(tmp_path / "killed" / "epochs")) == 4
     assert not os.path.exists(tmp_path / "killed-2")
@@ -87,7 +96,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_resumes(tmp_path):
     assert process.returncode == 130, output[-2000:]
     assert "Run the same command again to resume" in output
     assert read_summary(tmp_path / "ctrlc")["status"] == "interrupted"
-    assert run_cli("train.py", *args).returncode == 0
+    assert train.main(args) == 0  # The same command again (in this process: the signal is what needs one).
     assert [int(r["epoch"]) for r in read_rows(tmp_path / "ctrlc")] == [1, 2, 3]
     assert read_summary(tmp_path / "ctrlc")["status"] == "complete"
 
@@ -95,7 +104,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_resumes(tmp_path):
 def test_divergence_stops_with_a_message(tmp_path, capsys):
     status = train.main(quick_sets(tmp_path, "train.learning_rate=10", "train.epochs=3", "output.run_name=boom"))
     err = capsys.readouterr().err
-    assert status == train.EXIT_DIVERGED
+    assert status == process.EXIT_DIVERGED
     assert "diverged" in err and "train.learning_rate 10 is high" in err
     summary = read_summary(tmp_path / "boom")
     assert summary["status"] == "diverged" and summary["diverged"]["message"]
@@ -111,37 +120,24 @@ class PoisoningCallback(keras.callbacks.Callback):
                 weight.assign(weight * float("nan"))
 
 
-class InterruptingCallback(keras.callbacks.Callback):
-    """Ctrl-C right after epoch `after` is recorded, as keras's backup_and_restore_test interrupts training."""
-
-    def __init__(self, after):
-        super().__init__()
-        self.after = after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.after:
-            raise KeyboardInterrupt
-
-
 def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint(tmp_path):
     cfg = quick_config(tmp_path, "train.epochs=3", "output.run_name=poison")
     status, run_dir = train.train(cfg, callbacks=[PoisoningCallback()])
-    assert status == train.EXIT_DIVERGED
+    assert status == process.EXIT_DIVERGED
     assert read_summary(run_dir)["status"] == "diverged"
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1]
     assert os.path.exists(os.path.join(run_dir, "state", "checkpoint.weights.h5"))
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path):
-    settings = ("data.limit=256", "train.epochs=3", "train.deterministic=true", "output.tensorboard=false")
-    whole = train.run(quick_config(tmp_path, *settings, "output.run_name=whole"))
-    cfg = quick_config(tmp_path, *settings, "output.run_name=cut")
-    status, run_dir = train.train(cfg, callbacks=[InterruptingCallback(after=2)])
-    assert status == train.EXIT_INTERRUPTED and read_summary(run_dir)["status"] == "interrupted"
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path, whole_run):
+    whole_dir, whole = whole_run
+    cfg = quick_config(tmp_path, *RESUME_SETTINGS, "output.run_name=cut")
+    status, run_dir = train.train(cfg, callbacks=[interrupting_callback(after=2)])
+    assert status == process.EXIT_INTERRUPTED and read_summary(run_dir)["status"] == "interrupted"
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1, 2]
     resumed = train.run(cfg)
-    assert resumed["status"] == "complete" and resumed["epochs_completed"] == 3
-    assert comparable(read_rows(run_dir)) == comparable(read_rows(tmp_path / "whole"))
+    assert resumed["status"] == "complete" and resumed["epochs_completed"] == 4
+    assert comparable(read_rows(run_dir)) == comparable(read_rows(whole_dir))
     assert resumed["validation"]["neg_elbo_nats"] == pytest.approx(whole["validation"]["neg_elbo_nats"], rel=1e-6)
 
 

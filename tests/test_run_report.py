@@ -11,6 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
+import atomic
 import run_report
 import runs
 from conftest import ROOT
@@ -183,7 +184,7 @@ def test_a_page_that_cannot_be_written_is_one_warning_and_the_block_still_prints
     def full_disk(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs, "atomic_write_text", full_disk)
+    monkeypatch.setattr(atomic, "atomic_write_text", full_disk)
     assert run_report.publish(run_dir, SUMMARY) is None
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("warning: ")

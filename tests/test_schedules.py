@@ -70,7 +70,9 @@ def test_first_full_weight_step_agrees_with_the_multiplier_itself(schedule, warm
 
 
 def test_every_schedule_declares_the_settings_it_reads():
-    assert set(schedules.SETTINGS_READ) == set(config.SCHEDULES)
-    assert all(set(keys) <= set(schedules.SCHEDULE_SETTINGS) for keys in schedules.SETTINGS_READ.values())
-    with pytest.raises(ValueError, match="Unknown kl_schedule"):
+    assert schedules.FAMILY.names() == ("constant", "linear", "sigmoid", "cyclical")
+    assert schedules.FAMILY.setting_keys() == ("kl_warmup", "kl_warmup_unit", "kl_cycles", "kl_ramp_ratio")
+    defaults = config.LossConfig()
+    assert all(hasattr(defaults, key) for key in schedules.FAMILY.setting_keys())  # Each is a config key.
+    with pytest.raises(ValueError, match="Unknown loss.kl_schedule 'warm'"):
         schedules.first_full_weight_step("warm", 0, 10, 1, 0.5)

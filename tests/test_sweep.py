@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
+import process  # noqa: E402
 import runs  # noqa: E402
 import sweep  # noqa: E402
 import sweep_report  # noqa: E402
@@ -209,7 +210,7 @@ def test_ray_backend_gives_the_local_backends_results(tmp_path, finished):
     _, local_folder, _ = finished
     result = run_sweep(tmp_path, *TWO_SETTINGS, "--workers", "2", "--name", "pair", "--backend", "ray")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"with Ray tasks of {max(1, runs.available_cores() // 2)} CPU(s)" in result.stdout
+    assert f"with Ray tasks of {max(1, process.available_cores() // 2)} CPU(s)" in result.stdout
     assert "[2/2 finished]" in result.stdout
     folder = os.path.join(tmp_path, "sweep_pair")
     for name in ("sweep.yaml", "results.csv", "results.md", "comparison.png", "rate_distortion.png", "report.html"):
@@ -247,7 +248,7 @@ def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
 
 
 def test_workers_share_the_cores():
-    threads = str(max(1, runs.available_cores() // 2))
+    threads = str(max(1, process.available_cores() // 2))
     env = sweep.thread_overrides(sweep.threads_per_run(2))
     assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
 
@@ -364,8 +365,8 @@ def test_a_bad_data_path_is_refused_before_any_run_starts(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("fault, status", [(OSError(28, "No space left on device"), runs.EXIT_ENVIRONMENT),
-                                           (data.DataError("the digits are gone"), runs.EXIT_USER_ERROR)])
+@pytest.mark.parametrize("fault, status", [(OSError(28, "No space left on device"), process.EXIT_ENVIRONMENT),
+                                           (data.DataError("the digits are gone"), process.EXIT_USER_ERROR)])
 def test_a_fault_while_sweeping_is_one_error_line_and_its_status(tmp_path, monkeypatch, capsys, fault, status):
     # Raised where the sweep prepares its folder (the report, a disk, the data: the same path for all).
     def fail(plan):

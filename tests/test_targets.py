@@ -1,0 +1,118 @@
+"""Weights chosen by a target. GECO (loss.kl_weight: auto with loss.target_distortion κ): the config, the
+multiplier's update against a numpy re-implementation, the loss it weights, and a run that reports its β,
+saves it and resumes with it. Capacity (loss.target_rate C): the config, the loss against numpy, a run
+that reports the rate it reached."""
+
+import csv
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import config
+import train
+from conftest import build_vae, interrupting_callback, quick_config
+
+X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
+
+
+@pytest.mark.parametrize("loss, message", [
+    ({"kl_weight": "auto"}, "loss.target_distortion, which is not set"),
+    ({"target_distortion": 100}, "only read with loss.kl_weight: auto"),
+    ({"geco_rate": 0.5}, "only read with loss.kl_weight: auto"),
+    ({"kl_weight": "auto", "target_distortion": 100, "kl_schedule": "linear", "kl_warmup": 2},
+     "kl_schedule must be constant"),
+    ({"kl_weight": "auto", "target_distortion": 100, "kl_weight_norm": 1}, "both set"),
+    ({"kl_weight": "auto", "target_distortion": 0}, "target_distortion must be > 0"),
+])
+def test_geco_settings_are_validated(loss, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.from_dict({"loss": loss})
+    with pytest.raises(config.ConfigError, match="not available with train.distribute mirrored"):
+        config.from_dict({"loss": {"kl_weight": "auto", "target_distortion": 100}, "train": {"distribute": "mirrored"}})
+
+
+def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint():
+    kappa, rate, smoothing = 300.0, 0.05, 0.9
+    vae = build_vae(loss__kl_weight="auto", loss__target_distortion=kappa, loss__geco_rate=rate,
+                    loss__geco_smoothing=smoothing)
+    log_multiplier, average = 0.0, None  # The numpy reference of GECO's update.
+    for step in range(3):
+        before = float(vae.beta_in_force())
+        terms = {k: float(v) for k, v in vae.train_step(X).items()}
+        vae.terms_tracker.reset_state()  # So the next step reports its own batch, not a running mean.
+        c = terms["reconstruction"] / kappa - 1
+        average = c if average is None else smoothing * average + (1 - smoothing) * c
+        log_multiplier = min(max(log_multiplier + rate * average, -13.8), 13.8)
+        assert before == pytest.approx(math.exp(-(log_multiplier - rate * average)), rel=1e-5)
+        assert float(vae.geco_log_multiplier) == pytest.approx(log_multiplier, rel=1e-5, abs=1e-7)
+        assert float(vae.beta_in_force()) == pytest.approx(math.exp(-log_multiplier), rel=1e-5)
+
+
+def test_the_loss_weights_the_kl_by_the_chosen_beta():
+    vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0, loss__reconstruction_reduction="mean")
+    vae.geco_log_multiplier.assign(math.log(4.0))  # β = 1/4.
+    terms = {k: float(v) for k, v in vae.test_step(X).items()}
+    assert terms["loss"] == pytest.approx((terms["reconstruction"] + 0.25 * terms["kl"]) / 784, rel=1e-5)
+    assert float(vae.kl_weight_in_force()) == pytest.approx(0.25 / 784, rel=1e-5)  # The λ of that β.
+
+
+class BetaAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.beta = float(self.model.beta_in_force())
+
+
+def test_a_geco_run_reports_its_beta_saves_it_and_resumes_with_it(tmp_path):
+    cfg = quick_config(tmp_path, "train.epochs=2", "loss.kl_weight=auto", "loss.target_distortion=150",
+                       "loss.geco_rate=0.05", "output.run_name=geco")
+    status, run_dir = train.train(cfg, callbacks=[interrupting_callback(after=1)])
+    assert status == 130
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as handle:
+        (first,) = list(csv.DictReader(handle))
+    assert float(first["beta"]) < 1  # The reconstruction is far above κ = 150 after one short epoch: β fell.
+    start = BetaAtStart()
+    summary = train.run(cfg, callbacks=[start])
+    assert start.beta == float(first["beta"])  # The checkpoint held the multiplier.
+    geco = summary["geco"]
+    assert summary["status"] == "complete" and geco["target_distortion"] == 150
+    assert 0 < geco["final_beta"] < float(first["beta"]) and geco["final_kl_weight"] == pytest.approx(geco["final_beta"])
+    clone = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
+    assert float(clone.beta_in_force()) == pytest.approx(geco["final_beta"], rel=1e-6)
+    assert clone.objective.target_distortion == 150 and clone.objective.chooses_beta
+
+
+@pytest.mark.parametrize("loss, message", [
+    ({"rate_weight": 10}, "only read with loss.target_rate"),
+    ({"target_rate": 5, "kl_weight": 2}, "loss.kl_weight has no meaning beside it"),
+    ({"target_rate": 5, "free_bits": 0.5}, "loss.free_bits has no meaning beside it"),
+    ({"target_rate": -1}, "target_rate must be >= 0"),
+])
+def test_capacity_settings_are_validated(loss, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.from_dict({"loss": loss})
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_the_capacity_loss_is_the_reconstruction_plus_gamma_times_the_rate_gap(reduction):
+    vae = build_vae(loss__target_rate=3.0, loss__rate_weight=50.0, loss__reconstruction_reduction=reduction,
+                    loss__kl_schedule="linear", loss__kl_warmup=20)  # build_vae: 10 steps per epoch.
+    # At step 0 of a linear ramp C is 0; move the step counter half-way through the 200-step warm-up.
+    vae.optimizer.iterations.assign(100)
+    terms = {k: float(v) for k, v in vae.test_step(X).items()}
+    scale = 1 / 784 if reduction == "mean" else 1.0
+    expected = scale * (terms["reconstruction"] + 50.0 * abs(terms["kl"] - 1.5))  # C = 3 · 100/200.
+    assert terms["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
+    summary = train.run(quick_config(tmp_path, "loss.target_rate=4", "output.run_name=capacity"))
+    rate = summary["capacity"]
+    assert summary["status"] == "complete" and rate["target_rate"] == 4 and rate["rate_weight"] == 1000
+    assert rate["validation_kl_nats"] == summary["validation"]["kl_nats"]
+    assert rate["information_nats"] == summary["validation"]["mutual_information_nats"]
+    with open(os.path.join(tmp_path, "capacity", "metrics.csv"), newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["target_rate"]) == 4.0  # Constant schedule: C from the first step.
+    assert "rate_weight·|KL" not in summary["objective"]["formula"] and "1000·|KL − C|" in summary["objective"]["formula"]
