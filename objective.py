@@ -125,8 +125,8 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
     """
     rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
     beta = kl_weight * kl_scale / rec_scale
-    has_sigma = likelihoods.FAMILY.get(likelihood).has_sigma
-    formula = f"loss = {_fraction(rec_scale)}·[{likelihoods.FAMILY.get(likelihood).formula} + {beta:g}·KL]"
+    chosen = likelihoods.FAMILY.get(likelihood)
+    formula = f"loss = {_fraction(rec_scale)}·[{chosen.formula} + {beta:g}·KL]"
     if math.isclose(beta, 1.0):
         meaning = "the negative ELBO (β = 1)"
     elif beta > 1:
@@ -137,7 +137,7 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
     result = {"formula": formula, "meaning": meaning, "effective_beta": beta,
               "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight,
               "num_pixels": int(num_pixels), "latent_dim": int(latent_dim)}
-    if has_sigma and isinstance(gaussian_sigma, (int, float)):
+    if chosen.has_sigma and isinstance(gaussian_sigma, (int, float)):
         # SSE/(2σ²) + β·KL = (1/(2σ²))·[SSE + 2σ²β·KL] up to a constant: the ELBO (β = 1) of σ' = σ·√β.
         result["sse_equivalent_beta"] = 2.0 * gaussian_sigma ** 2 * beta
         result["equivalent_sigma"] = gaussian_sigma * math.sqrt(beta)
