@@ -199,6 +199,9 @@ class LossConfig:
         None, "C, nats of KL per example: the capacity objective (Burgess et al. 2018) reconstruction + "
               "rate_weight·|KL - C|, with C ramped by kl_schedule.", ge=0, le=1e4)
     rate_weight: float = _f(1000.0, "γ of the capacity objective (target_rate only).", gt=0, le=1e6)
+    tc_weight: Optional[float] = _f(
+        None, "Weight of the KL's total correlation alone, on β's scale (β-TC-VAE, Chen et al. 2018): "
+              "reconstruction + β·(KL - TC) + tc_weight·TC, TC estimated on each batch; null: off.", ge=0, le=1e4)
 
 
 @dataclass
@@ -418,6 +421,7 @@ def _check_combinations(cfg):
                           f"(the length of the warm-up), received 0.")
     _check_geco(loss, cfg.train)
     _check_capacity(loss)
+    _check_total_correlation(loss, cfg.train)
     if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
         raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
     # A setting only some likelihoods or priors read may differ from its default only beside one of them: a
@@ -458,6 +462,23 @@ def _check_capacity(loss):
         if getattr(loss, key) != getattr(defaults, key):
             raise ConfigError(f"loss.target_rate replaces the KL term by rate_weight·|KL - C| with the summed KL, so "
                               f"loss.{key} has no meaning beside it; leave it at its default {getattr(defaults, key)!r}.")
+
+
+def _check_total_correlation(loss, train):
+    if loss.tc_weight is None:
+        return
+    others = {"kl_weight: auto (GECO)": loss.kl_weight == "auto", "target_rate (capacity)": loss.target_rate is not None,
+              "free_bits": loss.free_bits > 0}
+    for name, clash in others.items():
+        if clash:
+            raise ConfigError(f"loss.tc_weight weights the KL's total correlation beside a fixed β, and loss.{name} "
+                              f"replaces that β·KL term; use one of them (set tc_weight: null or drop {name.split()[0]}).")
+    if train.distribute != "none":
+        raise ConfigError(f"loss.tc_weight estimates the total correlation over the whole batch, which is not built "
+                          f"for train.distribute {train.distribute}; use train.distribute: none.")
+    if train.batch_size < 2:
+        raise ConfigError(f"loss.tc_weight estimates the total correlation from the batch's other digits, so "
+                          f"train.batch_size must be >= 2 (received {train.batch_size}).")
 
 
 def _check_read(section_name, key, family, section, defaults):

@@ -198,3 +198,23 @@ def capacity_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_r
     rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
     kl = batch_mean(ops.sum(kl_per_dim, axis=1))
     return rec_scale * (batch_mean(rec_per_example) + gamma * ops.abs(kl - capacity))
+
+
+def total_correlation(z, z_mean, z_log_var):
+    """The minibatch estimate of the total correlation TC = E_q(z)[log q(z) - Σ_j log q(z_j)] of the
+    aggregate posterior q(z) = mean_n q(z|x_n) (β-TC-VAE, Chen et al. 2018). Returns a scalar, nats per example.
+
+    z, z_mean, z_log_var: (M, J), one sample z_i ~ q(z|x_i) per digit of the batch. Minibatch weighted
+    sampling: q(z_i) and each q(z_ij) are the mixtures of the batch's M posteriors at z_i,
+    log q(z_i) ≈ logsumexp_m log q(z_i|x_m) - log M, and TC is the mean over i of the difference.
+    The paper normalises by N·M (N the data size) instead of M: a constant (J - 1)·log N that does not
+    change the gradient, left out so the value estimates TC itself.
+    Bias (docs/kl_weighting.md): each digit's own posterior is 1/M of the mixture rather than 1/N, so when
+    the code carries more than about log M nats the estimate is too high; it never exceeds J·log M.
+    """
+    log_q = gaussian_log_density(ops.expand_dims(z, 1), ops.expand_dims(z_mean, 0),
+                                 ops.expand_dims(z_log_var, 0))  # (M, M, J): log q(z_ij | x_m)
+    log_joint = ops.logsumexp(ops.sum(log_q, axis=2), axis=1)  # (M,): log q(z_i) + log M
+    log_marginals = ops.sum(ops.logsumexp(log_q, axis=1), axis=1)  # (M,): Σ_j log q(z_ij) + J·log M
+    batch = ops.cast(ops.shape(z)[0], z.dtype)
+    return ops.mean(log_joint - log_marginals) + (z.shape[1] - 1) * ops.log(batch)

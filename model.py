@@ -102,6 +102,9 @@ class VAE(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         if objective is not None:
             self.objective = objective
+            if objective.tc_weight is not None and "tc" not in self.terms_tracker.names:
+                # The batch's total correlation estimate joins the logged terms (metrics are not saved).
+                self.terms_tracker = WeightedMeans(self.terms_tracker.names + ("tc",))
         if batch_shards is not None:
             self.batch_shards = int(batch_shards)
 
@@ -242,10 +245,14 @@ class VAE(keras.Model):
         kl_terms = self.prior.kl(z_mean, z_log_var, z, self.encode_for_prior(training))  # (batch, latent_dim or 1)
         step = self.optimizer.iterations if self.optimizer is not None else 0
         beta = self.beta_in_force() if self.objective.chooses_beta else None
-        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step, batch.mean, beta)
+        tc = None if self.objective.tc_weight is None else losses.total_correlation(z, z_mean, z_log_var)
+        loss = self.objective.loss(reconstruction, kl_terms, self.num_pixels, self.latent_dim, step, batch.mean, beta,
+                                   tc)
         kl = ops.sum(kl_terms, axis=1)  # (batch,) true KL, whatever free bits did to the loss
         terms = {"loss": loss, "reconstruction": batch.local_mean(reconstruction), "kl": batch.local_mean(kl),
                  "neg_elbo": batch.local_mean(reconstruction + kl)}
+        if tc is not None:
+            terms["tc"] = tc
         if log_sigma is not None:
             terms["sigma"] = ops.exp(log_sigma)
         return terms

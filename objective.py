@@ -48,6 +48,8 @@ class Objective:
     # Capacity (loss.target_rate): C in summed nats per example, reached through the schedule's ramp, and γ.
     target_rate: Optional[float] = None
     rate_weight: float = 1000.0
+    # β-TC (loss.tc_weight): the effective weight of the KL's total correlation, on β's scale; None: off.
+    tc_weight: Optional[float] = None
 
     @classmethod
     def from_config(cls, loss_cfg, latent_dim, num_pixels, steps_per_epoch, epochs):
@@ -58,7 +60,7 @@ class Objective:
         return cls(loss_cfg.reconstruction_reduction, loss_cfg.kl_reduction, weight, loss_cfg.free_bits,
                    loss_cfg.kl_schedule, loss_cfg.kl_warmup * per_unit, steps_per_epoch * epochs,
                    loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio, loss_cfg.target_distortion, loss_cfg.geco_rate,
-                   loss_cfg.geco_smoothing, loss_cfg.target_rate, loss_cfg.rate_weight)
+                   loss_cfg.geco_smoothing, loss_cfg.target_rate, loss_cfg.rate_weight, loss_cfg.tc_weight)
 
     def rate_at(self, step):
         """The capacity C in force at `step`: target_rate times the schedule's multiplier (its ramp)."""
@@ -80,18 +82,31 @@ class Objective:
         return self.kl_weight * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
                                                         self.kl_cycles, self.kl_ramp_ratio)
 
-    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=None, beta=None):
+    def tc_coefficient(self, step, latent_dim, num_pixels):
+        """What multiplies the batch's total correlation estimate in the loss (tc_weight): the loss is
+        rec_scale·[Σ NLL + β·(KL - TC) + tc_weight·TC], both weights times the schedule's multiplier, so the
+        estimate enters as m(step)·(rec_scale·tc_weight - λ·kl_scale)·TC."""
+        rec_scale, kl_scale = scales(self.reconstruction_reduction, self.kl_reduction, latent_dim, num_pixels)
+        multiplier = schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
+                                             self.kl_cycles, self.kl_ramp_ratio)
+        return multiplier * (rec_scale * self.tc_weight - self.kl_weight * kl_scale)
+
+    def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=None, beta=None, tc=None):
         """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K);
         batch_mean averages over the global batch (default: losses.batch_average; see losses.training_objective);
-        beta: the effective β GECO chose for this step (chooses_beta), else None for the configured weight."""
+        beta: the effective β GECO chose for this step (chooses_beta), else None for the configured weight;
+        tc: the batch's total correlation estimate (losses.total_correlation), read when tc_weight is set."""
         if self.target_rate is not None:
             return losses.capacity_objective(reconstruction, kl_terms, num_pixels,
                                              self.reconstruction_reduction, self.rate_at(step), self.rate_weight,
                                              batch_mean or losses.batch_average)
         weight = self.kl_weight_at(step) if beta is None else self.kl_weight_for_beta(beta, latent_dim, num_pixels)
-        return losses.training_objective(reconstruction, kl_terms, num_pixels, latent_dim,
+        loss = losses.training_objective(reconstruction, kl_terms, num_pixels, latent_dim,
                                          self.reconstruction_reduction, self.kl_reduction, weight,
                                          self.free_bits, batch_mean or losses.batch_average)
+        if self.tc_weight is None:
+            return loss
+        return loss + self.tc_coefficient(step, latent_dim, num_pixels) * tc
 
 
 def scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels):
@@ -144,23 +159,30 @@ def describe(reconstruction_reduction, kl_reduction, kl_weight, latent_dim, num_
     return result
 
 
-def with_chosen_beta(description, goal, likelihood):
-    """describe's dict for a run whose β GECO chooses (goal.chooses_beta): the formula names κ, and the
-    effective β is the first step's (1); the one it ends with is reported after training."""
-    nll = likelihoods.FAMILY.get(likelihood).formula
-    formula = (f"loss = {_fraction(description['loss_scale'])}·[{nll} + β·KL], β chosen during training so "
-               f"that {nll} averages κ = {goal.target_distortion:g} nats per example (GECO)")
-    return {**description, "formula": formula, "meaning": "the KL minimised subject to a reconstruction of κ",
-            "weight_chosen_by": "GECO", "target_distortion": goal.target_distortion}
-
-
-def with_target_rate(description, goal, likelihood):
-    """describe's dict for a capacity run (goal.target_rate): the formula with C and γ instead of a β."""
-    nll = likelihoods.FAMILY.get(likelihood).formula
-    formula = (f"loss = {_fraction(description['loss_scale'])}·[{nll} + {goal.rate_weight:g}·|KL − C|], C rising to "
-               f"{goal.target_rate:g} nats per example ({goal.kl_schedule} schedule)")
-    return {**description, "formula": formula, "meaning": f"a code held at a rate of C = {goal.target_rate:g} nats",
-            "weight_chosen_by": "capacity", "target_rate": goal.target_rate, "rate_weight": goal.rate_weight}
+def with_goal(description, goal, likelihood):
+    """describe's dict for an objective whose KL term is not one fixed β·KL: GECO (goal.chooses_beta), whose
+    formula names κ and whose β is reported after training; capacity (goal.target_rate), with C and γ; β-TC
+    (goal.tc_weight), whose total correlation has a weight of its own. Other objectives: unchanged."""
+    nll, scale = likelihoods.FAMILY.get(likelihood).formula, _fraction(description["loss_scale"])
+    if goal.chooses_beta:
+        formula = (f"loss = {scale}·[{nll} + β·KL], β chosen during training so that {nll} averages "
+                   f"κ = {goal.target_distortion:g} nats per example (GECO)")
+        return {**description, "formula": formula, "meaning": "the KL minimised subject to a reconstruction of κ",
+                "weight_chosen_by": "GECO", "target_distortion": goal.target_distortion}
+    if goal.target_rate is not None:
+        formula = (f"loss = {scale}·[{nll} + {goal.rate_weight:g}·|KL − C|], C rising to {goal.target_rate:g} "
+                   f"nats per example ({goal.kl_schedule} schedule)")
+        return {**description, "formula": formula, "meaning": f"a code held at a rate of C = {goal.target_rate:g} "
+                f"nats", "weight_chosen_by": "capacity", "target_rate": goal.target_rate,
+                "rate_weight": goal.rate_weight}
+    if goal.tc_weight is not None:
+        beta = description["effective_beta"]
+        formula = f"loss = {scale}·[{nll} + {beta:g}·(KL − TC) + {goal.tc_weight:g}·TC]"
+        meaning = (f"a β-TC-VAE objective (Chen et al. 2018): the KL's total correlation TC weighted "
+                   f"{goal.tc_weight:g}, its other parts {beta:g}")
+        return {**description, "formula": formula, "meaning": meaning, "tc_weight": goal.tc_weight,
+                "tc_estimator": "minibatch weighted sampling over each training batch"}
+    return description
 
 
 def statement(description, latent_dim, num_pixels):
@@ -188,6 +210,11 @@ COLLAPSE_BETA, BLURRY_SIGMA = 30.0, 0.3
 
 def expectation(description, likelihood="bernoulli", gaussian_sigma=None):
     """One line saying what a run with this objective should be expected to show, and why."""
+    if "tc_weight" in description:
+        more = "more" if description["tc_weight"] > description["effective_beta"] else "less"
+        return (f"Expect: latent units {more} independent of each other than at β = "
+                f"{description['effective_beta']:g} alone (the evaluation reports the KL's three parts); the "
+                f"batch's TC estimate reads high once the code carries more than about log(batch size) nats.")
     if description.get("weight_chosen_by") == "capacity":
         return ("Expect: a KL near C; a rate is not information: the code may spend part of C on noise "
                 "the decoder ignores, so the information it carries can be lower.")

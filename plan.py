@@ -45,10 +45,7 @@ class Plan:
         sigma = loss.gaussian_sigma if isinstance(loss.gaussian_sigma, float) else None
         description = objective.describe(loss.reconstruction_reduction, loss.kl_reduction, goal.kl_weight, latent_dim,
                                          num_pixels, loss.likelihood, sigma)
-        if goal.chooses_beta:
-            description = objective.with_chosen_beta(description, goal, loss.likelihood)
-        if goal.target_rate is not None:
-            description = objective.with_target_rate(description, goal, loss.likelihood)
+        description = objective.with_goal(description, goal, loss.likelihood)
         notes = objective.teaching_warnings(loss, cfg.data.binarize, latent_dim, num_pixels, total_steps,
                                             goal.warmup_steps)
         if train.precision != "float32":

@@ -51,6 +51,8 @@ VALIDATION_LABELS = (
     ("informative_units", "Informative units"), ("latent_dim", "Latent units"),
     ("signal_to_noise_per_unit", "Signal-to-noise ratio per unit"),
     ("marginal_kl_nats", "KL − I(x; z): the codes' distribution against the prior (nats)"),
+    ("total_correlation_nats", "Total correlation KL(q(z) ‖ Π q(z_j)) (nats)"),
+    ("dimension_wise_kl_nats", "Dimension-wise KL Σ_j KL(q(z_j) ‖ p(z_j)) (nats)"),
     ("active_units", "Active units (Burda et al.; depends on the scale of z)"),
     ("posterior_mean_variance", "Variance of the posterior means per unit"),
     ("reconstruction_spread", "Spread of the reconstructions (their variance over the inputs')"),
@@ -163,6 +165,10 @@ def console_lines(summary, run_dir, page=None):
     if rate and isinstance(rate.get("validation_kl_nats"), (int, float)):
         lines.append(f"  Capacity: KL {value_text(rate['validation_kl_nats'])} nats on the validation digits for a target "
                      f"of C = {rate['target_rate']:g}" + (f"; {rate['note']}." if rate.get("note") else "."))
+    if "tc_weight" in part(summary, "objective") and "total_correlation_nats" in validation:
+        lines.append(f"  The KL in three parts (Chen et al. 2018): information {short(validation['mutual_information_nats'])}"
+                     f" + total correlation {short(validation['total_correlation_nats'])} + dimension-wise KL "
+                     f"{short(validation.get('dimension_wise_kl_nats'))} nats.")
     lines.append(f"  {sentence}")
     if advice:
         lines.append(f"  Advice: {advice}")
