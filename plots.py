@@ -403,6 +403,75 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=
     _save(fig, path)
 
 
+PLACED_MARKERS = ("s", "D", "^", "v", "P", "X", "*", "h", "<", ">")  # One per run placed beside a frontier.
+SLOPE_PIXELS = 46  # Length on screen of the slope −β drawn at each point of a frontier.
+
+
+def frontier(points, path, title, seeds=None, placed=()):
+    """The rate–distortion frontier of a β sweep: rate (KL) across, distortion (reconstruction) up.
+
+    Args:
+        points: list of (β, rate, rate_se, distortion, distortion_se), one per β, in β order; a None
+            standard error draws no bar. They are joined in that order, each labelled with its β and
+            crossed by a short segment of slope −β (the β-VAE optimum has dD/dR = −β).
+        seeds: optional list of (rate, distortion) of single runs, drawn faintly behind the points.
+        placed: list of (label, rate, distortion) of other runs, each its own marker, named in the legend.
+    Returns what the axes hold, read back from the artists after drawing: {"beta", "rate", "distortion",
+    "rate_se", "distortion_se", "slopes", "seeds", "placed"} (placed: [(label, rate, distortion)]).
+    """
+    betas = [float(p[0]) for p in points]
+    rate, distortion = np.array([p[1] for p in points], float), np.array([p[3] for p in points], float)
+    errors = [np.array([0.0 if p[i] is None else p[i] for p in points], float) for i in (2, 4)]
+    fig, ax = plt.subplots(figsize=(7.5, 5.4))
+    faint = None
+    if seeds:
+        faint = ax.scatter(*np.array(seeds, float).T, color="C0", alpha=0.3, s=18, label="single seed")
+    bars = ax.errorbar(rate, distortion, xerr=errors[0], yerr=errors[1], fmt="none", ecolor="0.4", elinewidth=1,
+                       capsize=3, zorder=2, label="± standard error") if any(e.any() for e in errors) else None
+    line, = ax.plot(rate, distortion, marker="o", color="C0", zorder=3, label="fixed β, mean over seeds")
+    marks = [ax.scatter([x], [y], marker=PLACED_MARKERS[i % len(PLACED_MARKERS)], color=f"C{1 + i % 9}", s=70,
+                        zorder=4, edgecolors="black", linewidths=0.6, label=label)
+             for i, (label, x, y) in enumerate(placed)]
+    ax.margins(0.15)
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())  # Fixed now, so a segment's length on screen is known.
+    ax.set_ylim(ax.get_ylim())
+    segments = _slope_segments(ax, betas, rate, distortion)
+    for beta, x, y in zip(betas, rate, distortion):
+        _annotate(ax, x, y, f"β={beta:g}")
+    ax.set_xlabel("rate: KL (nats/digit)")
+    ax.set_ylabel("distortion: reconstruction NLL (nats/digit)")
+    ax.set_title(_wrap(title, 7.5, 11), fontsize=11)
+    ax.legend(fontsize=7, loc="best")
+    drawn = {"beta": betas, "rate": line.get_xdata().tolist(), "distortion": line.get_ydata().tolist(),
+             "rate_se": _bar_halves(bars, 0, len(points)), "distortion_se": _bar_halves(bars, 1, len(points)),
+             "slopes": [float(np.diff(s.get_ydata())[0] / np.diff(s.get_xdata())[0]) for s in segments],
+             "seeds": [] if faint is None else faint.get_offsets().tolist(),
+             "placed": [(mark.get_label(), *map(float, mark.get_offsets()[0])) for mark in marks]}
+    _save(fig, path)
+    return drawn
+
+
+def _slope_segments(ax, betas, xs, ys):
+    """At each point a segment of slope −β (in data units), SLOPE_PIXELS long on screen; the limits must be fixed."""
+    (x0, y0), (x1, y1) = ax.transData.transform([(0.0, 0.0), (1.0, 1.0)])
+    per_x, per_y = abs(x1 - x0), abs(y1 - y0)  # Pixels per data unit along each axis.
+    segments = []
+    for i, (beta, x, y) in enumerate(zip(betas, xs, ys)):
+        half = SLOPE_PIXELS / 2 / np.hypot(per_x, beta * per_y)  # Half the segment's extent in rate.
+        segments += ax.plot([x - half, x + half], [y + beta * half, y - beta * half], color="C3", linewidth=1.6,
+                            zorder=3.5, label="slope −β (the optimum's dD/dR)" if i == 0 else None)
+    return segments
+
+
+def _bar_halves(bars, axis, n):
+    """The half-widths of an errorbar's bars along axis 0 (x) or 1 (y), read back from its line segments."""
+    if bars is None:
+        return [0.0] * n
+    collection = bars.lines[2][axis]
+    return [float(abs(np.diff(np.asarray(seg)[:, axis])[0]) / 2) for seg in collection.get_segments()]
+
+
 def samples(images, path, title="Samples from the prior"):
     """A square grid of images (n, H, W, C)."""
     side = int(np.sqrt(len(images)))

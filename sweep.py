@@ -7,10 +7,21 @@
 The grid can instead come from a `sweep:` section (name, grid) of the config file.
 --seeds N trains every setting with the seeds train.seed, train.seed + 1, ..., + N - 1
 (the same as adding train.seed to the grid); the report aggregates over them.
+
+    python sweep.py --config config.yaml --frontier [--grid loss.kl_weight=0.25,0.5,1,2,4,8,16] [--seeds 3]
+        [--place RUN_OR_SWEEP_FOLDER ...] [--target-distortion D] [--target-rate R]
+
+--frontier sweeps loss.kl_weight only (by default over 0.25, ..., 16, with --seeds 3 unless given) and adds
+frontier.png and frontier.md (and a section of report.html): the rate-distortion frontier of Alemi
+et al. 2018, with the runs of --place drawn beside it and the β that reaches --target-distortion or
+--target-rate (without them: each placed GECO run's κ and capacity run's C). It only changes defaults
+and adds outputs: sweep.yaml's spec is the same, so a finished sweep re-run with the same arguments
+plus --frontier trains nothing and just writes the frontier.
+
 Runs train in <output.dir>/sweep_<name>/<label>/; the sweep folder also holds
 sweep.yaml, configs/, logs/, results.csv, results.md, comparison.png,
-rate_distortion.png and report.html. Re-running skips finished runs and resumes
-unfinished ones. --backend ray runs each train.py as a Ray task (a local Ray
+rate_distortion.png, report.html and, with --frontier, frontier.png and frontier.md.
+Re-running skips finished runs and resumes unfinished ones. --backend ray runs each train.py as a Ray task (a local Ray
 instance, or the cluster at --address); everything else is the same. Exit status: 0 all runs complete, 1 a run failed or diverged,
 2 bad input (nothing trained), 130 interrupted.
 """
@@ -25,6 +36,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +53,7 @@ import yaml  # noqa: E402
 import atomic  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
+import frontier  # noqa: E402
 import process  # noqa: E402
 import runs  # noqa: E402
 from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
@@ -56,6 +69,9 @@ OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is w
 STOP_WAIT_SECONDS = 60  # How long an interrupted train.py may take to save its state before it is killed.
 PARENT_PID_VARIABLE = process.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
 BACKENDS = ("local", "ray")
+FRONTIER_KEY = "loss.kl_weight"  # The one key --frontier sweeps.
+FRONTIER_GRID = (0.25, 0.5, 1, 2, 4, 8, 16)  # --frontier's default β values: log-spaced, a factor of 2 apart.
+FRONTIER_SEEDS = 3  # --frontier's default --seeds: the error bars need seeds.
 CLUSTER_REQUIREMENTS = "requirements-cluster.txt"
 
 
@@ -74,6 +90,7 @@ class Plan:
     folder: str
     runs: list
     workers: int
+    frontier: object = None  # frontier.Request: what --frontier asks for; None without it.
 
 
 def parse_grid_option(text):
@@ -118,6 +135,56 @@ def check_grid(items):
     if not grid:
         raise config.ConfigError("Nothing to sweep: give --grid KEY=V1,V2 or a sweep.grid section in the config.")
     return grid
+
+
+def check_frontier_grid(grid):
+    """--frontier's grid: loss.kl_weight alone, over at least two positive numbers (fixed β values)."""
+    others = [key for key in grid if key != FRONTIER_KEY]
+    if others:
+        fix = ("give the seeds with --seeds N" if others == [SEED_KEY] else
+               "drop those --grid options (or sweep.grid entries), or fix them for every run with --set KEY=VALUE")
+        raise config.ConfigError(f"--frontier sweeps {FRONTIER_KEY} only, but the grid also varies "
+                                 f"{', '.join(others)}; {fix}.")
+    values = grid.get(FRONTIER_KEY, [])
+    bad = [value for value in values if not positive_number(value)]
+    if bad:
+        raise config.ConfigError(f"--frontier needs positive numbers for {FRONTIER_KEY} (one fixed β per point), "
+                                 f"received {config.quote(bad[0])}; list values > 0 such as "
+                                 f"--grid {FRONTIER_KEY}=0.5,1,2 (GECO and capacity runs go in with --place).")
+    if len(values) < 2:
+        raise config.ConfigError(f"--frontier needs at least two {FRONTIER_KEY} values to draw a frontier, received "
+                                 f"{len(values)}; list more, e.g. --grid {FRONTIER_KEY}=0.5,1,2.")
+
+
+def positive_number(value):
+    """Whether a grid value is a finite number > 0; a string counts if it reads as one (YAML reads 1e-3 as text,
+    and config accepts it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def frontier_request(args):
+    """--frontier's own options, checked before anything is trained: None without --frontier (whose
+    options are then refused). Reads every --place folder (ConfigError if one is not a finished run or sweep)."""
+    given = [flag for flag, value in (("--place", args.place), ("--target-distortion", args.target_distortion),
+                                      ("--target-rate", args.target_rate)) if value not in (None, [])]
+    if not args.frontier:
+        if given:
+            raise config.ConfigError(f"{given[0]} is read with --frontier only, and --frontier was not given; add "
+                                     f"--frontier (to a finished sweep's own arguments it trains nothing more) or "
+                                     f"drop {given[0]}.")
+        return None
+    for flag, value in (("--target-distortion", args.target_distortion), ("--target-rate", args.target_rate)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise config.ConfigError(f"{flag} must be a number of nats per digit > 0, received {value:g}; "
+                                     f"give a positive value, e.g. {flag} 100.")
+    placed = tuple(run for path in args.place for run in frontier.read_placed(path))
+    return frontier.Request(placed, args.target_distortion, args.target_rate, args.command)
 
 
 def add_seeds(grid, seeds, first_seed):
@@ -174,10 +241,18 @@ def make_plan(args):
     """Everything the sweep will do, fully validated; raises ConfigError and creates nothing."""
     if args.workers < 1:
         raise config.ConfigError(f"--workers must be >= 1, received {args.workers}.")
+    request = frontier_request(args)
     base, raw = config.load(args.config, args.overrides, extra_sections=("sweep",))
     yaml_name, yaml_grid = read_sweep_section(raw)
-    grid = add_seeds(check_grid([parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid),
-                     args.seeds, base.train.seed)
+    items = [parse_grid_option(text) for text in args.grid] if args.grid else yaml_grid
+    if args.frontier and not items:
+        items = [(FRONTIER_KEY, list(FRONTIER_GRID))]
+    grid = check_grid(items)
+    if args.frontier:
+        check_frontier_grid(grid)
+    seeds = args.seeds if args.seeds is not None else 1 if not args.frontier else \
+        frontier_seeds(args, base, grid, yaml_name)
+    grid = add_seeds(grid, seeds, base.train.seed)
     count = math.prod(len(values) for values in grid.values())
     if count > MAX_RUNS:  # Checked before planning: a million combinations would take long just to validate.
         raise config.ConfigError(f"The sweep has {count} runs (the grid's sizes times --seeds); at most {MAX_RUNS} "
@@ -185,6 +260,12 @@ def make_plan(args):
     planned = plan_runs(raw, grid)
     for data_cfg in {repr(run.cfg.data): run.cfg.data for run in planned}.values():
         data.peek(data_cfg)  # A bad data.path is refused here, before any run starts (DataError: exit 2).
+    spec, folder = sweep_folder(args, base, grid, yaml_name)
+    return Plan(base, grid, spec, folder, planned, args.workers, request)
+
+
+def sweep_folder(args, base, grid, yaml_name):
+    """(spec, folder): what sweep.yaml records of the sweep of `grid`, and <output.dir>/sweep_<name>."""
     spec = {"grid": grid, "base": sweep_base(base.to_dict())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
     name = args.name or yaml_name or "_".join(key.split(".")[1] for key in grid) + f"_{digest}"
@@ -194,8 +275,20 @@ def make_plan(args):
     runs.check_run_name(f"sweep_{name}", "The sweep folder")
     if base.output.run_name is not None:  # Unused (each run is named after its settings), but still checked.
         runs.check_run_name(base.output.run_name)
-    folder = os.path.join(base.output.dir, f"sweep_{name}")
-    return Plan(base, grid, spec, folder, planned, args.workers)
+    return spec, os.path.join(base.output.dir, f"sweep_{name}")
+
+
+def frontier_seeds(args, base, grid, yaml_name):
+    """--frontier's seeds when --seeds is not given: FRONTIER_SEEDS, except where the folder this command
+    names already holds the plain sweep of this grid with one seed (its own default). That sweep is kept as
+    it is, so --frontier added to its arguments trains nothing; its points have no error bars."""
+    spec, folder = sweep_folder(args, base, grid, yaml_name)  # The grid without train.seed: the one-seed sweep.
+    spec_path = os.path.join(folder, "sweep.yaml")
+    if os.path.isfile(spec_path) and same_sweep(config.read_yaml(spec_path), yaml.safe_load(yaml.safe_dump(spec))):
+        print(f"note: {folder} holds this grid's sweep with one seed (no --seeds was given to it); --frontier draws "
+              f"it as it is, without error bars (for them: --seeds {FRONTIER_SEEDS} and another --name).", flush=True)
+        return 1
+    return FRONTIER_SEEDS
 
 
 def sweep_base(cfg_dict):
@@ -619,9 +712,10 @@ def parse_args(argv):
                              "runs the cross product; replaces the config file's sweep.grid).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one base setting for every run, e.g. --set train.epochs=5 (repeatable).")
-    parser.add_argument("--seeds", type=int, default=1, help="Train every setting with N seeds: train.seed, "
-                                                             "train.seed + 1, ... (default 1); the report gives "
-                                                             "mean ± standard error over them.")
+    parser.add_argument("--seeds", type=int, default=None, help="Train every setting with N seeds: train.seed, "
+                                                                "train.seed + 1, ... (default 1, with --frontier "
+                                                                f"{FRONTIER_SEEDS}); the report gives mean ± "
+                                                                "standard error over them.")
     parser.add_argument("--workers", type=int, default=1, help="Runs trained in parallel (default 1); the cores "
                                                                "are shared out between them.")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
@@ -634,7 +728,27 @@ def parse_args(argv):
     parser.add_argument("--gpus-per-run", type=float, default=0, help="ray: GPUs each run asks Ray for (default 0).")
     parser.add_argument("--name", default=None, help="Sweep folder <output.dir>/sweep_NAME (default: sweep.name, "
                                                      "else the grid keys and a hash of the settings).")
-    return parser.parse_args(argv)
+    group = parser.add_argument_group(
+        "the rate-distortion frontier", "--frontier only changes defaults and adds outputs (frontier.png, frontier.md, "
+        "a section of report.html): sweep.yaml is the same, so a finished sweep re-run with the same arguments "
+        "plus --frontier trains nothing and just writes the frontier.")
+    group.add_argument("--frontier", action="store_true",
+                       help=f"Sweep {FRONTIER_KEY} only (default grid {','.join(map(str, FRONTIER_GRID))}; "
+                            f"--seeds {FRONTIER_SEEDS} unless given) and draw rate against distortion, one point per "
+                            f"β with ± standard-error bars and the slope −β.")
+    group.add_argument("--place", action="append", default=[], metavar="PATH",
+                       help="--frontier: draw the runs of a finished run folder (summary.json) or sweep folder "
+                            "(sweep.yaml) beside the frontier: GECO runs with κ and their final β, capacity runs "
+                            "with C (repeatable).")
+    group.add_argument("--target-distortion", type=float, default=None, metavar="D",
+                       help="--frontier: say which β reaches a distortion of D nats per digit (log β interpolated "
+                            "between the neighbouring β).")
+    group.add_argument("--target-rate", type=float, default=None, metavar="R",
+                       help="--frontier: say which β reaches a rate (KL) of R nats per digit.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "sweep.py", *argv])  # For the frontier's page.
+    return args
 
 
 def main(argv=None):
@@ -675,9 +789,12 @@ def report(plan, statuses, walls):
         grid = {key: values for key, values in plan.grid.items()}
         tensorboard_log.write_sweep_hparams(plan.folder, grid)
     rows = result_rows(plan, statuses, walls)
+    sections = [frontier.write_frontier(plan.folder, rows, plan.frontier)] if plan.frontier else []
     with quiet.quiet_stderr(tf_log):  # Keras prints loading warnings of its own through the same stream.
-        summary = write_outputs(plan, rows)
+        summary = write_outputs(plan, rows, sections)
     print(summary)
+    if plan.frontier:
+        print(f"Frontier: {os.path.join(plan.folder, frontier.PAGE)} and {frontier.FIGURE}")
     print(f"Report: {os.path.join(plan.folder, 'report.html')}")
     return 0 if all(status == "complete" for status in statuses.values()) else process.EXIT_SWEEP_RUN_FAILED
 

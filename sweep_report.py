@@ -1,4 +1,5 @@
-"""The sweep's outputs: results.csv/.md, comparison.png, rate_distortion.png and report.html.
+"""The sweep's outputs: results.csv/.md, comparison.png, rate_distortion.png and report.html
+(frontier.py adds sweep.py --frontier's frontier.png, frontier.md and a section of report.html).
 
 sweep.py trains the runs; this module reads their summary.json files and model.keras
 files and draws the comparison a person reads at a glance. A *setting* is one combination
@@ -346,18 +347,22 @@ HTML_RUN_HEADERS = ("Run", "Seed", "Status", "−ELBO (nats)", "KL (nats)", "Act
                     "Reconstructions", "Time (s)", "Log")
 
 
-def html_page(plan, rows, summary):
+def figure_html(path, caption):
+    """A PNG as a <figure> with the image inline (a base64 data URI); "" when the file does not exist."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, "rb") as handle:
+        return (f'<figure><img alt="{html.escape(caption)}" src="{data_uri(handle.read())}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def html_page(plan, rows, summary, sections=()):
     """A self-contained page that fits 1280 px: inline style, the per-setting and per-run tables, and the
-    figures and thumbnails as base64 data URIs; run folders and logs are relative links."""
+    figures and thumbnails as base64 data URIs; run folders and logs are relative links. sections: more
+    HTML after the figures (sweep.py --frontier's)."""
     columns = dict(RUN_COLUMNS, Reconstructions=lambda row: "")
     run_table = html_table(rows, [(header, columns[header]) for header in HTML_RUN_HEADERS], run_cells(plan))
-    figures = ""
-    for name, caption in FIGURES:
-        path = os.path.join(plan.folder, name)
-        if os.path.exists(path):
-            with open(path, "rb") as handle:
-                figures += (f'<figure><img alt="{html.escape(caption)}" src="{data_uri(handle.read())}">'
-                            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    figures = "".join(figure_html(os.path.join(plan.folder, name), caption) for name, caption in FIGURES)
     title = html.escape(page_title(plan, rows))
     style = ("body{font-family:sans-serif;margin:1em auto;padding:0 1em;max-width:1200px;box-sizing:border-box}"
              "table{border-collapse:collapse;font-size:12px;width:100%;margin-bottom:1.5em}"
@@ -370,16 +375,17 @@ def html_page(plan, rows, summary):
             f"<h2>Per setting (mean ± standard error over seeds)</h2>"
             f"{html_table(aggregate(rows), setting_columns(plan.grid), {'Collapse': setting_state_html})}"
             f"<h2>Per run</h2>{run_table}"
-            f"{figures}</body></html>\n")
+            f"{figures}{''.join(sections)}</body></html>\n")
 
 
-def write_outputs(plan, rows):
-    """results.csv, results.md, the figures (when some run finished) and report.html."""
+def write_outputs(plan, rows, sections=()):
+    """results.csv, results.md, the figures (when some run finished) and report.html (with `sections`, more
+    HTML after the figures)."""
     atomic.write_csv(os.path.join(plan.folder, "results.csv"), rows)
     atomic.atomic_write_text(os.path.join(plan.folder, "results.md"), results_markdown(plan, rows))
     done = [row for row in rows if row["status"] == "complete"]
     if done:
         draw_figures(plan, done)
     summary = findings(rows)
-    atomic.atomic_write_text(os.path.join(plan.folder, "report.html"), html_page(plan, rows, summary))
+    atomic.atomic_write_text(os.path.join(plan.folder, "report.html"), html_page(plan, rows, summary, sections))
     return summary

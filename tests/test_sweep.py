@@ -7,6 +7,7 @@ about a minute or two on two cores.
 import csv
 import html.parser
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,8 +25,8 @@ import sweep_report  # noqa: E402
 
 QUICK = ["data.source=mnist_embedded", "data.limit=300", "train.epochs=1", "evaluation.iwae_k=2",
          "evaluation.max_examples=200", "output.per_epoch_images=false"]
-TWO_SETTINGS = ["--grid", "loss.reconstruction_reduction=sum,mean"]
-LABELS = ["reconstruction_reduction-sum", "reconstruction_reduction-mean"]
+TWO_SETTINGS = ["--grid", "loss.kl_weight=1,4"]  # A β grid, so test_frontier draws the frontier of this very sweep.
+LABELS = ["kl_weight-1", "kl_weight-4"]
 SEEDED = [*TWO_SETTINGS, "--seeds", "2"]  # Two settings × two seeds: four runs, the most the suite affords.
 SEEDED_LABELS = [f"{label}_seed-{seed}" for label in LABELS for seed in (1337, 1338)]  # config.yaml: seed 1337.
 
@@ -95,10 +96,10 @@ def test_sweep_writes_every_output(finished):
     rows = read_results(folder)  # One row per run: every setting once per seed.
     assert [row["run"] for row in rows] == SEEDED_LABELS
     assert [row["seed"] for row in rows] == ["1337", "1338"] * 2
-    assert [row["setting"] for row in rows] == [f"reconstruction_reduction={r}" for r in ("sum", "sum", "mean", "mean")]
+    assert [row["setting"] for row in rows] == [f"kl_weight={w}" for w in (1, 1, 4, 4)]
     assert all(row["status"] == "complete" and row["collapsed"] in ("True", "False") for row in rows)
     assert all(row["collapse_state"] in ("healthy", "partial", "collapsed") for row in rows)
-    assert [float(row["effective_beta"]) for row in rows] == pytest.approx([1.0, 1.0, 784.0, 784.0])
+    assert [float(row["effective_beta"]) for row in rows] == pytest.approx([1.0, 1.0, 4.0, 4.0])
     assert all(float(row["wall_seconds"]) > 0 and float(row["neg_elbo_nats"]) > 0 for row in rows)
     with open(os.path.join(folder, "comparison.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -114,7 +115,7 @@ def test_the_sweep_writes_tensorboard_hparams_and_each_run_its_metrics(finished)
     content = root.PluginTagToContent("hparams")
     assert content, "no HParams experiment at the sweep's root"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(next(iter(content.values()))).experiment
-    assert {h.name for h in experiment.hparam_infos} >= {"loss.reconstruction_reduction", "train.seed"}
+    assert {h.name for h in experiment.hparam_infos} >= {"loss.kl_weight", "train.seed"}
     assert "neg_elbo_nats" in {m.name.tag for m in experiment.metric_infos}
     for label in SEEDED_LABELS:  # Each run's final β = 1 numbers, the dashboard's metric columns.
         run = event_accumulator.EventAccumulator(os.path.join(folder, label, "tensorboard", "evaluation"),
@@ -129,7 +130,7 @@ def test_results_md_aggregates_over_seeds(finished):
     with open(os.path.join(folder, "results.md"), encoding="utf-8") as handle:
         text = handle.read()
     assert text.startswith("# Sweep 'pair': 2 settings × 2 seeds")
-    for setting in ("sum", "mean"):
+    for setting in ("1", "4"):
         values = [float(row["neg_elbo_nats"]) for row in rows if row["setting"].endswith(f"={setting}")]
         states = [row["collapse_state"] for row in rows if row["setting"].endswith(f"={setting}")]
         expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1) / np.sqrt(2):.2f}"
@@ -166,6 +167,30 @@ def test_rerun_trains_nothing_new(finished):
     assert [os.path.getmtime(path) for path in models] == before
     assert not [name for name in os.listdir(folder) if name.endswith("-2")]
     assert len(read_results(folder)) == 4
+
+
+def test_the_frontier_of_a_finished_sweep_trains_nothing(finished, tmp_path):
+    """The fixture's β grid (1, 4) × 2 seeds, re-run with --frontier in a copy: nothing trains, the frontier is
+    drawn, one of its runs is placed beside it, and a distortion between the two βs' is given a β between them."""
+    output_dir, folder, _ = finished
+    copy = tmp_path / "sweep_pair"
+    shutil.copytree(folder, copy)
+    placed = copy / SEEDED_LABELS[0]
+    result = run_sweep(tmp_path, *SEEDED, "--workers", "2", "--name", "pair", "--frontier", "--place", str(placed),
+                       "--target-distortion", str(np.mean(distortions(copy))))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("skipped") == 4 and "started" not in result.stdout
+    assert (copy / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (copy / "frontier.md").read_text(encoding="utf-8")
+    assert "| 1 | 2 of 2 |" in page and "| 4 | 2 of 2 |" in page and "--frontier --place" in page
+    assert "is reached at β ≈" in page  # The mean of the four distortions lies between the two settings' means.
+    report = (copy / "report.html").read_text(encoding="utf-8")
+    assert "Rate–distortion frontier" in report and report.count("data:image/png;base64,") == 2 + 4 + 1
+    assert not os.path.exists(os.path.join(folder, "frontier.md"))  # The fixture's own folder is untouched.
+
+
+def distortions(folder):
+    return [float(row["reconstruction_nats"]) for row in read_results(folder)]
 
 
 def test_changed_settings_may_not_reuse_the_folder(finished):
@@ -413,7 +438,7 @@ def test_a_ray_address_nobody_answers_at_is_refused_within_its_bound(tmp_path):
     result = run_sweep(tmp_path, *TWO_SETTINGS, "--backend", "ray", "--address", f"127.0.0.1:{port}")
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"the Ray cluster at 127.0.0.1:{port} did not answer within 5 s" in result.stderr
-    assert result.stderr.count("\n") == 1 and not (tmp_path / "sweep_reconstruction_reduction_").exists()
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "sweep_kl_weight_").exists()
 
 
 def test_a_run_asking_for_more_than_the_cluster_has_is_refused():
