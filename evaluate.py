@@ -381,6 +381,12 @@ def advice(state, informative, latent_dim, context, decoder_ignores=False):
     if state == "collapsed" and context["steps"] < FEW_STEPS:
         return (f"Train longer: only {context['steps']} gradient steps so far (the tutorial takes about 16,400). "
                 f"Raise train.epochs or use more digits.")
+    if state == "collapsed" and context.get("target_rate") is not None:
+        ramp = ("ramp C up from 0 instead (loss.kl_schedule: linear, loss.kl_warmup: 10)" if
+                context.get("kl_schedule") == "constant" else "ramp C up more slowly (a larger loss.kl_warmup)")
+        return (f"The KL meets C = {context['target_rate']:g} nats with a mismatch between the codes and the prior "
+                f"rather than with information about the digit: {ramp}, as Burgess et al. grow C during training, "
+                f"so that the decoder learns to read z while its capacity is small.")
     if state == "collapsed":
         return ("Try KL annealing (loss.kl_schedule: linear, loss.kl_warmup: 10) or free bits (loss.free_bits: 0.5): "
                 "both let the encoder start using z before the KL's cost bites.")
@@ -397,6 +403,7 @@ def verdict_context(vae, steps):
             "reconstruction_reduction": vae.objective.reconstruction_reduction,
             "kl_reduction": vae.objective.kl_reduction, "num_pixels": vae.num_pixels,
             "likelihood": vae.likelihood.name_in_config, "steps": int(steps),
+            "target_rate": vae.objective.target_rate, "kl_schedule": vae.objective.kl_schedule,
             "gaussian_sigma": float(sigma) if isinstance(sigma, (int, float)) else None}
 
 

@@ -212,3 +212,12 @@ def test_the_advice_to_lower_beta_names_settings_that_give_the_elbo(rec, kl, lat
         new_rec = "sum" if "reconstruction_reduction: sum" in words or "both" in words else rec
         new_kl = "sum" if "kl_reduction: sum" in words or "both" in words else kl
         assert objective.describe(new_rec, new_kl, 1.0, latent_dim, 784)["effective_beta"] == 1.0, text
+
+
+@pytest.mark.parametrize("schedule, words", [("constant", "ramp C up from 0 instead (loss.kl_schedule: linear"),
+                                             ("linear", "ramp C up more slowly (a larger loss.kl_warmup)")])
+def test_a_collapsed_capacity_run_is_told_to_ramp_its_rate(schedule, words):
+    # A capacity run's KL can meet C with a mismatch that carries nothing; annealing β or free bits do not apply.
+    text = evaluate.advice("collapsed", 0, 2, {**context(), "target_rate": 5.0, "kl_schedule": schedule})
+    assert "C = 5 nats" in text and words in text and "free bits" not in text
+    assert "KL annealing" in evaluate.advice("collapsed", 0, 2, {**context(), "target_rate": None})
