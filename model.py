@@ -23,6 +23,8 @@ from networks import IMAGE_SHAPE, build_decoder, build_encoder, reparameterize
 from objective import Objective
 from shards import GlobalBatch, map_shards
 
+GECO_LOG_BOUND = 13.8  # |log λ| of GECO's multiplier at most: β = 1/λ in [1e-6, 1e6].
+
 # Every likelihood and prior as a Keras layer class, registered for saving, so any saved model loads.
 likelihoods.FAMILY.make_layer_classes()
 priors.FAMILY.make_layer_classes()
@@ -172,7 +174,8 @@ class VAE(keras.Model):
         average = ops.where(first_step, c, goal.geco_smoothing * self.geco_constraint + (1 - goal.geco_smoothing) * c)
         self.geco_constraint.assign(average)
         # Bounded to β in [1e-6, 1e6]: a κ the model cannot reach would otherwise drive λ to overflow.
-        self.geco_log_multiplier.assign(ops.clip(self.geco_log_multiplier + goal.geco_rate * average, -13.8, 13.8))
+        self.geco_log_multiplier.assign(ops.clip(self.geco_log_multiplier + goal.geco_rate * average,
+                                                 -GECO_LOG_BOUND, GECO_LOG_BOUND))
 
     @functools.cached_property
     def encoder_moments(self):

@@ -160,7 +160,8 @@ def console_lines(summary, run_dir, page=None):
     if geco and isinstance(geco.get("final_beta"), (int, float)):
         lines.append(f"  GECO ended at β = {geco['final_beta']:.4g} (loss.kl_weight {geco['final_kl_weight']:.4g}) for "
                      f"κ = {geco['target_distortion']:g}: the last epoch's training reconstruction was "
-                     f"{value_text(geco['training_reconstruction_nats'])} nats.")
+                     f"{value_text(geco['training_reconstruction_nats'])} nats" +
+                     (f"; {geco['note']}." if geco.get("note") else "."))
     rate = summary.get("capacity") if isinstance(summary.get("capacity"), dict) else None
     if rate and isinstance(rate.get("validation_kl_nats"), (int, float)):
         lines.append(f"  Capacity: KL {value_text(rate['validation_kl_nats'])} nats on the validation digits for a target "
