@@ -207,9 +207,9 @@ def collapse_words(measured):
         parts.append(f"every setting with β ≥ {beta_text(min(s['beta'] for s in always))} collapsed in all seeds")
     if never:
         parts.append(f"every setting with β ≤ {beta_text(max(s['beta'] for s in never))} in none")
-    words = ["Collapse follows effective β: " + ", ".join(parts) + "."]
-    if some:
-        words.append("In between, collapse depends on the seed: " + "; ".join(
+    words = ["Collapse follows effective β: " + ", ".join(parts) + "."] if parts else []
+    if some:  # With no setting always or never collapsed, there is no "in between".
+        words.append(("In between, collapse" if parts else "Collapse") + " depends on the seed: " + "; ".join(
             f"{s['setting']} (β = {beta_text(s['beta'])}) collapsed in {s['collapsed']} of {s['n']}" for s in some) + ".")
     return words
 

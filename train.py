@@ -321,7 +321,8 @@ def finish(setup, vae, run_dir, history, phases):
 def geco_result(vae, history, validation):
     """What summary.json records of a GECO run: the β it ended with (the fixed λ to use for this distortion),
     κ, and the reconstruction reached in its last epoch of training and on the validation digits; with a note
-    when that β is not the λ for κ: the multiplier at its bound, or the reconstruction not settled near κ."""
+    when that β is not the λ for κ: the multiplier at its bound after an epoch (history's `beta`), or the
+    reconstruction not settled near κ."""
     import model  # Deferred: see the note above the imports (a trained VAE means it is loaded already).
 
     goal = vae.objective
@@ -330,10 +331,14 @@ def geco_result(vae, history, validation):
     result = {"final_beta": float(vae.beta_in_force()), "final_kl_weight": float(vae.kl_weight_in_force()),
               "target_distortion": goal.target_distortion, "training_reconstruction_nats": reached,
               "validation_reconstruction_nats": validation["reconstruction_nats"], "training_gap_percent": gap}
-    if abs(float(vae.geco_log_multiplier)) >= model.GECO_LOG_BOUND - 1e-3:
-        result["note"] = (f"β ended at its bound {result['final_beta']:.0e}: while the model could not yet reach κ "
-                          f"the multiplier kept growing (it integrates the constraint), so this β is not the λ for "
-                          f"κ; raise κ, or train longer so that the reconstruction reaches κ early in the run")
+    bound = math.exp(-model.GECO_LOG_BOUND)  # β's lower bound; the upper is its inverse.
+    at_bound = [int(row["epoch"]) for row in history if isinstance(row.get("beta"), (int, float))
+                and abs(math.log(row["beta"])) >= model.GECO_LOG_BOUND - 1e-3]
+    if at_bound:
+        result["note"] = (f"β reached its bound ({bound:.0e} or {1 / bound:.0e}) in epoch {at_bound[0]}: while the "
+                          f"model could not yet reach κ the multiplier kept growing (it integrates the constraint), "
+                          f"so the β it ended with is not the λ for κ; raise κ, or train longer so that the "
+                          f"reconstruction reaches κ early in the run")
     elif gap is not None and abs(gap) > GECO_SETTLED_PERCENT:
         result["note"] = (f"the last epoch's training reconstruction is {gap:+.1f} % from κ: GECO had not settled, "
                           f"so this β is not yet the λ for κ; train longer")

@@ -458,3 +458,10 @@ def test_a_run_asking_for_more_than_the_cluster_has_is_refused():
         sweep.check_resources(ray, 64, 0)
     assert ray.stopped
     sweep.check_resources(FakeRay(), 2, 0)  # What the cluster has is fine.
+
+
+def test_seeds_of_one_setting_that_collapse_in_some_are_said_plainly():
+    # No setting collapsed always or never: nothing lies "in between", and no empty "follows effective β" is said.
+    measured = [{"setting": "base config", "beta": 1.0, "collapsed": 2, "n": 3}]
+    assert sweep_report.collapse_words(measured) == [
+        "Collapse depends on the seed: base config (β = 1) collapsed in 2 of 3."]

@@ -118,14 +118,15 @@ def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
     assert "rate_weight·|KL" not in summary["objective"]["formula"] and "1000·|KL − C|" in summary["objective"]["formula"]
 
 
-@pytest.mark.parametrize("log_multiplier, reached, words", [
-    (13.8, 200.0, "β ended at its bound 1e-06"),  # The constraint out of reach: the multiplier wound up.
-    (1.0, 110.0, "is +10.0 % from κ: GECO had not settled"),
-    (1.0, 101.0, None),  # Within 2 % of κ: settled, no note.
+@pytest.mark.parametrize("epoch_betas, reached, words", [
+    ([0.5, 1e-6, 2e-6], 100.0, "β reached its bound (1e-06 or 1e+06) in epoch 2"),  # Wound up, then eased off.
+    ([0.5, 0.4], 110.0, "is +10.0 % from κ: GECO had not settled"),
+    ([0.5, 0.4], 101.0, None),  # Within 2 % of κ and never at the bound: settled, no note.
 ])
-def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(log_multiplier, reached, words):
+def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_betas, reached, words):
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0)
-    vae.geco_log_multiplier.assign(log_multiplier)
-    result = train.geco_result(vae, [{"reconstruction": reached}], {"reconstruction_nats": reached})
-    assert result["final_beta"] == pytest.approx(math.exp(-log_multiplier), rel=1e-5)
+    vae.geco_log_multiplier.assign(-math.log(epoch_betas[-1]))
+    history = [{"epoch": i + 1, "beta": beta, "reconstruction": reached} for i, beta in enumerate(epoch_betas)]
+    result = train.geco_result(vae, history, {"reconstruction_nats": reached})
+    assert result["final_beta"] == pytest.approx(epoch_betas[-1], rel=1e-4)
     assert (result.get("note") is None) if words is None else words in result["note"]
