@@ -142,6 +142,11 @@ def batch_average(values):
     return ops.mean(values, axis=0)
 
 
+def reduction_scale(reduction, size):
+    """What a `mean` reduction over `size` values multiplies their sum by: 1/size; a `sum`: 1."""
+    return 1.0 / size if reduction == "mean" else 1.0
+
+
 def free_bits_kl(kl_per_dim, free_bits, batch_mean=batch_average):
     """The KL the training objective sees under free bits (Kingma et al. 2016).
 
@@ -176,8 +181,8 @@ def training_objective(rec_per_example, kl_per_dim, num_pixels, latent_dim, reco
             batch instead, so the free-bits floor max(mean KL_j, τ) and the reductions refer to the
             global batch, as on one device.
     """
-    rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
-    kl_scale = 1.0 / latent_dim if kl_reduction == "mean" else 1.0
+    rec_scale = reduction_scale(reconstruction_reduction, num_pixels)
+    kl_scale = reduction_scale(kl_reduction, latent_dim)
     kl = free_bits_kl(kl_per_dim, free_bits, batch_mean)
     return rec_scale * batch_mean(rec_per_example) + kl_weight * kl_scale * kl
 
@@ -195,7 +200,7 @@ def capacity_objective(rec_per_example, kl_per_dim, num_pixels, reconstruction_r
         kl_per_dim: (batch, latent_dim), or (batch, 1) for a prior whose KL does not split; summed here.
         capacity: C in force at this step (a float or scalar tensor); gamma: its weight γ.
     """
-    rec_scale = 1.0 / num_pixels if reconstruction_reduction == "mean" else 1.0
+    rec_scale = reduction_scale(reconstruction_reduction, num_pixels)
     kl = batch_mean(ops.sum(kl_per_dim, axis=1))
     return rec_scale * (batch_mean(rec_per_example) + gamma * ops.abs(kl - capacity))
 

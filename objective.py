@@ -62,10 +62,14 @@ class Objective:
                    loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio, loss_cfg.target_distortion, loss_cfg.geco_rate,
                    loss_cfg.geco_smoothing, loss_cfg.target_rate, loss_cfg.rate_weight, loss_cfg.tc_weight)
 
+    def multiplier(self, step):
+        """The schedule's multiplier m(step) in [0, 1] (a scalar, or an array of steps)."""
+        return schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps, self.kl_cycles,
+                                       self.kl_ramp_ratio)
+
     def rate_at(self, step):
         """The capacity C in force at `step`: target_rate times the schedule's multiplier (its ramp)."""
-        return self.target_rate * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps,
-                                                          self.total_steps, self.kl_cycles, self.kl_ramp_ratio)
+        return self.target_rate * self.multiplier(step)
 
     @property
     def chooses_beta(self):
@@ -79,17 +83,14 @@ class Objective:
 
     def kl_weight_at(self, step):
         """λ times the schedule's multiplier at `step` (a scalar or an array of steps)."""
-        return self.kl_weight * schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
-                                                        self.kl_cycles, self.kl_ramp_ratio)
+        return self.kl_weight * self.multiplier(step)
 
     def tc_coefficient(self, step, latent_dim, num_pixels):
         """What multiplies the batch's total correlation estimate in the loss (tc_weight): the loss is
         rec_scale·[Σ NLL + β·(KL - TC) + tc_weight·TC], both weights times the schedule's multiplier, so the
         estimate enters as m(step)·(rec_scale·tc_weight - λ·kl_scale)·TC."""
         rec_scale, kl_scale = scales(self.reconstruction_reduction, self.kl_reduction, latent_dim, num_pixels)
-        multiplier = schedules.kl_multiplier(step, self.kl_schedule, self.warmup_steps, self.total_steps,
-                                             self.kl_cycles, self.kl_ramp_ratio)
-        return multiplier * (rec_scale * self.tc_weight - self.kl_weight * kl_scale)
+        return self.multiplier(step) * (rec_scale * self.tc_weight - self.kl_weight * kl_scale)
 
     def loss(self, reconstruction, kl_terms, num_pixels, latent_dim, step, batch_mean=None, beta=None, tc=None):
         """The batch's training loss (a scalar) from reconstruction (batch,) and KL terms (batch, K);
