@@ -195,6 +195,9 @@ class LossConfig:
     geco_rate: float = _f(0.01, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
                                 "rate·(average reconstruction/κ - 1)).", gt=0, le=1)
     geco_smoothing: float = _f(0.99, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
+    geco_patience: int = _f(
+        500, "GECO holds β at its start until the reconstruction reaches κ, or until it has gained less than 0.1 % "
+             "of κ in this many steps (anti-windup); 0: no hold, the plain update.", ge=0, le=10**9)
     target_rate: Optional[float] = _f(
         None, "C, nats of KL per example: the capacity objective (Burgess et al. 2018) reconstruction + "
               "rate_weight·|KL - C|, with C ramped by kl_schedule.", ge=0, le=1e4)
@@ -436,7 +439,7 @@ def _check_combinations(cfg):
 def _check_geco(loss, train):
     defaults = LossConfig()
     if loss.kl_weight != "auto":
-        for key in ("target_distortion", "geco_rate", "geco_smoothing"):
+        for key in ("target_distortion", "geco_rate", "geco_smoothing", "geco_patience"):
             if getattr(loss, key) != getattr(defaults, key):
                 raise ConfigError(f"loss.{key} is only read with loss.kl_weight: auto (GECO); set kl_weight: auto "
                                   f"or leave loss.{key} at its default {getattr(defaults, key)!r}.")

@@ -1,7 +1,9 @@
-"""Models saved by version 1 (before the VAE had four parts: encoder, decoder, likelihood, prior) keep loading.
+"""Models saved by earlier versions keep loading.
 
-A version-1 model.keras stored the objective's settings in the VAE's config and the Gaussian's learned
-log σ as the VAE's own variable; tests/fixtures holds two such files, and tests/test_model.py loads them.
+A version-1 model.keras (before the VAE had four parts: encoder, decoder, likelihood, prior) stored the
+objective's settings in the VAE's config and the Gaussian's learned log σ as the VAE's own variable. A
+version-3 file holds two GECO variables, before its hold existed. tests/fixtures holds such files, and
+tests/test_model.py and tests/test_targets.py load them.
 """
 
 import dataclasses
@@ -38,9 +40,17 @@ def from_version_1_config(cls, config):
 
 def restore_log_sigma(vae, store):
     """Put a version-1 file's own variable (the learned log σ) into the likelihood; True if it did.
-    (Version 2 files hold no VAE variables; version 3 hold GECO's state, which VAE.load_own_variables reads.)"""
+    (Version 2 files hold no VAE variables; versions 3 and 4 hold GECO's state, which VAE.load_own_variables reads.)"""
     if not list(store.keys()) or getattr(vae.likelihood, "learned_log_sigma", None) is None:
         return False
     vae.likelihood.learned_log_sigma.assign(store["0"])
     vae.likelihood.restored_by_parent = True
     return True
+
+
+def restore_geco_version_3(vae, store):
+    """Put a version-3 file's GECO state (log λ, the constraint's average) into the VAE. That version had no hold:
+    its multiplier integrated from the first step, so the loaded one is released and goes on integrating."""
+    vae.geco_log_multiplier.assign(store["0"])
+    vae.geco_constraint.assign(store["1"])
+    vae.geco_held.assign(0.0)

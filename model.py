@@ -24,6 +24,7 @@ from objective import Objective
 from shards import GlobalBatch, map_shards
 
 GECO_LOG_BOUND = 13.8  # |log λ| of GECO's multiplier at most: β = 1/λ in [1e-6, 1e6].
+GECO_PROGRESS = 1e-3  # While GECO holds its multiplier, a fall of the constraint's average by this much is progress.
 
 # Every likelihood and prior as a Keras layer class, registered for saving, so any saved model loads.
 likelihoods.FAMILY.make_layer_classes()
@@ -93,10 +94,12 @@ class VAE(keras.Model):
             names.append("sigma")
         self.terms_tracker = WeightedMeans(names)
         # GECO's state (objective.chooses_beta), saved with the weights so a resumed run keeps its multiplier:
-        # log λ, with β = 1/λ, and the moving average of the constraint reconstruction/κ - 1.
-        self.geco_log_multiplier = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                   name="geco_log_multiplier")
-        self.geco_constraint = self.add_weight(shape=(), initializer="zeros", trainable=False, name="geco_constraint")
+        # log λ, with β = 1/λ; the moving average of the constraint reconstruction/κ - 1; and its hold (1 while
+        # held at the start), the lowest average while held, and the steps since that lowest fell by GECO_PROGRESS.
+        self.geco_log_multiplier, self.geco_constraint, self.geco_held, self.geco_best, self.geco_stalled = (
+            self.add_weight(shape=(), initializer=start, trainable=False, name=f"geco_{name}")
+            for name, start in (("log_multiplier", "zeros"), ("constraint", "zeros"), ("held", "ones"),
+                                ("best", "zeros"), ("stalled", "zeros")))
         self.built = True
 
     def compile(self, optimizer="adam", objective=None, batch_shards=None, **kwargs):
@@ -168,14 +171,26 @@ class VAE(keras.Model):
     def geco_step(self, reconstruction, first_step):
         """GECO's multiplier update after a step (Rezende & Viola 2018): the constraint c = reconstruction/κ - 1
         (the batch's mean summed NLL, relative to κ) enters a moving average, started at the first step's c,
-        and log λ moves by rate·average: λ grows (β falls) while the reconstruction is above κ."""
+        and log λ moves by rate·average: λ grows (β falls) while the reconstruction is above κ.
+
+        Anti-windup: early on the reconstruction is far above any κ the network can reach yet, whatever β is,
+        and integrating that drives λ to its bound, from which it takes thousands of steps to return. So log λ
+        holds its start until the average first reaches 0 (κ reached) or has not fallen by GECO_PROGRESS for
+        objective.geco_patience steps (κ out of reach at this β: then β must fall). Released, it stays so.
+        """
         goal = self.objective
         c = ops.stop_gradient(reconstruction) / goal.target_distortion - 1.0
         average = ops.where(first_step, c, goal.geco_smoothing * self.geco_constraint + (1 - goal.geco_smoothing) * c)
         self.geco_constraint.assign(average)
+        progress = ops.logical_or(first_step, average < self.geco_best - GECO_PROGRESS)
+        self.geco_best.assign(ops.where(progress, average, self.geco_best))
+        self.geco_stalled.assign(ops.where(progress, 0.0, self.geco_stalled + 1.0))
+        released = ops.logical_or(self.geco_held < 0.5, ops.logical_or(
+            average <= 0.0, self.geco_stalled >= float(goal.geco_patience)))
+        self.geco_held.assign(ops.where(released, 0.0, 1.0))
         # Bounded to β in [1e-6, 1e6]: a κ the model cannot reach would otherwise drive λ to overflow.
-        self.geco_log_multiplier.assign(ops.clip(self.geco_log_multiplier + goal.geco_rate * average,
-                                                 -GECO_LOG_BOUND, GECO_LOG_BOUND))
+        step = ops.where(released, goal.geco_rate * average, 0.0)
+        self.geco_log_multiplier.assign(ops.clip(self.geco_log_multiplier + step, -GECO_LOG_BOUND, GECO_LOG_BOUND))
 
     @functools.cached_property
     def encoder_moments(self):
@@ -305,6 +320,8 @@ class VAE(keras.Model):
     def load_own_variables(self, store):
         if self.from_version_1:  # A version-1 file kept the learned log σ as the VAE's own variable.
             legacy.restore_log_sigma(self, store)
+        elif len(store.keys()) == 2:  # A version-3 file: GECO's multiplier and average, no hold (it integrated).
+            legacy.restore_geco_version_3(self, store)
         elif list(store.keys()):  # Files saved before GECO's state existed hold none: it keeps its start.
             super().load_own_variables(store)
 

@@ -41,10 +41,12 @@ class Objective:
     kl_cycles: int = 1
     kl_ramp_ratio: float = 0.5
     # GECO (loss.kl_weight: auto): κ in summed nats per example, and how its multiplier moves. With κ set,
-    # the VAE's controller (model.VAE.geco_step) chooses β each step and kl_weight is only its start, β = 1.
+    # the VAE's controller (model.VAE.geco_step) chooses β each step and kl_weight is only its start, β = 1;
+    # geco_patience: steps without progress before a multiplier held at its start is released (0: never held).
     target_distortion: Optional[float] = None
     geco_rate: float = 0.01
     geco_smoothing: float = 0.99
+    geco_patience: int = 500
     # Capacity (loss.target_rate): C in summed nats per example, reached through the schedule's ramp, and γ.
     target_rate: Optional[float] = None
     rate_weight: float = 1000.0
@@ -60,7 +62,8 @@ class Objective:
         return cls(loss_cfg.reconstruction_reduction, loss_cfg.kl_reduction, weight, loss_cfg.free_bits,
                    loss_cfg.kl_schedule, loss_cfg.kl_warmup * per_unit, steps_per_epoch * epochs,
                    loss_cfg.kl_cycles, loss_cfg.kl_ramp_ratio, loss_cfg.target_distortion, loss_cfg.geco_rate,
-                   loss_cfg.geco_smoothing, loss_cfg.target_rate, loss_cfg.rate_weight, loss_cfg.tc_weight)
+                   loss_cfg.geco_smoothing, loss_cfg.geco_patience, loss_cfg.target_rate, loss_cfg.rate_weight,
+                   loss_cfg.tc_weight)
 
     def multiplier(self, step):
         """The schedule's multiplier m(step) in [0, 1] (a scalar, or an array of steps)."""

@@ -321,8 +321,8 @@ def finish(setup, vae, run_dir, history, phases):
 def geco_result(vae, history, validation):
     """What summary.json records of a GECO run: the β it ended with (the fixed λ to use for this distortion),
     κ, and the reconstruction reached in its last epoch of training and on the validation digits; with a note
-    when that β is not the λ for κ: the multiplier at its bound after an epoch (history's `beta`), or the
-    reconstruction not settled near κ."""
+    when that β is not the λ for κ: the multiplier still held at its start, at its bound after an epoch
+    (history's `beta`), or the reconstruction not settled near κ."""
     import model  # Deferred: see the note above the imports (a trained VAE means it is loaded already).
 
     goal = vae.objective
@@ -334,7 +334,12 @@ def geco_result(vae, history, validation):
     bound = math.exp(-model.GECO_LOG_BOUND)  # β's lower bound; the upper is its inverse.
     at_bound = [int(row["epoch"]) for row in history if isinstance(row.get("beta"), (int, float))
                 and abs(math.log(row["beta"])) >= model.GECO_LOG_BOUND - 1e-3]
-    if at_bound:
+    result["held_to_the_end"] = bool(float(vae.geco_held))
+    if result["held_to_the_end"]:
+        result["note"] = (f"GECO held β at its start for the whole run (anti-windup, loss.geco_patience): the "
+                          f"reconstruction never reached κ and was still improving, so β = {result['final_beta']:.3g} "
+                          f"was never chosen; train longer, or raise κ")
+    elif at_bound:
         result["note"] = (f"β reached its bound ({bound:.0e} or {1 / bound:.0e}) in epoch {at_bound[0]}: while the "
                           f"model could not yet reach κ the multiplier kept growing (it integrates the constraint), "
                           f"so the β it ended with is not the λ for κ; raise κ, or train longer so that the "

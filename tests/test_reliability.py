@@ -17,7 +17,12 @@ import process
 import train
 from conftest import ROOT, interrupting_callback, quick_config, quick_sets
 
-RESUME_SETTINGS = ["data.limit=1000", "train.epochs=4", "train.deterministic=true", "output.per_epoch_images=true"]
+# A GECO run: its multiplier is held through epoch 1, released when the reconstruction reaches κ in epoch 2,
+# and moves every epoch after. Resumed, it must go on from its checkpoint's multiplier, or the `beta` and loss
+# columns would differ from the uninterrupted run's.
+RESUME_SETTINGS = ["data.limit=1000", "train.epochs=4", "train.deterministic=true", "output.per_epoch_images=true",
+                   "loss.kl_weight=auto", "loss.target_distortion=270", "loss.geco_rate=0.05",
+                   "loss.geco_smoothing=0.5"]
 
 
 def read_rows(run_dir):
@@ -76,12 +81,15 @@ def test_sigkill_then_rerun_finishes_with_each_epoch_once_and_equal_metrics(tmp_
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert read_summary(tmp_path / "killed")["status"] == "running"  # What a killed process leaves behind.
+    checkpointed = read_rows(tmp_path / "killed")[-1]
     capsys.readouterr()
     assert train.main(killed) == 0  # The rerun: the same command (here in this process; the kill is what needs one).
     assert "Resuming the unfinished run" in capsys.readouterr().out
-    rows = read_rows(tmp_path / "killed")
+    rows, whole_rows = read_rows(tmp_path / "killed"), read_rows(whole_run[0])
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert comparable(rows) == comparable(read_rows(whole_run[0]))
+    assert comparable(rows) == comparable(whole_rows)  # From the checkpoint's multiplier on: the same βs.
+    assert rows[int(checkpointed["epoch"]) - 1]["beta"] == checkpointed["beta"]
+    assert float(whole_rows[0]["beta"]) == 1 and len({row["beta"] for row in whole_rows}) == 4  # Held, then moving.
     assert read_summary(tmp_path / "killed")["status"] == "complete"
     assert len(os.listdir(tmp_path / "killed" / "epochs")) == 4
     assert not os.path.exists(tmp_path / "killed-2")

@@ -34,21 +34,59 @@ def test_geco_settings_are_validated(loss, message):
         config.from_dict({"loss": {"kl_weight": "auto", "target_distortion": 100}, "train": {"distribute": "mirrored"}})
 
 
-def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint():
-    kappa, rate, smoothing = 300.0, 0.05, 0.9
-    vae = build_vae(loss__kl_weight="auto", loss__target_distortion=kappa, loss__geco_rate=rate,
-                    loss__geco_smoothing=smoothing)
-    log_multiplier, average = 0.0, None  # The numpy reference of GECO's update.
-    for step in range(3):
-        before = float(vae.beta_in_force())
-        terms = {k: float(v) for k, v in vae.train_step(X).items()}
-        vae.terms_tracker.reset_state()  # So the next step reports its own batch, not a running mean.
-        c = terms["reconstruction"] / kappa - 1
+def geco_reference(reconstructions, kappa, rate, smoothing, patience):
+    """GECO's update in plain Python: the moving average of c = reconstruction/κ - 1, the hold (log λ keeps 0
+    until the average reaches 0 or has not fallen by 1e-3 for `patience` steps), then log λ += rate·average,
+    clipped to ±13.8. Returns log λ and whether it was held, after each step."""
+    log_multiplier, average, best, stalled, held, after = 0.0, None, None, 0, True, []
+    for reconstruction in reconstructions:
+        c = reconstruction / kappa - 1
         average = c if average is None else smoothing * average + (1 - smoothing) * c
-        log_multiplier = min(max(log_multiplier + rate * average, -13.8), 13.8)
-        assert before == pytest.approx(math.exp(-(log_multiplier - rate * average)), rel=1e-5)
-        assert float(vae.geco_log_multiplier) == pytest.approx(log_multiplier, rel=1e-5, abs=1e-7)
-        assert float(vae.beta_in_force()) == pytest.approx(math.exp(-log_multiplier), rel=1e-5)
+        if best is None or average < best - 1e-3:
+            best, stalled = average, 0
+        else:
+            stalled += 1
+        held = held and average > 0 and stalled < patience
+        if not held:
+            log_multiplier = min(max(log_multiplier + rate * average, -13.8), 13.8)
+        after.append((log_multiplier, held))
+    return after
+
+
+@pytest.mark.parametrize("kappa, patience, held_steps", [
+    (300.0, 0, 0),    # No hold: Rezende & Viola's update from the first step.
+    (300.0, 3, 3),    # κ out of reach and the constraint's average barely moving: released after 3 stalled steps.
+    (800.0, 500, 0),  # κ reached at once (the reconstruction of these images is about 545 nats).
+])
+def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint(kappa, patience, held_steps):
+    rate, smoothing = 0.05, 0.9
+    vae = build_vae(loss__kl_weight="auto", loss__target_distortion=kappa, loss__geco_rate=rate,
+                    loss__geco_smoothing=smoothing, loss__geco_patience=patience)
+    reconstructions, betas, held = [], [], []
+    for step in range(6):
+        betas.append(float(vae.beta_in_force()))  # The β the step trains with.
+        reconstructions.append(float(vae.train_step(X)["reconstruction"]))
+        vae.terms_tracker.reset_state()  # So the next step reports its own batch, not a running mean.
+        held.append(bool(float(vae.geco_held)))
+    reference = geco_reference(reconstructions, kappa, rate, smoothing, patience)
+    assert [h for _, h in reference] == held and sum(held) == held_steps
+    for step, (log_multiplier, _) in enumerate(reference):
+        assert betas[step] == pytest.approx(math.exp(-reference[step - 1][0]) if step else 1.0, rel=1e-5)
+    assert float(vae.geco_log_multiplier) == pytest.approx(reference[-1][0], rel=1e-5, abs=1e-7)
+    assert float(vae.beta_in_force()) == pytest.approx(math.exp(-reference[-1][0]), rel=1e-5)
+    assert reference[-1][0] != 0  # Released by the end: the multiplier moved.
+
+
+def test_a_geco_model_saved_before_the_hold_loads_released_with_its_multiplier():
+    # tests/fixtures/v3_geco.keras: a GECO VAE saved (after 3 steps) by the version whose multiplier had no hold.
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    reference = np.load(os.path.join(fixtures, "v3_geco_reference.npz"))
+    vae = keras.saving.load_model(os.path.join(fixtures, "v3_geco.keras"), safe_mode=True)
+    assert float(vae.geco_log_multiplier) == pytest.approx(float(reference["log_multiplier"]), rel=1e-7)
+    assert float(vae.geco_constraint) == pytest.approx(float(reference["constraint"]), rel=1e-7)
+    assert float(vae.geco_held) == 0  # It was integrating: it goes on doing so.
+    assert vae.objective.chooses_beta and vae.objective.geco_patience == 500  # The new key takes its default.
+    np.testing.assert_allclose(np.asarray(vae(reference["x"])), reference["recon"], rtol=1e-5, atol=1e-6)
 
 
 def test_the_loss_weights_the_kl_by_the_chosen_beta():
@@ -66,7 +104,7 @@ class BetaAtStart(keras.callbacks.Callback):
 
 def test_a_geco_run_reports_its_beta_saves_it_and_resumes_with_it(tmp_path):
     cfg = quick_config(tmp_path, "train.epochs=2", "loss.kl_weight=auto", "loss.target_distortion=150",
-                       "loss.geco_rate=0.05", "output.run_name=geco")
+                       "loss.geco_rate=0.05", "loss.geco_patience=0", "output.run_name=geco")
     status, run_dir = train.train(cfg, callbacks=[interrupting_callback(after=1)])
     assert status == 130
     with open(os.path.join(run_dir, "metrics.csv"), newline="") as handle:
@@ -118,15 +156,18 @@ def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
     assert "rate_weight·|KL" not in summary["objective"]["formula"] and "1000·|KL − C|" in summary["objective"]["formula"]
 
 
-@pytest.mark.parametrize("epoch_betas, reached, words", [
-    ([0.5, 1e-6, 2e-6], 100.0, "β reached its bound (1e-06 or 1e+06) in epoch 2"),  # Wound up, then eased off.
-    ([0.5, 0.4], 110.0, "is +10.0 % from κ: GECO had not settled"),
-    ([0.5, 0.4], 101.0, None),  # Within 2 % of κ and never at the bound: settled, no note.
+@pytest.mark.parametrize("epoch_betas, reached, held, words", [
+    ([1.0, 1.0], 120.0, True, "GECO held β at its start for the whole run"),
+    ([0.5, 1e-6, 2e-6], 100.0, False, "β reached its bound (1e-06 or 1e+06) in epoch 2"),  # Wound up, eased off.
+    ([0.5, 0.4], 110.0, False, "is +10.0 % from κ: GECO had not settled"),
+    ([0.5, 0.4], 101.0, False, None),  # Within 2 % of κ and never at the bound: settled, no note.
 ])
-def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_betas, reached, words):
+def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_betas, reached, held, words):
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0)
     vae.geco_log_multiplier.assign(-math.log(epoch_betas[-1]))
+    vae.geco_held.assign(float(held))
     history = [{"epoch": i + 1, "beta": beta, "reconstruction": reached} for i, beta in enumerate(epoch_betas)]
     result = train.geco_result(vae, history, {"reconstruction_nats": reached})
     assert result["final_beta"] == pytest.approx(epoch_betas[-1], rel=1e-4)
     assert (result.get("note") is None) if words is None else words in result["note"]
+    assert result["held_to_the_end"] is held
