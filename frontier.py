@@ -56,6 +56,7 @@ class Placed:
     beta: Optional[float]  # GECO: the final β it chose; fixed β: its effective β; capacity: None.
     kappa: Optional[float] = None  # GECO's target distortion κ.
     capacity: Optional[float] = None  # The capacity run's C.
+    held: bool = False  # GECO only: its multiplier held at the start to the end (κ never reached in training).
 
     @property
     def label(self):
@@ -104,7 +105,8 @@ def placed_run(run_dir, name):
     geco, capacity = summary.get("geco"), summary.get("capacity")
     if isinstance(geco, dict):
         return Placed(name, "GECO", rate, distortion, recorded(geco, "final_beta", "geco", run_dir),
-                      kappa=recorded(geco, "target_distortion", "geco", run_dir))
+                      kappa=recorded(geco, "target_distortion", "geco", run_dir),
+                      held=geco.get("held_to_the_end") is True)
     if isinstance(capacity, dict):
         return Placed(name, "capacity", rate, distortion, None,
                       capacity=recorded(capacity, "target_rate", "capacity", run_dir))
@@ -230,8 +232,9 @@ def placed_words(points, run):
     if run.kind == "GECO":
         found = reach(points, run.kappa, "distortion")
         return (reach_words(found, f"κ = {run.kappa:g}", points).rstrip(".")
-                + f"; GECO chose β = {run.beta:.3g} ({run.name}, validation distortion "
-                  f"{number(run.distortion)} nats).")
+                + (f"; GECO never released β from its start, {run.beta:.3g}: the training reconstruction did not "
+                   f"reach κ" if run.held else f"; GECO chose β = {run.beta:.3g}")
+                + f" ({run.name}, validation distortion {number(run.distortion)} nats).")
     found = reach(points, run.capacity, "rate")
     return (reach_words(found, f"C = {run.capacity:g}", points).rstrip(".")
             + f"; the capacity run {run.name} reached a validation rate of {number(run.rate)} nats.")

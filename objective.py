@@ -44,8 +44,8 @@ class Objective:
     # the VAE's controller (model.VAE.geco_step) chooses β each step and kl_weight is only its start, β = 1;
     # geco_patience: steps without progress before a multiplier held at its start is released (0: never held).
     target_distortion: Optional[float] = None
-    geco_rate: float = 0.01
-    geco_smoothing: float = 0.99
+    geco_rate: float = 0.2
+    geco_smoothing: float = 0.95
     geco_patience: int = 500
     # Capacity (loss.target_rate): C in summed nats per example, reached through the schedule's ramp, and γ.
     target_rate: Optional[float] = None
@@ -223,8 +223,9 @@ def expectation(description, likelihood="bernoulli", gaussian_sigma=None):
         return ("Expect: a KL near C; a rate is not information: the code may spend part of C on noise "
                 "the decoder ignores, so the information it carries can be lower.")
     if description.get("weight_chosen_by") == "GECO":
-        return ("Expect: β falls while the reconstruction is above κ and rises while it is below, until the "
-                "training reconstruction settles near κ; a κ below what the model can reach drives β towards 0.")
+        return ("Expect: β holds at 1 until the reconstruction first reaches κ (or stops improving), then falls "
+                "while it is above κ and rises while it is below, until the training reconstruction settles near "
+                "κ; a κ below what the model can reach drives β towards 0.")
     beta, latent_dim = description["effective_beta"], description["latent_dim"]
     if likelihoods.FAMILY.get(likelihood).has_sigma and not isinstance(gaussian_sigma, (int, float)):
         return (f"Expect: the data choose σ ({gaussian_sigma}), and σ² is the KL's weight against the summed "

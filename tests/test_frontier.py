@@ -216,6 +216,11 @@ def test_placed_runs_are_read_and_labelled_and_their_targets_stated(tmp_path):
     assert said[0].startswith("κ = 120 is reached at β ≈ 2.83 on the fixed-β frontier; GECO chose β = 4.1 (geco")
     assert said[1].startswith(f"C = 8 is reached at β ≈ {2 ** (11 / 7):.3g} on the fixed-β frontier; the capacity run")
     assert len(said) == 2  # The fixed-β run has no target.
+    held = write_summary(tmp_path / "held", geco={"final_beta": 1.0, "target_distortion": 120.0,
+                                                  "held_to_the_end": True})
+    (run,) = frontier.read_placed(held)
+    said = frontier.statements(MONOTONE, frontier.Request((run,)))
+    assert run.held and "; GECO never released β from its start, 1: the training reconstruction" in said[0]
     targets = frontier.statements(MONOTONE, frontier.Request(tuple(placed), target_distortion=90.0, target_rate=8.0))
     assert targets[0].startswith("The distortion 90 lies outside") and targets[1].startswith("The rate 8 is reached")
 
