@@ -22,6 +22,8 @@ X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
     ({"kl_weight": "auto"}, "loss.target_distortion, which is not set"),
     ({"target_distortion": 100}, "only read with loss.kl_weight: auto"),
     ({"geco_rate": 0.5}, "only read with loss.kl_weight: auto"),
+    ({"geco_patience": 10}, "only read with loss.kl_weight: auto"),
+    ({"kl_weight": "auto", "target_distortion": 100, "geco_patience": -1}, "geco_patience must be >= 0"),
     ({"kl_weight": "auto", "target_distortion": 100, "kl_schedule": "linear", "kl_warmup": 2},
      "kl_schedule must be constant"),
     ({"kl_weight": "auto", "target_distortion": 100, "kl_weight_norm": 1}, "both set"),
