@@ -62,7 +62,7 @@ def test_tap_matmul_layer_accepts_an_unknown_batch_size_and_refuses_what_it_cann
 def test_fast_vae_has_the_plain_vaes_parameters_and_computes_its_function():
     plain, fast = build_vae(seed=1, model__fast_layers=False), build_vae(seed=1, model__fast_layers=True)
     assert isinstance(fast.decoder.get_layer("logits"), fast_layers.TapMatmulConv2DTranspose)
-    assert fast.count_params() == plain.count_params() == 69076 + 65089 + 2  # + GECO's two scalars (model.VAE)
+    assert fast.count_params() == plain.count_params() == 69076 + 65089 + 5  # + GECO's five scalars (model.VAE)
     assert [w.shape for w in fast.weights] == [w.shape for w in plain.weights]
     fast.set_weights(plain.get_weights())
     z = random(16, 2)

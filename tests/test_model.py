@@ -36,7 +36,7 @@ def test_parameter_counts_equal_the_tutorials():
     assert vae.decoder.count_params() == decoder_expected == 65089
     trainable = sum(int(np.prod(w.shape)) for w in vae.trainable_weights)
     assert trainable == encoder_expected + decoder_expected  # The standard normal prior has no weights.
-    assert vae.count_params() == trainable + 2  # And GECO's state: two scalars, not trained (model.VAE).
+    assert vae.count_params() == trainable + 5  # And GECO's state: five scalars, not trained (model.VAE).
 
 
 def test_the_architecture_follows_any_image_size_divisible_by_four():
