@@ -192,9 +192,9 @@ class LossConfig:
     target_distortion: Optional[float] = _f(
         None, "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): "
               "GECO (Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7)
-    geco_rate: float = _f(0.2, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
+    geco_rate: float = _f(0.01, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
                                 "rate·(average reconstruction/κ - 1)).", gt=0, le=1)
-    geco_smoothing: float = _f(0.95, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
+    geco_smoothing: float = _f(0.99, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
     geco_patience: int = _f(
         500, "GECO holds β at its start until the reconstruction reaches κ, or until it has gained less than 0.1 % "
              "of κ in this many steps (anti-windup); 0: no hold, the plain update.", ge=0, le=10**9)
@@ -437,6 +437,8 @@ def _check_combinations(cfg):
 
 
 def _check_geco(loss, train):
+    # Keep these keys' defaults: every run folder stores its whole config, and a stored value that is no longer
+    # the default would be refused here, so earlier runs would no longer evaluate, resume or sweep.
     defaults = LossConfig()
     if loss.kl_weight != "auto":
         for key in ("target_distortion", "geco_rate", "geco_smoothing", "geco_patience"):
