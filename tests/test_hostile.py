@@ -294,8 +294,9 @@ def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
     mark = tmp_path / "interrupted"
     child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import process\n"
              f"if not {kernel}: process._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
-             "process.stop_like_ctrl_c(); print('ready', flush=True)\n"
-             f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    open({str(mark)!r}, 'w').close()\n")
+             "process.stop_like_ctrl_c()\n"  # 'ready' from inside the try: the signal may come right after it.
+             f"try:\n    print('ready', flush=True); time.sleep(60)\nexcept KeyboardInterrupt:\n"
+             f"    open({str(mark)!r}, 'w').close()\n")
     parent = ("import os, subprocess, sys\n"
               f"env = dict(os.environ, {process.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
               f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
