@@ -231,10 +231,10 @@ def placed_words(points, run):
     """The frontier's β for a placed GECO run's κ or capacity run's C, beside what that run itself did."""
     if run.kind == "GECO":
         found = reach(points, run.kappa, "distortion")
+        chose = (f"GECO never released β from its start, {run.beta:.3g}: the training reconstruction did not "
+                 f"reach κ" if run.held else f"GECO chose β = {run.beta:.3g}")
         return (reach_words(found, f"κ = {run.kappa:g}", points).rstrip(".")
-                + (f"; GECO never released β from its start, {run.beta:.3g}: the training reconstruction did not "
-                   f"reach κ" if run.held else f"; GECO chose β = {run.beta:.3g}")
-                + f" ({run.name}, validation distortion {number(run.distortion)} nats).")
+                + f"; {chose} ({run.name}, validation distortion {number(run.distortion)} nats).")
     found = reach(points, run.capacity, "rate")
     return (reach_words(found, f"C = {run.capacity:g}", points).rstrip(".")
             + f"; the capacity run {run.name} reached a validation rate of {number(run.rate)} nats.")

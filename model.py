@@ -185,8 +185,8 @@ class VAE(keras.Model):
         progress = ops.logical_or(first_step, average < self.geco_best - GECO_PROGRESS)
         self.geco_best.assign(ops.where(progress, average, self.geco_best))
         self.geco_stalled.assign(ops.where(progress, 0.0, self.geco_stalled + 1.0))
-        released = ops.logical_or(self.geco_held < 0.5, ops.logical_or(
-            average <= 0.0, self.geco_stalled >= float(goal.geco_patience)))
+        reached, stalled = average <= 0.0, self.geco_stalled >= float(goal.geco_patience)
+        released = ops.logical_or(self.geco_held < 0.5, ops.logical_or(reached, stalled))
         self.geco_held.assign(ops.where(released, 0.0, 1.0))
         # Bounded to β in [1e-6, 1e6]: a κ the model cannot reach would otherwise drive λ to overflow.
         step = ops.where(released, goal.geco_rate * average, 0.0)
