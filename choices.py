@@ -63,10 +63,14 @@ class Family:
         """Every setting some choice of this family reads (each choice lists its own in `settings_read`)."""
         return tuple(dict.fromkeys(key for cls in self.choices.values() for key in cls.settings_read))
 
+    def unread_keys(self, name):
+        """The family's settings that the choice `name` does not read."""
+        reads = self.get(name).settings_read
+        return [key for key in self.setting_keys() if key not in reads]
+
     def unread_settings(self, section, defaults, name):
         """The family's settings changed from their defaults in `section` that the choice `name` does not read."""
-        reads = self.get(name).settings_read
-        return [key for key in self.setting_keys() if key not in reads and getattr(section, key) != getattr(defaults, key)]
+        return [key for key in self.unread_keys(name) if getattr(section, key) != getattr(defaults, key)]
 
     def readers(self, setting):
         """The names of the choices that read `setting`."""

@@ -192,9 +192,9 @@ class LossConfig:
     target_distortion: Optional[float] = _f(
         None, "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): "
               "GECO (Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7)
-    geco_rate: float = _f(0.01, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
+    geco_rate: float = _f(0.2, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
                                 "rate·(average reconstruction/κ - 1)).", gt=0, le=1)
-    geco_smoothing: float = _f(0.99, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
+    geco_smoothing: float = _f(0.95, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
     geco_patience: int = _f(
         500, "GECO holds β at its start until the reconstruction reaches κ, or until it has gained less than 0.1 % "
              "of κ in this many steps (anti-windup); 0: no hold, the plain update.", ge=0, le=10**9)
@@ -416,35 +416,51 @@ def _check_combinations(cfg):
     if data.source in PATH_SOURCES and not data.path:
         what = {"npz": "your .npz file", "folder": "your folder of images"}[data.source]
         raise ConfigError(f"data.source is {data.source} but data.path is empty; set data.path to {what}.")
-    if data.source not in PATH_SOURCES and data.path:
-        raise ConfigError(f"data.path is only read when data.source is {' or '.join(PATH_SOURCES)} "
-                          f"(received source {data.source!r}).")
     if schedules.FAMILY.get(loss.kl_schedule).needs_warmup and loss.kl_warmup == 0:
         raise ConfigError(f"loss.kl_schedule {loss.kl_schedule!r} needs loss.kl_warmup >= 1 "
                           f"(the length of the warm-up), received 0.")
+    _check_unread(cfg)
     _check_geco(loss, cfg.train)
     _check_capacity(loss)
     _check_total_correlation(loss, cfg.train)
     if loss.kl_weight == 0 and loss.kl_weight_norm is None and loss.free_bits > 0:
         raise ConfigError("loss.free_bits has no effect when loss.kl_weight is 0; set one of them.")
-    # A setting only some likelihoods or priors read may differ from its default only beside one of them: a
-    # run folder's config.yaml spells the defaults out, so "set explicitly" can only mean "not the default".
-    _check_read("loss", "likelihood", likelihoods.FAMILY, loss, LossConfig())
-    _check_read("model", "prior", priors.FAMILY, cfg.model, ModelConfig())
     if not priors.FAMILY.get(cfg.model.prior).kl_per_dimension and loss.free_bits > 0:
         raise ConfigError(f"loss.free_bits floors the KL of each latent dimension, but the {cfg.model.prior} prior's "
                           f"KL does not split per dimension; use free_bits with a normal prior or set it to 0.")
 
 
-def _check_geco(loss, train):
-    # Keep these keys' defaults: every run folder stores its whole config, and a stored value that is no longer
-    # the default would be refused here, so earlier runs would no longer evaluate, resume or sweep.
-    defaults = LossConfig()
+def unread_settings(cfg):
+    """(section, key, reader, fix) for each setting that cfg's choices do not read: `reader` completes "is only
+    read ...", `fix` is the setting that would read it. One list for the refusal below and for from_stored."""
+    loss, data = cfg.loss, cfg.data
+    unread = []
     if loss.kl_weight != "auto":
-        for key in ("target_distortion", "geco_rate", "geco_smoothing", "geco_patience"):
-            if getattr(loss, key) != getattr(defaults, key):
-                raise ConfigError(f"loss.{key} is only read with loss.kl_weight: auto (GECO); set kl_weight: auto "
-                                  f"or leave loss.{key} at its default {getattr(defaults, key)!r}.")
+        unread += [("loss", key, f"with loss.kl_weight: auto (GECO), not {loss.kl_weight!r}", "loss.kl_weight: auto")
+                   for key in ("target_distortion", "geco_rate", "geco_smoothing", "geco_patience")]
+    if loss.target_rate is None:
+        unread.append(("loss", "rate_weight", "with loss.target_rate (capacity), which is null", "loss.target_rate"))
+    if data.source not in PATH_SOURCES:
+        unread.append(("data", "path", f"when data.source is {' or '.join(PATH_SOURCES)}, not {data.source!r}",
+                       f"data.source: {PATH_SOURCES[0]}"))
+    for section, key, family in (("loss", "likelihood", likelihoods.FAMILY), ("model", "prior", priors.FAMILY)):
+        chosen = getattr(getattr(cfg, section), key)
+        unread += [(section, name, f"by {section}.{key} {' or '.join(family.readers(name))}, not {chosen!r}",
+                    f"{section}.{key}: {family.readers(name)[0]}") for name in family.unread_keys(chosen)]
+    return unread
+
+
+def _check_unread(cfg):
+    # A run folder's config.yaml spells every default out, so "set explicitly" can only mean "not the default".
+    for section, key, reader, fix in unread_settings(cfg):
+        default = getattr(SECTIONS[section](), key)
+        if getattr(getattr(cfg, section), key) != default:
+            raise ConfigError(f"{section}.{key} is only read {reader}; set {fix} or leave "
+                              f"{section}.{key} at its default {default!r}.")
+
+
+def _check_geco(loss, train):
+    if loss.kl_weight != "auto":
         return
     if loss.target_distortion is None:
         raise ConfigError("loss.kl_weight: auto chooses β to reach loss.target_distortion, which is not set; set it "
@@ -460,8 +476,6 @@ def _check_geco(loss, train):
 def _check_capacity(loss):
     defaults = LossConfig()
     if loss.target_rate is None:
-        if loss.rate_weight != defaults.rate_weight:
-            raise ConfigError("loss.rate_weight is only read with loss.target_rate; set target_rate or drop rate_weight.")
         return
     for key in ("kl_weight", "kl_weight_norm", "kl_reduction", "free_bits"):
         if getattr(loss, key) != getattr(defaults, key):
@@ -486,16 +500,6 @@ def _check_total_correlation(loss, train):
                           f"train.batch_size must be >= 2 (received {train.batch_size}).")
 
 
-def _check_read(section_name, key, family, section, defaults):
-    """Refuse a setting of `family` changed from its default that the chosen section.<key> does not read."""
-    chosen = getattr(section, key)
-    for name in family.unread_settings(section, defaults, chosen):
-        readers = family.readers(name)
-        raise ConfigError(f"{section_name}.{name} is only read by {section_name}.{key} {' or '.join(readers)} "
-                          f"(received {chosen!r}); set {section_name}.{key} to {readers[0]} or leave "
-                          f"{section_name}.{name} at its default {getattr(defaults, name)!r}.")
-
-
 def from_dict(raw, extra_sections=()):
     """Validate a nested dict (as read from YAML) into a Config.
 
@@ -503,6 +507,24 @@ def from_dict(raw, extra_sections=()):
         raw: the parsed YAML document; None means all defaults.
         extra_sections: top-level keys a caller handles itself (sweep.py's `sweep`).
     """
+    cfg = _sections(raw, extra_sections)
+    _check_combinations(cfg)
+    return cfg
+
+
+def from_stored(raw, extra_sections=()):
+    """A config that a run folder or sweep.yaml stored, as this version reads it: fields an earlier version did
+    not have take their defaults, and so do the settings its choices do not read. Those were stored at the
+    defaults of the version that wrote them, and a default changed since must not make the folder unreadable;
+    a setting that is read keeps its stored value."""
+    cfg = _sections(raw, extra_sections)
+    for section, key, _, _ in unread_settings(cfg):
+        setattr(getattr(cfg, section), key, getattr(SECTIONS[section](), key))
+    _check_combinations(cfg)
+    return cfg
+
+
+def _sections(raw, extra_sections):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -514,16 +536,14 @@ def from_dict(raw, extra_sections=()):
         if name not in SECTIONS:
             raise ConfigError(f"Unknown config section {quote(name)}." + _suggest(name, list(SECTIONS)))
         sections[name] = _build_section(name, SECTIONS[name], values)
-    cfg = Config(**sections)
-    _check_combinations(cfg)
-    return cfg
+    return Config(**sections)
 
 
 def with_defaults(raw):
-    """A config dict as this version reads it: every field present, defaults filled in for fields that an
-    earlier version did not have. A dict this version refuses comes back unchanged (it then differs)."""
+    """A stored config dict as this version reads it (from_stored), every field present. A dict this version
+    refuses comes back unchanged (it then differs)."""
     try:
-        return from_dict(raw).to_dict()
+        return from_stored(raw).to_dict()
     except (ConfigError, TypeError):
         return raw
 

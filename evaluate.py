@@ -585,7 +585,7 @@ def load_run(run_dir):
     if not isinstance(dataset, str) or not dataset:
         raise runs.RunFolderError(f"{run_dir}/summary.json does not name its dataset; re-run training to rewrite it.")
     try:
-        cfg, _ = config.load(os.path.join(run_dir, "config.yaml"))
+        cfg = config.from_stored(config.read_yaml(os.path.join(run_dir, "config.yaml")))
         source, path = data.source_of(dataset)
         cfg.data = config.from_dict({"data": {**cfg.to_dict()["data"], "source": source, "path": path}}).data
     except config.ConfigError as error:

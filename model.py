@@ -60,6 +60,11 @@ class WeightedMeans(keras.metrics.Metric):
         return {**super().get_config(), "names": list(self.names)}
 
 
+# The VAE's own variables as model.keras stores them, in order: a file records this name, so a later layout
+# gets a new name and the loader knows which one it reads (before it was recorded, only their number told).
+OWN_VARIABLES = "geco-5"
+
+
 @keras.saving.register_keras_serializable(package="vae_kl")
 class VAE(keras.Model):
     """A VAE made of four parts: encoder, decoder, likelihood p(x|z) and prior p(z).
@@ -306,7 +311,7 @@ class VAE(keras.Model):
     def get_config(self):
         parts = {name: keras.saving.serialize_keras_object(getattr(self, name))
                  for name in ("encoder", "decoder", "likelihood", "prior")}
-        return {**super().get_config(), **parts}
+        return {**super().get_config(), **parts, "own_variables": OWN_VARIABLES}
 
     @classmethod
     def from_config(cls, config):
@@ -315,13 +320,21 @@ class VAE(keras.Model):
             return legacy.from_version_1_config(cls, config)
         parts = {name: keras.saving.deserialize_keras_object(config.pop(name))
                  for name in ("encoder", "decoder", "likelihood", "prior")}
-        return cls(**parts, **config)
+        # Files saved before "own_variables" was recorded: the number of stored variables tells them apart.
+        stored = config.pop("own_variables", None)
+        vae = cls(**parts, **config)
+        vae.stored_own_variables = stored
+        return vae
 
     def load_own_variables(self, store):
+        stored = getattr(self, "stored_own_variables", OWN_VARIABLES)
         if self.from_version_1:  # A version-1 file kept the learned log σ as the VAE's own variable.
             legacy.restore_log_sigma(self, store)
-        elif len(store.keys()) == 2:  # A version-3 file: GECO's multiplier and average, no hold (it integrated).
+        elif stored is None and len(store.keys()) == 2:  # Version 3: GECO's multiplier and average, no hold.
             legacy.restore_geco_version_3(self, store)
+        elif stored not in (None, OWN_VARIABLES):
+            raise ValueError(f"this model.keras stores the VAE's own variables as {stored!r}, which this version "
+                             f"does not know ({OWN_VARIABLES!r}); load it with the version that saved it.")
         elif list(store.keys()):  # Files saved before GECO's state existed hold none: it keeps its start.
             super().load_own_variables(store)
 

@@ -44,8 +44,8 @@ class Objective:
     # the VAE's controller (model.VAE.geco_step) chooses β each step and kl_weight is only its start, β = 1;
     # geco_patience: steps without progress before a multiplier held at its start is released (0: never held).
     target_distortion: Optional[float] = None
-    geco_rate: float = 0.01
-    geco_smoothing: float = 0.99
+    geco_rate: float = 0.2
+    geco_smoothing: float = 0.95
     geco_patience: int = 500
     # Capacity (loss.target_rate): C in summed nats per example, reached through the schedule's ramp, and γ.
     target_rate: Optional[float] = None

@@ -541,20 +541,13 @@ class LocalRayHead:
         self.keeper = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + RAY_START_SECONDS
-        while not self._answers(port):
+        while unanswered("127.0.0.1", port, seconds=1):
             if self.keeper.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise config.ConfigError(f"a local Ray instance did not start within {RAY_START_SECONDS:g} s "
                                          f"(`ray start --head` failed); check `ray start --head` by hand.")
             time.sleep(0.25)
 
-    @staticmethod
-    def _answers(port):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
 
     def stop(self):
         """End the instance and everything it started (closing the keeper's pipe), and wait for that."""
@@ -570,12 +563,20 @@ def check_answers(address, seconds=ADDRESS_PROBE_SECONDS):
     match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d{1,5})", address)
     if not match:
         return
-    try:
-        socket.create_connection((match.group(1), int(match.group(2))), timeout=seconds).close()
-    except OSError as error:
+    error = unanswered(match.group(1), int(match.group(2)), seconds)
+    if error:
         raise config.ConfigError(f"the Ray cluster at {address} did not answer within {seconds:g} s "
                                  f"({error.strerror or type(error).__name__}); start it (ray start --head) or "
                                  f"check --address.")
+
+
+def unanswered(host, port, seconds):
+    """None when something accepts a connection at host:port within `seconds`, else the OSError saying why not."""
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except OSError as error:
+        return error
+    return None
 
 
 def check_resources(ray, cpus, gpus):

@@ -12,6 +12,20 @@ os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="vae-tests-keras-home-")
 
 import pytest  # noqa: E402
 
+# The files that take longest, longest first (seconds from `--durations`, docs/performance.md). Run with
+# `-n 2 --dist loadfile --no-loadscope-reorder`, pytest-xdist hands whole files to the two processes in this
+# order, so no long file starts last and leaves one process idle (by default it orders files by their number of
+# tests, which puts the few-but-slow ones, the benchmark's and the distributed runs', at the end).
+LONGEST_FIRST = ("test_train_e2e.py", "test_sweep.py", "test_reliability.py", "test_hostile.py", "test_distribute.py",
+                 "test_benchmark.py", "test_quiet.py", "test_extension.py", "test_targets.py", "test_model.py",
+                 "test_tensorboard.py", "test_own_images.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: the tests of each file keep their order.
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))
+
 
 def run_cli(script, *args, cwd=ROOT, timeout=600):
     """Run one of the project's scripts in a fresh Python process; returns CompletedProcess."""

@@ -168,8 +168,33 @@ def test_fuzzed_yaml_text_validates_or_fails_cleanly(tmp_path, text):
 
 def test_a_config_stored_by_an_earlier_version_still_loads():
     # tests/fixtures/v3_run_config.yaml: the whole config a β = 1 run of the previous version stored in its
-    # folder. evaluate.py, resume and sweeps read such files: a default changed since, of a key that is only
-    # read beside another (GECO's), would refuse them.
+    # folder, with GECO's defaults of then (geco_rate 0.01, geco_smoothing 0.99), changed since. As a config a
+    # user gives, the changed values are refused (only read with kl_weight: auto); as a stored config they are
+    # unread, so they take this version's defaults and everything the run read is kept.
     stored = config.read_yaml(os.path.join(ROOT, "tests", "fixtures", "v3_run_config.yaml"))
-    cfg = config.from_dict(stored)
-    assert cfg.loss.kl_weight == 1 and cfg.loss.geco_patience == config.LossConfig().geco_patience
+    assert (stored["loss"]["geco_rate"], stored["loss"]["geco_smoothing"]) != (config.LossConfig().geco_rate,
+                                                                                config.LossConfig().geco_smoothing)
+    with pytest.raises(config.ConfigError, match="loss.geco_rate is only read with loss.kl_weight: auto"):
+        config.from_dict(stored)
+    cfg = config.from_stored(stored)
+    assert cfg.loss == dataclasses.replace(config.LossConfig(), kl_weight=1.0)
+    assert cfg.data.path == "mnist.npz" and cfg.train.epochs == 5 and cfg.output.run_name == "kl_weight-1_seed-1337"
+    assert config.with_defaults(stored) == cfg.to_dict()
+
+
+# (section.key, a value stored beside a choice that does not read it, that choice, a choice that reads it)
+@pytest.mark.parametrize("setting, stored_value, unread_by, read_by", [
+    ("loss.gaussian_sigma", 0.3, "loss.likelihood=bernoulli", "loss.likelihood=gaussian"),
+    ("model.prior_components", 3, "model.prior=standard_normal", "model.prior=mixture"),
+    ("loss.rate_weight", 10.0, "loss.target_rate=null", "loss.target_rate=5"),
+    ("loss.target_distortion", 120.0, "loss.kl_weight=4", "loss.kl_weight=auto"),
+])
+def test_a_stored_setting_is_reset_only_where_it_is_unread(setting, stored_value, unread_by, read_by):
+    section, key = setting.split(".")
+    raw = config.apply_overrides(config.Config().to_dict(), [f"{setting}={stored_value}", unread_by])
+    with pytest.raises(config.ConfigError, match=f"{setting} is only read "):
+        config.from_dict(raw)
+    assert getattr(getattr(config.from_stored(raw), section), key) == getattr(config.SECTIONS[section](), key)
+    raw = config.apply_overrides(raw, [read_by])  # Beside a choice that reads it, both readers keep it.
+    for read in (config.from_dict, config.from_stored):
+        assert getattr(getattr(read(raw), section), key) == stored_value

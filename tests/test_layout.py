@@ -61,3 +61,9 @@ def test_the_gaussian_log_density_is_written_in_one_module():
             if pattern.search(handle.read()):
                 writers.append(module)
     assert writers == ["losses"]
+
+
+def test_the_files_named_longest_first_exist():
+    import conftest
+
+    assert [name for name in conftest.LONGEST_FIRST if not os.path.isfile(os.path.join(ROOT, "tests", name))] == []

@@ -4,14 +4,17 @@ saves it and resumes with it. Capacity (loss.target_rate C): the config, the los
 that reports the rate it reached."""
 
 import csv
+import json
 import math
 import os
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 
 import config
+import model
 import train
 from conftest import build_vae, interrupting_callback, quick_config
 
@@ -89,6 +92,35 @@ def test_a_geco_model_saved_before_the_hold_loads_released_with_its_multiplier()
     assert float(vae.geco_held) == 0  # It was integrating: it goes on doing so.
     assert vae.objective.chooses_beta and vae.objective.geco_patience == 500  # The new key takes its default.
     np.testing.assert_allclose(np.asarray(vae(reference["x"])), reference["recon"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_geco_model_saved_before_its_variables_were_named_loads_its_whole_state():
+    # tests/fixtures/v4_geco.keras: saved by the version with the hold (five GECO variables) that did not yet
+    # record "own_variables" in its config; released by its patience after 3 steps.
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    reference = np.load(os.path.join(fixtures, "v4_geco_reference.npz"))
+    vae = keras.saving.load_model(os.path.join(fixtures, "v4_geco.keras"), safe_mode=True)
+    for name in ("log_multiplier", "constraint", "held", "best", "stalled"):
+        assert float(getattr(vae, f"geco_{name}")) == pytest.approx(float(reference[name]), rel=1e-7), name
+    assert float(vae.geco_stalled) == 2 and float(vae.geco_held) == 0
+    np.testing.assert_allclose(np.asarray(vae(reference["x"])), reference["recon"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_whose_own_variables_this_version_does_not_know_is_refused(tmp_path):
+    vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0)
+    assert vae.get_config()["own_variables"] == model.OWN_VARIABLES
+    path = str(tmp_path / "later.keras")
+    vae.save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    saved = json.loads(files["config.json"])
+    saved["config"]["own_variables"] = "geco-9"  # As a later version would write a new layout.
+    files["config.json"] = json.dumps(saved).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match="stores the VAE's own variables as 'geco-9', which this version does not know"):
+        keras.saving.load_model(path, safe_mode=True)
 
 
 def test_the_loss_weights_the_kl_by_the_chosen_beta():
