@@ -94,6 +94,7 @@ class VAE(keras.Model):
         self.prior = prior if prior is not None else priors.StandardNormal(self.latent_dim, name="prior")
         self.objective, self.batch_shards = Objective(), 1
         self.from_version_1 = False  # Set when loaded from a file saved before the four-part design.
+        self.stored_own_variables = OWN_VARIABLES  # from_config: the layout the loaded file names (None: unnamed).
         names = ["loss", "reconstruction", "kl", "neg_elbo"]
         if self.likelihood.has_sigma:
             names.append("sigma")
@@ -327,7 +328,7 @@ class VAE(keras.Model):
         return vae
 
     def load_own_variables(self, store):
-        stored = getattr(self, "stored_own_variables", OWN_VARIABLES)
+        stored = self.stored_own_variables
         if self.from_version_1:  # A version-1 file kept the learned log σ as the VAE's own variable.
             legacy.restore_log_sigma(self, store)
         elif stored is None and len(store.keys()) == 2:  # Version 3: GECO's multiplier and average, no hold.
