@@ -16,10 +16,9 @@ import math
 import os
 import sys
 
-import atomic
-import config
-import process
-import runs
+from vae_kl.process import atomic, exits
+from vae_kl.runs import folders, records
+from vae_kl.spec import config
 
 MAX_IWAE_K = 100_000
 
@@ -47,7 +46,7 @@ def check_run_folder(run_dir):
     summary = atomic.read_json(os.path.join(run_dir, "summary.json")) if os.path.isdir(run_dir) else None
     model_path = os.path.join(run_dir, "model.keras")
     if not isinstance(summary, dict) or not os.path.isfile(model_path):
-        raise runs.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
+        raise folders.RunFolderError(f"'{run_dir}' holds no finished run (summary.json and model.keras); "
                                   f"pass a folder written by train.py.")
     return summary
 
@@ -61,24 +60,28 @@ def check_arguments(args):
 
 if __name__ == "__main__":  # Answer --help and bad arguments before TensorFlow loads (it takes seconds), quietly.
     ARGS = parse_args()
-    STATUS = process.guard(lambda: check_arguments(ARGS) and None)
+    STATUS = exits.guard(lambda: check_arguments(ARGS) and None)
     if STATUS:
         sys.exit(STATUS)
-    import quiet
+    from vae_kl.process import quiet
 
     quiet.import_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import data  # noqa: E402
-import likelihoods  # noqa: E402
 import losses  # noqa: E402
 import model  # noqa: E402,F401  Registers the VAE's classes, so model.keras loads in safe mode.
-import objective  # noqa: E402
-import plots  # noqa: E402
-import priors  # noqa: E402
-import run_report  # noqa: E402
+from vae_kl.choices import (
+    likelihoods,  # noqa: E402
+    priors,  # noqa: E402
+)
+from vae_kl.data import sources  # noqa: E402
+from vae_kl.reports import (
+    plots,  # noqa: E402
+    run_page,  # noqa: E402
+)
+from vae_kl.spec import objective  # noqa: E402
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): unit j is active when Var_x E[z_j|x] > 0.01 (scale-dependent).
 INFORMATIVE_UNIT_NATS = 0.1  # A unit is informative when I(x; z_j) reaches this many nats.
@@ -583,20 +586,20 @@ def load_run(run_dir):
     summary, model_path = check_run_folder(run_dir), os.path.join(run_dir, "model.keras")
     dataset = summary.get("dataset")
     if not isinstance(dataset, str) or not dataset:
-        raise runs.RunFolderError(f"{run_dir}/summary.json does not name its dataset; re-run training to rewrite it.")
+        raise folders.RunFolderError(f"{run_dir}/summary.json does not name its dataset; re-run training to rewrite it.")
     try:
         cfg = config.from_stored(config.read_yaml(os.path.join(run_dir, "config.yaml")))
-        source, path = data.source_of(dataset)
+        source, path = sources.source_of(dataset)
         cfg.data = config.from_dict({"data": {**cfg.to_dict()["data"], "source": source, "path": path}}).data
     except config.ConfigError as error:
-        raise runs.RunFolderError(f"{run_dir}'s config.yaml or dataset cannot be used: {error}")
+        raise folders.RunFolderError(f"{run_dir}'s config.yaml or dataset cannot be used: {error}")
     try:
         vae = keras.saving.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises many types for a damaged or unsafe file; all mean "cannot load".
-        raise runs.RunFolderError(f"{model_path} cannot be loaded safely ({process.first_line(error)}); it is damaged, "
+        raise folders.RunFolderError(f"{model_path} cannot be loaded safely ({exits.first_line(error)}); it is damaged, "
                                   f"from another program, or needs code that safe mode refuses to run.")
     if not isinstance(vae, model.VAE):
-        raise runs.RunFolderError(f"{model_path} holds a {type(vae).__name__}, not a VAE written by train.py.")
+        raise folders.RunFolderError(f"{model_path} holds a {type(vae).__name__}, not a VAE written by train.py.")
     return summary, cfg, vae
 
 
@@ -604,21 +607,21 @@ def reevaluate(run_dir, iwae_k=None):
     """Reload a finished run's model and data, recompute its numbers and figures, update summary.json, rewrite
     report.html and print the same short block as train.py."""
     summary, cfg, vae = load_run(run_dir)
-    digits = data.load_digits(cfg.data, cfg.train.seed)
+    digits = sources.load_digits(cfg.data, cfg.train.seed)
     if digits.x_val.shape[1:] != vae.image_shape:
-        raise runs.RunFolderError(f"{run_dir}'s model takes images of shape {vae.image_shape}, but its dataset "
+        raise folders.RunFolderError(f"{run_dir}'s model takes images of shape {vae.image_shape}, but its dataset "
                                   f"{summary['dataset']} has {digits.x_val.shape[1:]}.")
-    history = runs.read_csv_rows(os.path.join(run_dir, "metrics.csv"))
+    history = records.read_csv_rows(os.path.join(run_dir, "metrics.csv"))
     epochs = summary.get("epochs_completed") if isinstance(summary.get("epochs_completed"), int) else len(history)
     steps = epochs * math.ceil(len(digits.x_train) / cfg.train.batch_size)
     validation, verdict = evaluate_run(vae, run_dir, digits.x_val, digits.y_val, iwae_k or cfg.evaluation.iwae_k,
                                        cfg.evaluation.max_examples, history, steps)
-    run_report.publish(run_dir, runs.update_summary(run_dir, validation=validation, collapse=verdict))
+    run_page.publish(run_dir, records.update_summary(run_dir, validation=validation, collapse=verdict))
 
 
 def main(argv=None, args=None):
     args = args or parse_args(argv)
-    return process.guard(lambda: reevaluate(*check_arguments(args)))
+    return exits.guard(lambda: reevaluate(*check_arguments(args)))
 
 
 if __name__ == "__main__":

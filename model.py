@@ -15,13 +15,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-import legacy
-import likelihoods
 import losses
-import priors
-from networks import IMAGE_SHAPE, build_decoder, build_encoder, reparameterize
-from objective import Objective
-from shards import GlobalBatch, map_shards
+from vae_kl.choices import likelihoods, priors
+from vae_kl.choices.architectures import IMAGE_SHAPE, build_decoder, build_encoder, reparameterize
+from vae_kl.spec.objective import Objective
+from vae_kl.training import legacy
+from vae_kl.training.slicing import GlobalBatch, map_shards
 
 GECO_LOG_BOUND = 13.8  # |log λ| of GECO's multiplier at most: β = 1/λ in [1e-6, 1e6].
 GECO_PROGRESS = 1e-3  # While GECO holds its multiplier, a fall of the constraint's average by this much is progress.

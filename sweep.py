@@ -50,13 +50,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow here (rep
 
 import yaml  # noqa: E402
 
-import atomic  # noqa: E402
-import config  # noqa: E402
-import data  # noqa: E402
-import frontier  # noqa: E402
-import process  # noqa: E402
-import runs  # noqa: E402
-from sweep_report import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
+from vae_kl.data import sources  # noqa: E402
+from vae_kl.process import (  # noqa: E402
+    atomic,  # noqa: E402
+    exits,
+    signals,
+)
+from vae_kl.reports import frontier  # noqa: E402
+from vae_kl.reports.sweep_page import LOG_DIR, SEED_KEY, result_rows, write_outputs, yaml_text  # noqa: E402
+from vae_kl.runs import folders, locks  # noqa: E402
+from vae_kl.spec import config  # noqa: E402
 
 ADDRESS_PROBE_SECONDS = 5.0  # How long a --address must take to accept a connection before it is refused.
 RAY_START_SECONDS, RAY_STOP_SECONDS = 60.0, 15.0  # Bounds on starting and on stopping the local Ray instance.
@@ -67,7 +70,7 @@ THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is waited for.
 STOP_WAIT_SECONDS = 60  # How long an interrupted train.py may take to save its state before it is killed.
-PARENT_PID_VARIABLE = process.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
+PARENT_PID_VARIABLE = signals.PARENT_PID_VARIABLE  # A plain string here, so a Ray task carries it by value.
 BACKENDS = ("local", "ray")
 FRONTIER_KEY = "loss.kl_weight"  # The one key --frontier sweeps.
 FRONTIER_GRID = (0.25, 0.5, 1, 2, 4, 8, 16)  # --frontier's default β values: log-spaced, a factor of 2 apart.
@@ -208,8 +211,8 @@ def make_label(settings):
         names = list(settings)
     text = "_".join(f"{name}-{yaml_text(value)}" for name, value in zip(names, settings.values()))
     label = re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
-    if len(label) > runs.MAX_RUN_NAME - 8:  # Room for a '_<n>' or '-<n>' suffix; the hash keeps it unique.
-        label = label[:runs.MAX_RUN_NAME - 16] + "_" + hashlib.sha256(text.encode()).hexdigest()[:6]
+    if len(label) > folders.MAX_RUN_NAME - 8:  # Room for a '_<n>' or '-<n>' suffix; the hash keeps it unique.
+        label = label[:folders.MAX_RUN_NAME - 16] + "_" + hashlib.sha256(text.encode()).hexdigest()[:6]
     return label
 
 
@@ -259,7 +262,7 @@ def make_plan(args):
                                  f"are planned at once, so split it into smaller sweeps.")
     planned = plan_runs(raw, grid)
     for data_cfg in {repr(run.cfg.data): run.cfg.data for run in planned}.values():
-        data.peek(data_cfg)  # A bad data.path is refused here, before any run starts (DataError: exit 2).
+        sources.peek(data_cfg)  # A bad data.path is refused here, before any run starts (DataError: exit 2).
     spec, folder = sweep_folder(args, base, grid, yaml_name)
     return Plan(base, grid, spec, folder, planned, args.workers, request)
 
@@ -272,9 +275,9 @@ def sweep_folder(args, base, grid, yaml_name):
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
         raise config.ConfigError(f"The sweep name must be letters, digits, '.', '_' or '-', "
                                  f"received {config.quote(name)}.")
-    runs.check_run_name(f"sweep_{name}", "The sweep folder")
+    folders.check_run_name(f"sweep_{name}", "The sweep folder")
     if base.output.run_name is not None:  # Unused (each run is named after its settings), but still checked.
-        runs.check_run_name(base.output.run_name)
+        folders.check_run_name(base.output.run_name)
     return spec, os.path.join(base.output.dir, f"sweep_{name}")
 
 
@@ -308,16 +311,16 @@ def same_sweep(stored, wanted):
 
 def prepare_folder(plan):
     """Create the sweep folder, or check an existing one holds this very sweep; write each run's config.
-    Returns the folder's lock (runs.lock_folder): one sweep at a time per folder, held until it ends."""
+    Returns the folder's lock (locks.lock_folder): one sweep at a time per folder, held until it ends."""
     spec_path = os.path.join(plan.folder, "sweep.yaml")
     wanted = yaml.safe_load(yaml.safe_dump(plan.spec))  # Compare as YAML reads it back.
-    existed = os.path.isdir(plan.folder) and any(name != runs.LOCK_FILE for name in os.listdir(plan.folder))
+    existed = os.path.isdir(plan.folder) and any(name != locks.LOCK_FILE for name in os.listdir(plan.folder))
     if existed and not os.path.exists(spec_path):
         raise config.ConfigError(f"{plan.folder} exists but holds no sweep.yaml; choose another --name.")
-    runs.check_writable(plan.base.output.dir)
+    folders.check_writable(plan.base.output.dir)
     # Before reading sweep.yaml: of two identical sweeps started at once, the second waits for nothing and
     # trains nothing; it is refused here.
-    lock = runs.lock_folder(plan.folder, "{folder} is being swept by process {owner}; wait for it to finish (then "
+    lock = locks.lock_folder(plan.folder, "{folder} is being swept by process {owner}; wait for it to finish (then "
                                          "run the same command to fill any gaps) or use another --name.")
     if os.path.exists(spec_path) and not same_sweep(config.read_yaml(spec_path), wanted):
         lock.close()
@@ -343,7 +346,7 @@ def log_path(plan, run):
 
 def threads_per_run(workers):
     """Each run's share of this machine's cores when `workers` runs train at once."""
-    return max(1, process.available_cores() // workers)
+    return max(1, signals.available_cores() // workers)
 
 
 def thread_overrides(threads):
@@ -432,17 +435,17 @@ class RayExecutor:
     def run(self, command, log_file):
         with self.lock:
             if self.cancelled:
-                return process.EXIT_INTERRUPTED
+                return exits.EXIT_INTERRUPTED
             ref = self.task.remote(command, log_file, self.overrides)
             self.pending.add(ref)
         try:
             return self.ray.get(ref)
         except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.RayError) as error:
             if self.cancelled:
-                return process.EXIT_INTERRUPTED
+                return exits.EXIT_INTERRUPTED
             with open(log_file, "a", encoding="utf-8") as log:  # The run is reported failed, with this reason.
-                log.write(f"sweep.py: the Ray task failed: {process.first_line(error)}\n")
-            return process.EXIT_SWEEP_RUN_FAILED
+                log.write(f"sweep.py: the Ray task failed: {exits.first_line(error)}\n")
+            return exits.EXIT_SWEEP_RUN_FAILED
         finally:
             with self.lock:
                 self.pending.discard(ref)
@@ -491,13 +494,13 @@ def make_executor(args):
     cpus = args.cpus_per_run if args.cpus_per_run is not None else threads_per_run(args.workers)
     if args.address:
         check_answers(args.address)
-    head = None if args.address else LocalRayHead(process.available_cores())
+    head = None if args.address else LocalRayHead(signals.available_cores())
     try:
         try:
             ray.init(address=args.address or head.address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
-                                     f"{process.first_line(error)}")
+                                     f"{exits.first_line(error)}")
         check_resources(ray, cpus, args.gpus_per_run)
     except BaseException:  # Nothing of the sweep's own Ray instance outlives a refusal or a Ctrl-C here.
         if head:
@@ -593,8 +596,8 @@ def clear_stillborn(run_dir):
     """Remove a run folder train.py was killed in before it wrote summary.json: it holds no results,
     and train.py would leave it alone and train into '<label>-2' instead. A folder a live process
     holds is being set up, not stillborn."""
-    if os.path.isdir(run_dir) and runs.run_status(run_dir) is None and \
-            not os.path.isdir(os.path.join(run_dir, runs.STATE_DIR)) and runs.lock_holder(run_dir) is None:
+    if os.path.isdir(run_dir) and folders.run_status(run_dir) is None and \
+            not os.path.isdir(os.path.join(run_dir, folders.STATE_DIR)) and locks.lock_holder(run_dir) is None:
         shutil.rmtree(run_dir)
 
 
@@ -603,7 +606,7 @@ def wait_for_owner(run_dir):
     killed a moment ago, still saving its state) to let go. Returns its pid if it still holds the folder."""
     deadline = time.monotonic() + OWNER_WAIT_SECONDS
     while True:
-        owner = runs.lock_holder(run_dir)
+        owner = locks.lock_holder(run_dir)
         if owner is None or time.monotonic() >= deadline:
             return owner
         time.sleep(0.2)
@@ -657,9 +660,9 @@ def train_one(plan, run, executor, progress):
     begin = time.monotonic()
     code = executor.run(command, log_path(plan, run))
     seconds = time.monotonic() - begin
-    status = runs.run_status(run_dir)  # summary.json is the authority; the exit code only fills gaps.
-    if status not in runs.FINAL_STATUSES:
-        status = "interrupted" if code == process.EXIT_INTERRUPTED else "failed"
+    status = folders.run_status(run_dir)  # summary.json is the authority; the exit code only fills gaps.
+    if status not in folders.FINAL_STATUSES:
+        status = "interrupted" if code == exits.EXIT_INTERRUPTED else "failed"
     progress.ended(run.label, status, seconds)
     return status, seconds
 
@@ -680,8 +683,8 @@ def run_all(plan, executor=None):
     executor = executor or LocalExecutor(plan.workers)
     statuses, todo = {}, []
     for run in plan.runs:
-        status = runs.run_status(os.path.join(plan.folder, run.label))
-        if status in runs.FINAL_STATUSES:  # A diverged run would diverge again: report it, do not retry.
+        status = folders.run_status(os.path.join(plan.folder, run.label))
+        if status in folders.FINAL_STATUSES:  # A diverged run would diverge again: report it, do not retry.
             print(f"skipped {run.label}: already {status}")
             statuses[run.label] = status
         else:
@@ -754,7 +757,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    return process.guard(lambda: sweep(args))  # One error path: one `error:` line and process.py's exit statuses.
+    return exits.guard(lambda: sweep(args))  # One error path: one `error:` line and process.py's exit statuses.
 
 
 def sweep(args):
@@ -770,7 +773,7 @@ def sweep(args):
             statuses, walls = run_all(plan, executor)
         except KeyboardInterrupt:
             print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
-            return process.EXIT_INTERRUPTED
+            return exits.EXIT_INTERRUPTED
         return report(plan, statuses, walls)
     finally:
         executor.close()
@@ -780,12 +783,14 @@ def sweep(args):
 
 def report(plan, statuses, walls):
     """Write the sweep's table, figures and page from its runs; returns 0, or EXIT_SWEEP_RUN_FAILED if a run failed."""
-    import quiet  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
+    from vae_kl.process import (
+        quiet,  # The report loads the models: TensorFlow, whose start-up lines stay off the console.
+    )
 
     tf_log = os.path.join(plan.folder, LOG_DIR, "tensorflow_startup.log")
     quiet.import_tensorflow(tf_log)
     if plan.base.output.tensorboard:
-        import tensorboard_log  # Deferred with TensorFlow, which it needs.
+        from vae_kl.tracking import tensorboard_log  # Deferred with TensorFlow, which it needs.
 
         grid = {key: values for key, values in plan.grid.items()}
         tensorboard_log.write_sweep_hparams(plan.folder, grid)
@@ -797,7 +802,7 @@ def report(plan, statuses, walls):
     if plan.frontier:
         print(f"Frontier: {os.path.join(plan.folder, frontier.PAGE)} and {frontier.FIGURE}")
     print(f"Report: {os.path.join(plan.folder, 'report.html')}")
-    return 0 if all(status == "complete" for status in statuses.values()) else process.EXIT_SWEEP_RUN_FAILED
+    return 0 if all(status == "complete" for status in statuses.values()) else exits.EXIT_SWEEP_RUN_FAILED
 
 
 if __name__ == "__main__":

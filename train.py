@@ -26,13 +26,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's start-up
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-import atomic  # noqa: E402
-import config  # noqa: E402
-import data  # noqa: E402
-import likelihoods  # noqa: E402
-import plan  # noqa: E402
-import process  # noqa: E402
-import runs  # noqa: E402
+from vae_kl.choices import likelihoods  # noqa: E402
+from vae_kl.data import batches, sources  # noqa: E402
+from vae_kl.process import (  # noqa: E402
+    atomic,  # noqa: E402
+    exits,
+    signals,
+)
+from vae_kl.runs import folders, locks, records  # noqa: E402
+from vae_kl.spec import (
+    config,  # noqa: E402
+    plan,  # noqa: E402
+)
 
 # Every module that loads TensorFlow (keras, model, callbacks, evaluate, ...) is imported inside the function
 # that needs it: `--help`, `--explain` and every check of the input answer before that import (~4 s).
@@ -48,7 +53,7 @@ def available_threads():
     """CPU threads this run may use: TF_NUM_INTRAOP_THREADS when set (sweep.py gives each worker its
     share that way), otherwise every core the process may run on."""
     value = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else process.available_cores()
+    return int(value) if value.isdigit() and int(value) > 0 else signals.available_cores()
 
 
 def resolve_batch_shards(requested):
@@ -119,7 +124,7 @@ def ends_process_after(seconds, message):
     For calls into TensorFlow that wait without a timeout of their own; used before any run folder exists."""
     def give_up():
         print(f"error: {message}.", file=sys.stderr, flush=True)
-        os._exit(process.EXIT_ENVIRONMENT)
+        os._exit(exits.EXIT_ENVIRONMENT)
 
     timer = threading.Timer(seconds, give_up)
     timer.daemon = True
@@ -243,7 +248,7 @@ def divergence_advice(cfg):
 
 def resolved(cfg, digits):
     """The config with data.source naming the data actually used (what auto chose), as the run records it."""
-    source, path = data.source_of(digits.name)
+    source, path = sources.source_of(digits.name)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=path))
 
 
@@ -254,7 +259,7 @@ def start_run(cfg, run_dir, resume, setup, vae):
         atomic.atomic_write_text(os.path.join(run_dir, "config.yaml"),
                                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     description = {**setup.description, "likelihood": vae.likelihood.describe(), "prior": vae.prior.describe()}
-    runs.update_summary(run_dir, status="running", dataset=setup.digits.name,
+    records.update_summary(run_dir, status="running", dataset=setup.digits.name,
                         train_examples=len(setup.digits.x_train), validation_examples=len(setup.digits.x_val),
                         epochs_planned=cfg.train.epochs, objective=description, precision=cfg.train.precision,
                         batch_shards=setup.batch_shards,
@@ -265,15 +270,15 @@ def start_run(cfg, run_dir, resume, setup, vae):
 def fit(setup, vae, run_dir, history, first_epoch, callbacks=()):
     """Train from first_epoch; returns the recorder (which knows whether training diverged) and the
     phase clock (where the epochs' time went)."""
-    from callbacks import run_callbacks  # Deferred: see the note above the imports.
+    from vae_kl.training.callbacks import run_callbacks  # Deferred: see the note above the imports.
 
     cfg = setup.cfg
     recorder, clock, run_list = run_callbacks(setup, vae, run_dir, history)
     if first_epoch < cfg.train.epochs:
-        train_data = data.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
+        train_data = batches.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                         cfg.train.epochs, cfg.data.binarize == "dynamic")
         vae.fit(train_data, epochs=cfg.train.epochs, initial_epoch=first_epoch, steps_per_epoch=setup.steps_per_epoch,
-                validation_data=data.validation_batches(setup.digits.x_val), callbacks=[*run_list, *callbacks],
+                validation_data=batches.validation_batches(setup.digits.x_val), callbacks=[*run_list, *callbacks],
                 shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     return recorder, clock
 
@@ -284,8 +289,8 @@ def finish(setup, vae, run_dir, history, phases):
     phases: seconds this process spent so far, by phase (train); the final evaluation's are added.
     """
     import evaluate  # Deferred: see the note above the imports.
-    import run_report
-    from callbacks import log_evaluation
+    from vae_kl.reports import run_page
+    from vae_kl.training.callbacks import log_evaluation
 
     finish_started = time.perf_counter()
     cfg = setup.cfg
@@ -304,7 +309,7 @@ def finish(setup, vae, run_dir, history, phases):
     validation, verdict = evaluate.evaluate_run(vae, run_dir, setup.digits.x_val, setup.digits.y_val,
                                                 cfg.evaluation.iwae_k, cfg.evaluation.max_examples, history,
                                                 len(history) * setup.steps_per_epoch)
-    process.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
+    signals.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
     seconds = [row["seconds"] for row in history]
     timing = {"median_seconds_per_epoch": float(np.median(seconds)) if seconds else None,
               "digits_per_second": len(setup.digits.x_train) / float(np.median(seconds)) if seconds else None,
@@ -312,10 +317,10 @@ def finish(setup, vae, run_dir, history, phases):
     log_evaluation(cfg, run_dir, validation, verdict, len(history))
     chosen = geco_result(vae, history, validation) if vae.objective.chooses_beta else None
     rate = capacity_result(vae, history, validation) if vae.objective.target_rate is not None else None
-    summary = runs.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing, geco=chosen,
+    summary = records.update_summary(run_dir, validation=validation, collapse=verdict, timing=timing, geco=chosen,
                                   capacity=rate, epochs_completed=len(history), status="complete")
-    shutil.rmtree(os.path.join(run_dir, runs.STATE_DIR), ignore_errors=True)
-    run_report.publish(run_dir, summary)  # report.html from the complete summary, and the short console block.
+    shutil.rmtree(os.path.join(run_dir, folders.STATE_DIR), ignore_errors=True)
+    run_page.publish(run_dir, summary)  # report.html from the complete summary, and the short console block.
 
 
 def geco_result(vae, history, validation):
@@ -381,35 +386,35 @@ def train(cfg, callbacks=(), quiet_console=False):
     started = time.perf_counter()
     check_before_tensorflow(cfg)
     if quiet_console:
-        import quiet  # Deferred: see the note above the imports.
+        from vae_kl.process import quiet  # Deferred: see the note above the imports.
 
         quiet.import_tensorflow()
     cfg, setup = prepare(cfg)
-    run_dir, resume, where = runs.choose_run_dir(cfg.to_dict())
+    run_dir, resume, where = folders.choose_run_dir(cfg.to_dict())
     announce(setup, where)
     vae = build_seeded_vae(setup)
     history = []
     # Taken last before the folder's first files: an interruption before this leaves no folder behind.
-    run_lock = runs.lock_run_dir(run_dir)  # Held until train() returns or raises; another process is refused.
+    run_lock = locks.lock_run_dir(run_dir)  # Held until train() returns or raises; another process is refused.
     try:
         start_run(cfg, run_dir, resume, setup, vae)
         if quiet_console:
             quiet.save_chatter(os.path.join(run_dir, "tensorflow_startup.log"))
         first_epoch = restore(run_dir, vae, history) if resume else 0
-        runs.update_summary(run_dir, epochs_completed=first_epoch)
+        records.update_summary(run_dir, epochs_completed=first_epoch)
         startup = time.perf_counter() - started
         recorder, clock = fit(setup, vae, run_dir, history, first_epoch, callbacks)
         if recorder.diverged_at:
             return report_divergence(cfg, run_dir, recorder.diverged_at, history), run_dir
         finish(setup, vae, run_dir, history, {"startup": startup, **clock.totals()})
     except KeyboardInterrupt:
-        runs.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
+        records.update_summary(run_dir, status="interrupted", epochs_completed=len(history))
         print(f"\nInterrupted after {len(history)} finished epochs. Run the same command again to resume.")
-        return process.EXIT_INTERRUPTED, run_dir
-    except OSError as error:  # A full disk, say: record it (the lock's reserve makes room); process.guard says it.
+        return exits.EXIT_INTERRUPTED, run_dir
+    except OSError as error:  # A full disk, say: record it (the lock's reserve makes room); exits.guard says it.
         run_lock.release_reserve()
         with contextlib.suppress(OSError):
-            runs.update_summary(run_dir, status="failed", error=process.os_error_text(error),
+            records.update_summary(run_dir, status="failed", error=exits.os_error_text(error),
                                 epochs_completed=len(history))
         raise
     finally:  # In a notebook a raised exception's traceback would otherwise hold the lock until it is cleared.
@@ -419,7 +424,7 @@ def train(cfg, callbacks=(), quiet_console=False):
 
 def prepare(cfg):
     """Load the digits and work out the run on this machine: (cfg naming the data used, Setup)."""
-    digits = data.load_digits(cfg.data, cfg.train.seed)
+    digits = sources.load_digits(cfg.data, cfg.train.seed)
     cfg = resolved(cfg, digits)
     for note in digits.notes:  # The data's own warnings come before anything that depends on them.
         print(note)
@@ -457,7 +462,7 @@ def build_seeded_vae(setup):
 def restore(run_dir, vae, history):
     """Resume from the run's checkpoint, if it has one: fills history with its epochs' rows and returns
     how many epochs it holds (0 without a checkpoint)."""
-    progress = runs.load_checkpoint(run_dir, vae)
+    progress = records.load_checkpoint(run_dir, vae)
     if not progress:
         return 0
     history[:] = progress["history"]
@@ -468,13 +473,13 @@ def restore(run_dir, vae, history):
 
 def check_before_tensorflow(cfg):
     """Every check of the input that needs no TensorFlow, so that a bad value is refused in well under a
-    second: data.path (data.peek), the run name, the output folder, $TF_CONFIG. Returns data.peek's answer."""
+    second: data.path (sources.peek), the run name, the output folder, $TF_CONFIG. Returns sources.peek's answer."""
     if cfg.train.distribute == "multi_worker":
         check_own_port()
     if cfg.output.run_name is not None:
-        runs.check_run_name(cfg.output.run_name)
-    shape = data.peek(cfg.data)
-    runs.check_could_write(cfg.output.dir)  # Creates nothing: a refusal of the data later leaves no folder.
+        folders.check_run_name(cfg.output.run_name)
+    shape = sources.peek(cfg.data)
+    folders.check_could_write(cfg.output.dir)  # Creates nothing: a refusal of the data later leaves no folder.
     return shape
 
 
@@ -482,12 +487,12 @@ def report_divergence(cfg, run_dir, where, history):
     """Mark the run diverged, say why and what is kept; returns exit status 3."""
     epoch, step = where
     message = f"Training diverged in epoch {epoch} at step {step}: the loss is NaN or infinite. " + divergence_advice(cfg)
-    runs.update_summary(run_dir, status="diverged", diverged={"epoch": epoch, "step": step, "message": message},
+    records.update_summary(run_dir, status="diverged", diverged={"epoch": epoch, "step": step, "message": message},
                         epochs_completed=len(history))
     kept = (f"The checkpoint after epoch {len(history)} and the outputs so far are kept in {run_dir}."
             if history else f"No epoch finished, so there is no checkpoint; see {run_dir}.")
     print(f"error: {message} {kept}", file=sys.stderr)
-    return process.EXIT_DIVERGED
+    return exits.EXIT_DIVERGED
 
 
 def run(config_or_path=None, overrides=(), callbacks=()):
@@ -498,7 +503,7 @@ def run(config_or_path=None, overrides=(), callbacks=()):
             for the tutorial's defaults.
         overrides: `section.key=value` strings, as `--set` takes them.
         callbacks: extra keras.callbacks.Callback objects for `fit`.
-    Raises config.ConfigError, data.DataError or runs.RunFolderError on bad input; a diverged or
+    Raises config.ConfigError, arrays.DataError or folders.RunFolderError on bad input; a diverged or
     interrupted run returns its summary with that status.
     """
     cfg, _ = load_config(config_or_path, check_list("overrides", overrides, str, "'section.key=value' strings"))
@@ -531,7 +536,7 @@ def load_config(config_or_path, overrides):
         try:
             config_or_path = config_or_path.to_dict()
         except TypeError as error:  # dataclasses.asdict deep-copies: an unpicklable value fails here.
-            raise config.ConfigError(f"the Config holds a value that is not a setting ({process.first_line(error)}).")
+            raise config.ConfigError(f"the Config holds a value that is not a setting ({exits.first_line(error)}).")
     if isinstance(config_or_path, dict):
         raw = config.apply_overrides(config_or_path, overrides)
     elif config_or_path is None or isinstance(config_or_path, (str, os.PathLike)):
@@ -587,7 +592,7 @@ def explain(args):
 def main(argv=None):
     args = parse_args(argv)
     if args.explain:
-        return process.guard(lambda: explain(args))
+        return exits.guard(lambda: explain(args))
 
     def action():
         cfg, notes = load_config(args.config, args.overrides)
@@ -595,9 +600,9 @@ def main(argv=None):
             print(note)
         return train(cfg, quiet_console=True)[0]
 
-    return process.guard(action)
+    return exits.guard(action)
 
 
 if __name__ == "__main__":
-    process.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
-    process.exit_now(main())
+    signals.stop_like_ctrl_c()  # Ctrl-C, SIGTERM, or the death of the sweep that started us, stop training.
+    exits.exit_now(main())

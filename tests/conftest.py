@@ -55,7 +55,7 @@ def quick_sets(output_dir, *extra):
 
 def quick_config(output_dir, *extra):
     """The validated Config of a quick run writing into output_dir (for in-process train.train/train.run)."""
-    import config
+    from vae_kl.spec import config
 
     return config.load(None, quick_overrides(output_dir, *extra))[0]
 
@@ -83,9 +83,8 @@ def build_vae(seed=0, batch_shards=1, learning_rate=1e-3, image_shape=(28, 28, 1
     built and compiled the way train.py does it. Returns the VAE."""
     import keras
 
-    import config
     import model
-    import objective
+    from vae_kl.spec import config, objective
 
     raw = {}
     for name, value in settings.items():

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-import process  # noqa: E402
+from vae_kl.process import signals  # noqa: E402
 
 REPLICAS = 2
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
@@ -130,5 +130,5 @@ if __name__ == "__main__":
         if sys.argv[1] == "both":  # The run gets the same MirroredStrategy: a second one in one process reuses
             make_strategy = train.make_strategy  # the first one's collective keys, and their all-reduces collide.
             train.make_strategy = lambda name: strategy if name == "mirrored" else make_strategy(name)
-        process.stop_like_ctrl_c()
+        signals.stop_like_ctrl_c()
         sys.exit(train.main(sys.argv[2 if sys.argv[1] == "train" else 3:]))

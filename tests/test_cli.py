@@ -25,13 +25,13 @@ def test_help_answers_without_importing_tensorflow(tmp_path, script):
 
 def setup_of(monkeypatch, terminal, steps_per_epoch=32, **settings):
     """train.Setup for steps_per_epoch batches of 8 blank digits, with sys.stdout a terminal or not."""
-    import config
-    import data
     import train
+    from vae_kl.data import sources
+    from vae_kl.spec import config
 
     monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
     x = np.zeros((steps_per_epoch * 8, 28, 28, 1), "float32")
-    digits = data.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:8], y_val=np.zeros(8, "int64"),
+    digits = sources.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:8], y_val=np.zeros(8, "int64"),
                          name="test")
     sets = ["train.batch_size=8", "train.batch_shards=1", *[f"{k}={v}" for k, v in settings.items()]]
     return train.Setup(config.load(None, sets)[0], digits)

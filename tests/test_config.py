@@ -8,9 +8,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import config
-import process
 from conftest import ROOT, run_cli
+from vae_kl.process import exits
+from vae_kl.spec import config
 
 
 def test_defaults_reproduce_the_tutorial():
@@ -140,7 +140,7 @@ DOCUMENTS = st.recursive(SCALARS, lambda inner: st.one_of(
 
 def outcome(action):
     """0 or 2 from the CLI's error handling; anything else (a traceback) fails the test."""
-    return process.guard(action)
+    return exits.guard(action)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import config
-import data
-import process
+from vae_kl.data import arrays, downloads, files, sources
+from vae_kl.process import exits
+from vae_kl.spec import config
 
 BOUND_SECONDS = 120  # Generous: every refusal here takes about a second; only a hang comes near this.
 
@@ -42,12 +42,12 @@ def ends(action, bound=BOUND_SECONDS):
 
 
 def refused(action, capsys):
-    """The one line process.guard prints for action(), checked to be an `error:` line with exit status 2 and to
+    """The one line exits.guard prints for action(), checked to be an `error:` line with exit status 2 and to
     come with no warning (Pillow's DecompressionBombWarning among them)."""
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        status = process.guard(action)
+        status = exits.guard(action)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
@@ -100,13 +100,13 @@ def test_an_npz_is_bounded_by_its_headers_before_any_array_is_read(tmp_path, mon
     if case == "zip_bomb":  # 12.5 MB of float64 zeros compress to about 13 KB.
         np.savez_compressed(path, **four_arrays(np.zeros((2000, 28, 28)), np.zeros((10, 28, 28))))
         assert os.path.getsize(path) < 20_000
-        monkeypatch.setattr(data, "MAX_DATA_BYTES", 2**20)
+        monkeypatch.setattr(arrays, "MAX_DATA_BYTES", 2**20)
     else:
         shape = {"claims_terabytes": (10**9, 28, 28), "negative_size": (-3, 28, 28), "zero_size": (0, 28, 28),
                  "absurd_side": (3, 100_000, 100_000)}[case]
         headers_only_npz(path, shape, "uint8" if case == "absurd_side" else "float32")
     forbid_reading_arrays(monkeypatch)
-    for action in (lambda: data.load_npz(str(path)), lambda: data.peek(npz_config(path))):  # Training, --explain.
+    for action in (lambda: files.load_npz(str(path)), lambda: sources.peek(npz_config(path))):  # Training, --explain.
         line = refused(action, capsys)
         assert re.search(fragment, line) and "hostile.npz" in line, line
 
@@ -115,17 +115,17 @@ def test_the_memory_cap_is_exact_and_half_the_machine_where_that_is_less(tmp_pat
     path = tmp_path / "digits.npz"
     np.savez_compressed(path, **four_arrays(np.zeros((200, 28, 28), "uint8")))
     need = (200 + 2) * 784 * (1 + 4) + (200 + 2) * 8  # uint8 as stored plus float32; int64 labels.
-    monkeypatch.setattr(data, "MAX_DATA_BYTES", need)
-    (x_train, _), _ = data.load_npz(str(path))  # Exactly at the cap: loaded.
+    monkeypatch.setattr(arrays, "MAX_DATA_BYTES", need)
+    (x_train, _), _ = files.load_npz(str(path))  # Exactly at the cap: loaded.
     assert x_train.shape == (200, 28, 28, 1)
-    monkeypatch.setattr(data, "MAX_DATA_BYTES", need - 1)
-    with pytest.raises(data.DataError, match=r"would need 774\.9 KiB of memory .* more than the 774\.9 KiB cap"):
-        data.load_npz(str(path))
-    monkeypatch.setattr(data, "MAX_DATA_BYTES", 8 * 2**30)
-    monkeypatch.setattr(data, "_machine_memory", lambda: 4 * 2**30)
-    assert data.memory_cap() == (2 * 2**30, "half of this machine's 4.0 GiB of memory")
-    monkeypatch.setattr(data, "_machine_memory", lambda: None)
-    assert data.memory_cap() == (8 * 2**30, "data.MAX_DATA_BYTES")
+    monkeypatch.setattr(arrays, "MAX_DATA_BYTES", need - 1)
+    with pytest.raises(arrays.DataError, match=r"would need 774\.9 KiB of memory .* more than the 774\.9 KiB cap"):
+        files.load_npz(str(path))
+    monkeypatch.setattr(arrays, "MAX_DATA_BYTES", 8 * 2**30)
+    monkeypatch.setattr(arrays, "_machine_memory", lambda: 4 * 2**30)
+    assert arrays.memory_cap() == (2 * 2**30, "half of this machine's 4.0 GiB of memory")
+    monkeypatch.setattr(arrays, "_machine_memory", lambda: None)
+    assert arrays.memory_cap() == (8 * 2**30, "data.MAX_DATA_BYTES")
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -143,7 +143,7 @@ def test_a_file_that_is_not_a_zip_is_called_that_not_pickled(tmp_path, capsys, c
             np.save(file, np.zeros((4, 28, 28)))
     else:
         path.write_bytes(content)
-    for action in (lambda: data.load_npz(str(path)), lambda: data.peek(npz_config(path))):
+    for action in (lambda: files.load_npz(str(path)), lambda: sources.peek(npz_config(path))):
         line = refused(action, capsys)
         assert re.search(fragment, line) and "pickled" not in line, line
 
@@ -162,7 +162,7 @@ def pixels(*values, dtype="float64"):
     (pixels(1, 2, dtype="int64"), 255),  # Whole numbers above 1 are levels, however dark.
 ])
 def test_pixels_in_0_1_or_whole_0_255_are_read_at_their_scale(x, scale):
-    images = data._to_images(x, "x_train")
+    images = arrays.to_images(x, "x_train")
     assert images.dtype == np.float32 and images.shape == (2, 4, 4, 1)
     np.testing.assert_allclose(images[..., 0], x.astype("float64") / scale, rtol=1e-6)
 
@@ -176,8 +176,8 @@ def test_pixels_in_0_1_or_whole_0_255_are_read_at_their_scale(x, scale):
     (pixels(-1, 255), "from -1 to 255; rescale"),
 ])
 def test_pixels_of_no_known_scale_are_refused_saying_what_was_found(x, found):
-    with pytest.raises(data.DataError) as caught:
-        data._to_images(x, "x_train")
+    with pytest.raises(arrays.DataError) as caught:
+        arrays.to_images(x, "x_train")
     message = str(caught.value)
     assert "pixels must lie in [0, 1] or [0, 255] (whole numbers there, read as 8-bit levels)" in message
     assert f"received values {found}" in message, message
@@ -186,7 +186,7 @@ def test_pixels_of_no_known_scale_are_refused_saying_what_was_found(x, found):
 def test_an_npz_of_pixels_up_to_1_5_is_refused_not_divided_by_255(tmp_path, capsys):
     path = tmp_path / "scaled.npz"
     np.savez(path, **four_arrays(np.linspace(0, 1.5, 4 * 28 * 28).reshape(4, 28, 28)))
-    line = refused(lambda: data.load_npz(str(path)), capsys)
+    line = refused(lambda: files.load_npz(str(path)), capsys)
     assert "scaled.npz' x_train pixels must lie in [0, 1] or [0, 255]" in line
     assert "received values from 0 to 1.5, above 1 but not whole numbers" in line
 
@@ -235,7 +235,7 @@ def test_huge_images_are_refused_from_their_header_without_decoding_or_warnings(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     cfg = config.from_dict({"data": {"source": "folder", "path": str(root)}}).data
-    line = refused((lambda: data.load_folder(str(root), seed=0)) if how == "load" else lambda: data.peek(cfg), capsys)
+    line = refused((lambda: files.load_folder(str(root), seed=0)) if how == "load" else lambda: sources.peek(cfg), capsys)
     expected = {"huge": "1.png' is 12000×12000 (H×W), but H and W must be from 4 to 4096",
                 "bomb": f"1.png' has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; data.source folder takes images up "
                         f"to 4096×4096",
@@ -258,13 +258,13 @@ def test_a_stalled_https_proxy_fails_within_the_stall_timeout_and_names_its_vari
             monkeypatch.setenv(variable, proxy)
             home = tmp_path / variable
             monkeypatch.setenv("KERAS_HOME", str(home))  # No cache: a download is tried, through the proxy.
-            monkeypatch.setattr(data, "DOWNLOAD_STALL_SECONDS", 1.0)
-            error = ends(lambda: data.load_keras_dataset("cifar10"))
-            assert isinstance(error, data.DataError), repr(error)
+            monkeypatch.setattr(downloads, "DOWNLOAD_STALL_SECONDS", 1.0)
+            error = ends(lambda: downloads.load_keras_dataset("cifar10"))
+            assert isinstance(error, arrays.DataError), repr(error)
             assert (f"Could not load cifar10 from keras.datasets (the HTTPS proxy in {variable} ({proxy}) gave no "
                     f"answer for 1 s and the download was stopped; check that proxy, or unset {variable}") in str(error)
             assert "\n" not in str(error) and socket.getdefaulttimeout() == timeout_before  # Restored.
-            assert (home / "datasets" / data.DOWNLOAD_FAILED_MEMO).exists()  # The next run is refused at once.
+            assert (home / "datasets" / downloads.DOWNLOAD_FAILED_MEMO).exists()  # The next run is refused at once.
     finally:
         server.close()
 
@@ -281,14 +281,14 @@ def test_a_fifo_in_a_folder_of_images_is_refused_from_the_listing(tmp_path, monk
     def no_open(file):
         raise AssertionError(f"{file} was opened: the listing should have refused the FIFO first")
 
-    monkeypatch.setattr(data, "_open_image", no_open)
+    monkeypatch.setattr(files, "_open_image", no_open)
     try:
-        error = ends(lambda: data.load_folder(str(root), seed=0))
+        error = ends(lambda: files.load_folder(str(root), seed=0))
     finally:  # Should a reader be stuck on the FIFO, a writer lets it go.
         try:
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:  # ENXIO: nobody is reading it, as it should be.
             pass
-    assert isinstance(error, data.DataError), repr(error)
+    assert isinstance(error, arrays.DataError), repr(error)
     assert str(error) == (f"The image '{fifo}' is not a regular file (a pipe or a device); point it at a regular "
                           f"file.")

@@ -177,8 +177,8 @@ def test_read_tf_config_accepts_a_chief_and_workers():
 def test_a_taken_port_of_this_machine_is_refused_before_tensorflow():
     import socket
 
-    import config
     import train
+    from vae_kl.spec import config
 
     with socket.socket() as taken:
         taken.bind(("", 0))

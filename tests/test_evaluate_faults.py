@@ -3,23 +3,22 @@ decoder calls, and a metrics.csv far longer than any run writes. Small real mode
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import yaml
 
-import config
-import data
 import evaluate
-import run_report
-import runs
 from conftest import build_vae
+from vae_kl.data import sources
+from vae_kl.reports import run_page
+from vae_kl.runs import folders, records
+from vae_kl.spec import config
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return data.load_digits(config.DataConfig(source="mnist_embedded"), seed=0)
+    return sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=0)
 
 
 def informative_encoder(vae):
@@ -62,7 +61,7 @@ def test_a_model_whose_decoder_ignores_an_informative_code_is_not_called_healthy
     assert verdict["reason"].startswith("the decoder ignores the code"), verdict["reason"]
     assert "Check the decoder's weights" in verdict["advice"] and "Nothing to change" not in verdict["advice"]
     summary = {"collapse": verdict, "validation": validation}
-    state, sentence, _ = run_report.verdict_of(summary)
+    state, sentence, _ = run_page.verdict_of(summary)
     assert state == "collapsed"
     assert sentence == "COLLAPSED: the code carries information about the digit, but the decoder ignores it."
     json.dumps(validation, allow_nan=False)  # summary.json takes the new keys as they are.
@@ -152,18 +151,18 @@ def write_rows(path, count):
 def test_a_metrics_csv_longer_than_any_run_is_refused_in_one_line(tmp_path):
     path = str(tmp_path / "metrics.csv")
     write_rows(path, 200_000)  # Twice the rows train.epochs allows, in about 2 MB.
-    with pytest.raises(runs.RunFolderError) as refused:
-        runs.read_csv_rows(path)
+    with pytest.raises(folders.RunFolderError) as refused:
+        records.read_csv_rows(path)
     assert "more than 100,000 rows" in str(refused.value) and "\n" not in str(refused.value)
     write_rows(path, 10)
-    assert [row["epoch"] for row in runs.read_csv_rows(path, max_rows=10)] == list(range(1, 11))
-    with pytest.raises(runs.RunFolderError, match="more than 9 rows"):
-        runs.read_csv_rows(path, max_rows=9)
+    assert [row["epoch"] for row in records.read_csv_rows(path, max_rows=10)] == list(range(1, 11))
+    with pytest.raises(folders.RunFolderError, match="more than 9 rows"):
+        records.read_csv_rows(path, max_rows=9)
     with open(path, "r+b") as handle:  # A sparse 65 MiB file: refused by its size before a byte is read.
         handle.truncate(65 * 2 ** 20)
-    with pytest.raises(runs.RunFolderError, match="is 65 MiB, more than the 64 MiB"):
-        runs.read_csv_rows(path)
-    assert runs.read_csv_rows(str(tmp_path / "absent.csv")) == []
+    with pytest.raises(folders.RunFolderError, match="is 65 MiB, more than the 64 MiB"):
+        records.read_csv_rows(path)
+    assert records.read_csv_rows(str(tmp_path / "absent.csv")) == []
 
 
 def test_evaluate_refuses_a_run_whose_metrics_csv_has_more_rows_than_any_run(tmp_path, capsys):
@@ -182,7 +181,7 @@ def test_evaluate_refuses_a_run_whose_metrics_csv_has_more_rows_than_any_run(tmp
 
 
 def test_the_rate_distortion_path_of_a_long_run_draws_at_most_path_points(tmp_path, monkeypatch):
-    import plots
+    from vae_kl.reports import plots
 
     drawn = {}
     monkeypatch.setattr(plots, "rate_distortion", lambda points, path, title: drawn.update(points=points, title=title))

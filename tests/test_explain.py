@@ -12,9 +12,9 @@ import sys
 
 import pytest
 
-import config
 import train
 from conftest import ROOT
+from vae_kl.spec import config
 
 MNIST_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 

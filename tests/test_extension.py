@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-import config
-import likelihoods
 import model
-import objective
-import plan
-import priors
-import schedules
 import train
 from conftest import quick_config
+from vae_kl.choices import likelihoods, priors, schedules
+from vae_kl.spec import config, objective, plan
 
 
 class Laplace(likelihoods.Likelihood):

@@ -8,14 +8,15 @@ import os
 
 import numpy as np
 import pytest
-
-from conftest import ROOT
 from test_sweep import make_row
 
-import frontier  # noqa: E402
-import process  # noqa: E402
 import sweep  # noqa: E402
-import sweep_report  # noqa: E402
+from conftest import ROOT
+from vae_kl.process import exits  # noqa: E402
+from vae_kl.reports import (
+    frontier,  # noqa: E402
+    sweep_page,  # noqa: E402
+)
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 
@@ -111,7 +112,7 @@ def cli(tmp_path, *args):
     (["--frontier", "--target-rate", "nan"], "--target-rate must be"),
 ])
 def test_bad_frontier_input_is_refused_before_anything_is_trained(tmp_path, capsys, args, words):
-    assert sweep.main(cli(tmp_path, *args)) == process.EXIT_USER_ERROR
+    assert sweep.main(cli(tmp_path, *args)) == exits.EXIT_USER_ERROR
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1, error
     assert words is None or words in error, error
@@ -173,7 +174,7 @@ def test_the_figure_draws_the_means_the_errors_and_the_slopes(tmp_path):
     rows = frontier_rows()
     placed = [frontier.Placed("geco", "GECO", 10.0, 115.0, 2.5, kappa=115.0)]
     drawn = frontier.draw(str(tmp_path), frontier.frontier_points(rows)[0], rows, frontier.Request(tuple(placed)))
-    settings = sweep_report.aggregate([row for row in rows if row["status"] == "complete"])  # rate_distortion.png's.
+    settings = sweep_page.aggregate([row for row in rows if row["status"] == "complete"])  # rate_distortion.png's.
     assert drawn["rate"] == pytest.approx([s["kl_nats"][0] for s in settings])
     assert drawn["distortion"] == pytest.approx([s["reconstruction_nats"][0] for s in settings])
     assert drawn["rate_se"] == pytest.approx([s["kl_nats"][1] for s in settings])

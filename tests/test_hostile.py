@@ -14,14 +14,13 @@ import time
 import pytest
 import yaml
 
-import atomic
-import config
 import evaluate
-import process
-import runs
 import sweep
 import train
 from conftest import ROOT, quick_config, quick_sets, run_cli
+from vae_kl.process import atomic, exits, signals
+from vae_kl.runs import folders, locks, records
+from vae_kl.spec import config
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -56,7 +55,7 @@ def test_unbounded_and_meaningless_values_are_refused_in_one_line(overrides, fra
 
 def test_the_bounds_keep_every_derived_quantity_finite_in_float32():
     """The worst corners the bounds allow, through objective.py's own formulas."""
-    import objective
+    from vae_kl.spec import objective
 
     NUM_PIXELS = 28 * 28  # MNIST's D.
 
@@ -151,8 +150,8 @@ def test_a_yaml_reader_error_prints_exactly_one_line(tmp_path):
     ("\U0001F600" * 60, "is 240 bytes in UTF-8"),  # 60 characters, but 4 bytes each.
 ])
 def test_long_or_unprintable_run_names_are_refused(tmp_path, capsys, name, fragment):
-    with pytest.raises(runs.RunFolderError, match=fragment):
-        runs.check_run_name(name)
+    with pytest.raises(folders.RunFolderError, match=fragment):
+        folders.check_run_name(name)
     assert sweep.main(["--grid", "loss.kl_weight=1,2", "--set", f"output.dir={tmp_path}",
                        "--set", f"output.run_name={yaml.safe_dump(name).strip()}"]) == 2
     err = capsys.readouterr().err
@@ -163,20 +162,20 @@ def test_long_or_unprintable_run_names_are_refused(tmp_path, capsys, name, fragm
 def test_long_sweep_labels_are_shortened_and_stay_distinct():
     long_a, long_b = {"data.path": "a" * 200 + "1"}, {"data.path": "a" * 200 + "2"}
     labels = [sweep.make_label(long_a), sweep.make_label(long_b)]
-    assert labels[0] != labels[1] and all(len(label) <= runs.MAX_RUN_NAME - 8 for label in labels)
+    assert labels[0] != labels[1] and all(len(label) <= folders.MAX_RUN_NAME - 8 for label in labels)
     assert sweep.make_label({"loss.kl_weight": 0.1}) == "kl_weight-0.1"  # Short labels are unchanged.
 
 
 def test_a_refused_output_folder_leaves_nothing_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "MIN_FREE_BYTES", 2**62)
-    with pytest.raises(runs.RunFolderError, match="MiB free"):
-        runs.check_writable(str(tmp_path / "new" / "out"))
+    monkeypatch.setattr(folders, "MIN_FREE_BYTES", 2**62)
+    with pytest.raises(folders.RunFolderError, match="MiB free"):
+        folders.check_writable(str(tmp_path / "new" / "out"))
     assert os.listdir(tmp_path) == []  # Removed what it created, and only that.
 
 
 def hold_lock(run_dir):
     """Another process holding run_dir's lock until its stdin closes."""
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); import runs; lock = runs.lock_run_dir({str(run_dir)!r}); " \
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from vae_kl.runs import locks; lock = locks.lock_run_dir({str(run_dir)!r}); " \
            "print('locked', flush=True); sys.stdin.read()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
@@ -197,7 +196,7 @@ def test_a_run_folder_held_by_a_live_process_is_refused_and_freed_when_it_dies(t
     try:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))  # Unfinished, same settings.
         (run_dir / "summary.json").write_text('{"status": "running"}')
-        assert runs.lock_holder(str(run_dir)) == str(holder.pid)
+        assert locks.lock_holder(str(run_dir)) == str(holder.pid)
         assert train.main(args) == 2
         err = capsys.readouterr().err
         assert f"is being trained by process {holder.pid}; wait for it or choose another output.run_name" in err
@@ -205,30 +204,30 @@ def test_a_run_folder_held_by_a_live_process_is_refused_and_freed_when_it_dies(t
     finally:
         holder.kill()  # SIGKILL: no clean-up; the OS drops the lock.
         holder.wait()
-    assert runs.lock_holder(str(run_dir)) is None
+    assert locks.lock_holder(str(run_dir)) is None
     os.makedirs(run_dir / "state")
     stale = run_dir / "state" / f".tmp-{dead_pid()}-checkpoint.weights.h5"
     live = run_dir / f".tmp-{os.getpid()}-summary.json"
     stale.write_text("half a file")
     live.write_text("being written")
-    lock = runs.lock_run_dir(str(run_dir))
-    assert runs.lock_holder(str(run_dir)) == str(os.getpid())
+    lock = locks.lock_run_dir(str(run_dir))
+    assert locks.lock_holder(str(run_dir)) == str(os.getpid())
     assert not stale.exists() and live.exists()
     # The lock holds disk back for a last summary.json on a full disk, and gives it up when released.
-    assert os.path.getsize(run_dir / runs.LOCK_FILE) == runs.RESERVE_BYTES
+    assert os.path.getsize(run_dir / locks.LOCK_FILE) == locks.RESERVE_BYTES
     lock.release_reserve()
-    assert os.path.getsize(run_dir / runs.LOCK_FILE) == runs.PID_BYTES
-    assert runs.lock_holder(str(run_dir)) == str(os.getpid())
+    assert os.path.getsize(run_dir / locks.LOCK_FILE) == locks.PID_BYTES
+    assert locks.lock_holder(str(run_dir)) == str(os.getpid())
     lock.close()
-    assert runs.lock_holder(str(run_dir)) is None
+    assert locks.lock_holder(str(run_dir)) is None
 
 
 def test_a_library_s_full_disk_message_of_several_lines_is_one_line():
     # What h5py raises when the checkpoint fills the disk (abridged).
     error = OSError("Can't synchronously write data (file write failed: time = Tue Dec  1 18:50:10 2026\n, "
                     "filename = 'x.h5', file descriptor = 6, errno = 28, error message = 'No space left on device')")
-    assert process.os_error_text(error) == "No space left on device"
-    assert process.os_error_text(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied (/x)"
+    assert exits.os_error_text(error) == "No space left on device"
+    assert exits.os_error_text(OSError(errno.EACCES, "Permission denied", "/x")) == "Permission denied (/x)"
 
 
 def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp_path, monkeypatch, capsys):
@@ -237,7 +236,7 @@ def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp
     sweep.prepare_folder(plan)
     (run,) = plan.runs
     run_dir = os.path.join(plan.folder, run.label)
-    lock = runs.lock_run_dir(run_dir)  # Being set up by a live process: no summary.json yet.
+    lock = locks.lock_run_dir(run_dir)  # Being set up by a live process: no summary.json yet.
     sweep.clear_stillborn(run_dir)
     assert os.path.isdir(run_dir)
     monkeypatch.setattr(sweep, "OWNER_WAIT_SECONDS", 0.3)
@@ -270,18 +269,18 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
         while (atomic.read_json(str(run_dir / "state" / "progress.json")) or {}).get("epochs_completed", 0) < 1:
             assert first.poll() is None and time.time() < deadline, "the sweep did not reach its first epoch"
             time.sleep(0.05)
-        child = runs.lock_holder(str(run_dir))
+        child = locks.lock_holder(str(run_dir))
         first.send_signal(signal.SIGKILL)  # Only the sweep: its train.py child must stop by itself.
         first.wait()
         rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
-        if child and process.pid_alive(int(child)):
+        if child and signals.pid_alive(int(child)):
             os.kill(int(child), signal.SIGKILL)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     with open(tmp_path / "sweep_orphan" / "logs" / "kl_weight-1.log", encoding="utf-8") as handle:
         log = handle.read()
     assert "Interrupted after" in log and "Resuming the unfinished run" in log  # Stopped like Ctrl-C, resumed.
-    assert [row["epoch"] for row in runs.read_csv_rows(str(run_dir / "metrics.csv"))] == [1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in records.read_csv_rows(str(run_dir / "metrics.csv"))] == [1, 2, 3, 4, 5]
     assert "busy" not in rerun.stdout and [row["status"] for row in sweep_rows(tmp_path / "sweep_orphan")] == [
         "complete"]
     assert not [name for name in os.listdir(tmp_path / "sweep_orphan") if name.endswith("-2")]
@@ -289,16 +288,16 @@ def test_killing_only_the_sweep_stops_its_child_and_an_immediate_rerun_resumes_t
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["prctl", "polling"])
 def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
-    """The two ways process.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
+    """The two ways signals.stop_like_ctrl_c notices a dead parent, without TensorFlow: a parent that
     starts a sleeping child and is then SIGKILLed; the child must get KeyboardInterrupt."""
     mark = tmp_path / "interrupted"
-    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import process\n"
-             f"if not {kernel}: process._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
-             "process.stop_like_ctrl_c()\n"  # 'ready' from inside the try: the signal may come right after it.
+    child = (f"import sys, time; sys.path.insert(0, {ROOT!r}); from vae_kl.process import signals\n"
+             f"if not {kernel}: signals._ask_kernel_for_sigterm_on_parent_death = lambda: False\n"
+             "signals.stop_like_ctrl_c()\n"  # 'ready' from inside the try: the signal may come right after it.
              f"try:\n    print('ready', flush=True); time.sleep(60)\nexcept KeyboardInterrupt:\n"
              f"    open({str(mark)!r}, 'w').close()\n")
     parent = ("import os, subprocess, sys\n"
-              f"env = dict(os.environ, {process.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
+              f"env = dict(os.environ, {signals.PARENT_PID_VARIABLE}=str(os.getpid()))\n"
               f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
               " text=True)\n"
               "child.stdout.readline(); print(child.pid, flush=True); sys.stdin.read()\n")
@@ -307,9 +306,9 @@ def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
     parent_process.kill()
     parent_process.wait()
     deadline = time.time() + 30
-    while process.pid_alive(pid) and not mark.exists() and time.time() < deadline:
+    while signals.pid_alive(pid) and not mark.exists() and time.time() < deadline:
         time.sleep(0.05)
-    if process.pid_alive(pid) and not mark.exists():
+    if signals.pid_alive(pid) and not mark.exists():
         os.kill(pid, signal.SIGKILL)
     assert mark.exists()
 
@@ -411,7 +410,7 @@ def test_ctrl_c_during_the_final_evaluation_leaves_an_interrupted_run_that_resum
     monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
     cfg = quick_config(tmp_path, "output.run_name=late", "output.tensorboard=false")
     status, run_dir = train.train(cfg)
-    assert status == process.EXIT_INTERRUPTED and runs.run_status(run_dir) == "interrupted"
+    assert status == exits.EXIT_INTERRUPTED and folders.run_status(run_dir) == "interrupted"
     monkeypatch.setattr(evaluate, "evaluate_run", real)
     summary = train.run(cfg)
     assert summary["status"] == "complete" and summary["epochs_completed"] == 1
@@ -423,11 +422,11 @@ def test_a_full_disk_during_training_is_one_line_exit_4_and_resumable(tmp_path, 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
-    monkeypatch.setattr(runs, "save_checkpoint", full)
+    monkeypatch.setattr(records, "save_checkpoint", full)
     args = quick_sets(tmp_path, "output.run_name=full", "output.tensorboard=false")
-    assert train.main(args) == process.EXIT_ENVIRONMENT
+    assert train.main(args) == exits.EXIT_ENVIRONMENT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: No space left on device"), err
-    assert runs.run_status(os.path.join(tmp_path, "full")) == "failed"
+    assert folders.run_status(os.path.join(tmp_path, "full")) == "failed"
     monkeypatch.undo()
-    assert train.main(args) == 0 and runs.run_status(os.path.join(tmp_path, "full")) == "complete"
+    assert train.main(args) == 0 and folders.run_status(os.path.join(tmp_path, "full")) == "complete"

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import model
-import networks
-import priors
 from conftest import ROOT, build_vae
+from vae_kl.choices import architectures, priors
 
 RNG = np.random.default_rng(1)
 
@@ -66,11 +65,11 @@ def test_reconstruct_gives_what_predict_gives(shards):
 
 
 def test_sampling_is_seeded_and_reseeding_repeats_an_epochs_noise():
-    layer = networks.Sampling(seed=7)
+    layer = architectures.Sampling(seed=7)
     mu, log_var = np.zeros((5, 2), "float32"), np.zeros((5, 2), "float32")
     first, second = np.asarray(layer([mu, log_var])), np.asarray(layer([mu, log_var]))
     assert not np.allclose(first, second)  # The generator advances: fresh noise each call.
-    assert np.allclose(first, np.asarray(networks.Sampling(seed=7)([mu, log_var])))
+    assert np.allclose(first, np.asarray(architectures.Sampling(seed=7)([mu, log_var])))
     vae, x = build_vae(seed=3), images(2)
     draws = []
     for epoch in (4, 4, 5):
@@ -267,7 +266,7 @@ def test_a_model_saved_by_version_1_loads_with_identical_outputs(name):
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_computes_the_networks_in_16_bits_and_the_objective_in_float32(precision):
-    import config
+    from vae_kl.spec import config
 
     cfg = config.from_dict({"loss": {"likelihood": "gaussian", "gaussian_sigma": "learned"}})
     mixed = model.build_vae(cfg.model, cfg.loss, 0, precision=precision)

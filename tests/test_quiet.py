@@ -5,8 +5,8 @@ import subprocess
 import sys
 import textwrap
 
-import quiet
 from conftest import ROOT
+from vae_kl.process import quiet
 
 # Seen on this project's machine (TF 2.21, no GPU), at TF_CPP_MIN_LOG_LEVEL 2 and 3 alike.
 SEEN = [
@@ -41,7 +41,7 @@ def test_the_patterns_know_the_chatter_and_nothing_else():
 def test_quiet_import_prints_nothing_where_a_plain_import_chatters(tmp_path):
     log = tmp_path / "startup.log"
     raw = python("import tensorflow")
-    quiet_run = python(f"import quiet; quiet.import_tensorflow({str(log)!r}); print('ready')")
+    quiet_run = python(f"from vae_kl.process import quiet; quiet.import_tensorflow({str(log)!r}); print('ready')")
     assert quiet_run.returncode == 0 and quiet_run.stdout == "ready\n"
     assert quiet_run.stderr == ""
     # This machine's TensorFlow does chatter at the same TF_CPP_MIN_LOG_LEVEL, and all of it is known:

@@ -4,10 +4,9 @@ import math
 import os
 import re
 
-import config
-import data
-import plan
 from conftest import ROOT
+from vae_kl.data import sources
+from vae_kl.spec import config, plan
 
 
 def readme_recipe_rows():
@@ -30,7 +29,7 @@ def test_every_recipe_is_in_the_readme_with_the_beta_explain_prints():
     assert sorted(rows) == recipes
     for name in recipes:
         cfg, _ = config.load(os.path.join(ROOT, "recipes", f"{name}.yaml"))
-        shape = data.peek(cfg.data)
+        shape = sources.peek(cfg.data)
         described = plan.Plan.from_config(cfg, shape.image_shape, shape.train_examples).description
         # The formats --explain prints: β with :g, β_norm with :.4g.
         assert rows[name]["effective β"] == f"{described['effective_beta']:g}", name

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-import config
 from conftest import ROOT
+from vae_kl.spec import config
 
 RECIPES = os.path.join(ROOT, "recipes")
 D = 28 * 28  # Pixel values of an MNIST digit.
@@ -83,8 +83,8 @@ def beta_by_the_formula(loss, latent_dim):
 
 @functools.lru_cache(maxsize=None)
 def _objective_is_tensorflow_free():
-    """Whether `import objective` loads neither TensorFlow nor Keras (asked of a fresh interpreter)."""
-    probe = ("import sys, objective; "
+    """Whether importing vae_kl.spec.objective loads neither TensorFlow nor Keras (asked of a fresh interpreter)."""
+    probe = ("import sys; from vae_kl.spec import objective; "
              "sys.exit(int(any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules)))")
     try:
         done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, timeout=60)
@@ -159,7 +159,7 @@ def test_the_config_encodes_the_hand_derived_beta(path):
 @pytest.mark.skipif(not _objective_is_tensorflow_free(), reason="objective.py still imports TensorFlow/Keras")
 @pytest.mark.parametrize("path", recipe_paths(), ids=name_of)
 def test_objective_py_agrees_with_the_hand_derived_beta(path):
-    import objective
+    from vae_kl.spec import objective
 
     hand = HAND[name_of(path)]
     cfg, _ = config.load(path)

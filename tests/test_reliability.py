@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-import config
-import process
 import train
 from conftest import ROOT, interrupting_callback, quick_config, quick_sets
+from vae_kl.process import exits
+from vae_kl.spec import config
 
 # A GECO run: its multiplier is held through epoch 1, released when the reconstruction reaches κ in epoch 2,
 # and moves every epoch after. Resumed, it must go on from its checkpoint's multiplier, or the `beta` and loss
@@ -112,7 +112,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_it_resumes(tmp_path):
 def test_divergence_stops_with_a_message(tmp_path, capsys):
     status = train.main(quick_sets(tmp_path, "train.learning_rate=10", "train.epochs=3", "output.run_name=boom"))
     err = capsys.readouterr().err
-    assert status == process.EXIT_DIVERGED
+    assert status == exits.EXIT_DIVERGED
     assert "diverged" in err and "train.learning_rate 10 is high" in err
     summary = read_summary(tmp_path / "boom")
     assert summary["status"] == "diverged" and summary["diverged"]["message"]
@@ -131,7 +131,7 @@ class PoisoningCallback(keras.callbacks.Callback):
 def test_divergence_after_a_good_epoch_keeps_that_epochs_checkpoint(tmp_path):
     cfg = quick_config(tmp_path, "train.epochs=3", "output.run_name=poison")
     status, run_dir = train.train(cfg, callbacks=[PoisoningCallback()])
-    assert status == process.EXIT_DIVERGED
+    assert status == exits.EXIT_DIVERGED
     assert read_summary(run_dir)["status"] == "diverged"
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1]
     assert os.path.exists(os.path.join(run_dir, "state", "checkpoint.weights.h5"))
@@ -141,7 +141,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_metrics(tmp_path, 
     whole_dir, whole = whole_run
     cfg = quick_config(tmp_path, *RESUME_SETTINGS, "output.run_name=cut")
     status, run_dir = train.train(cfg, callbacks=[interrupting_callback(after=2)])
-    assert status == process.EXIT_INTERRUPTED and read_summary(run_dir)["status"] == "interrupted"
+    assert status == exits.EXIT_INTERRUPTED and read_summary(run_dir)["status"] == "interrupted"
     assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1, 2]
     resumed = train.run(cfg)
     assert resumed["status"] == "complete" and resumed["epochs_completed"] == 4
@@ -156,9 +156,9 @@ def write_npz(path, **arrays):
 
 def good_arrays(n=300):
     """Real digits in the keras.datasets layout: uint8 (N, 28, 28) images and int labels."""
-    import data
+    from vae_kl.data import sources
 
-    digits = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=0)
+    digits = sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=0)
     return {"x_train": (digits.x_train[:n, ..., 0] * 255).astype("uint8"), "y_train": digits.y_train[:n],
             "x_test": (digits.x_val[:100, ..., 0] * 255).astype("uint8"), "y_test": digits.y_val[:100]}
 

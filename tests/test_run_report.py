@@ -11,10 +11,10 @@ import sys
 import pytest
 from PIL import Image
 
-import atomic
-import run_report
-import runs
 from conftest import ROOT
+from vae_kl.process import atomic
+from vae_kl.reports import run_page
+from vae_kl.runs import folders
 
 # Shaped like a real summary.json of a healthy β = 1 run with two latent units (keys as evaluate.py writes them).
 SUMMARY = {
@@ -67,7 +67,7 @@ def embedded(page):
 
 def test_the_page_shows_the_verdict_objective_notes_and_each_figure_once(tmp_path):
     run_dir = fake_run(tmp_path)
-    path = run_report.write(run_dir)
+    path = run_page.write(run_dir)
     assert path == os.path.join(run_dir, "report.html")
     with open(path, encoding="utf-8") as handle:
         page = handle.read()
@@ -81,13 +81,13 @@ def test_the_page_shows_the_verdict_objective_notes_and_each_figure_once(tmp_pat
     assert "mnist_embedded" in page and ">512<" in page and ">1000<" in page
     assert page.count("data:image/png") == len(FIGURES)
     pngs = [open(os.path.join(run_dir, name), "rb").read() for name in FIGURES]
-    assert embedded(page) == pngs  # Each exactly once, in the reading order of run_report.FIGURES.
-    for name, caption in run_report.FIGURES:
+    assert embedded(page) == pngs  # Each exactly once, in the reading order of run_page.FIGURES.
+    for name, caption in run_page.FIGURES:
         assert (caption in page) == (name in FIGURES), name  # Missing figures leave no caption behind.
 
 
 def test_the_page_needs_no_network_and_lists_every_validation_number(tmp_path):
-    page = run_report.html_page(SUMMARY, fake_run(tmp_path))
+    page = run_page.html_page(SUMMARY, fake_run(tmp_path))
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert sources and all(source.startswith("data:") for source in sources)
     assert "http" not in page.replace("data:image", "")
@@ -99,14 +99,14 @@ def test_the_page_needs_no_network_and_lists_every_validation_number(tmp_path):
 
 def test_an_unknown_figure_is_shown_too(tmp_path):
     run_dir = fake_run(tmp_path, figures=("samples.png", "extra_plot.png"))
-    page = run_report.html_page(SUMMARY, run_dir)
+    page = run_page.html_page(SUMMARY, run_dir)
     assert page.count("data:image/png") == 2 and "extra_plot.png" in page
     assert page.index("samples.png") < page.index("extra_plot.png")
 
 
 def test_the_console_block_is_short_and_plain(tmp_path):
     run_dir = fake_run(tmp_path)
-    lines = run_report.console_lines(SUMMARY, run_dir, os.path.join(run_dir, "report.html"))
+    lines = run_page.console_lines(SUMMARY, run_dir, os.path.join(run_dir, "report.html"))
     assert lines[0] == "Result on 1000 validation digits (β = 1, the true ELBO):"
     assert lines[1] == "  −ELBO 164.2 nats per digit = reconstruction 158.9 + KL 5.3; IWAE bound (k = 50) 161.9"
     assert lines[2] == ("  The code carries 4.1 nats of information about each digit (I(x; z); at most 6.9 can be "
@@ -119,9 +119,9 @@ def test_the_console_block_is_short_and_plain(tmp_path):
 
 def test_publish_writes_the_page_and_prints_the_block(tmp_path, capsys):
     run_dir = fake_run(tmp_path)
-    page = run_report.publish(run_dir, SUMMARY)
+    page = run_page.publish(run_dir, SUMMARY)
     out = capsys.readouterr().out
-    assert os.path.isfile(page) and out.splitlines() == run_report.console_lines(SUMMARY, run_dir, page)
+    assert os.path.isfile(page) and out.splitlines() == run_page.console_lines(SUMMARY, run_dir, page)
 
 
 def test_a_collapsed_run_says_so_with_its_beta_and_advice(tmp_path):
@@ -130,14 +130,14 @@ def test_a_collapsed_run_says_so_with_its_beta_and_advice(tmp_path):
     summary["validation"].update(mutual_information_nats=0.0001, kl_nats=0.012, neg_elbo_nats=543.2,
                                  reconstruction_nats=543.188)
     run_dir = fake_run(tmp_path, summary)
-    lines = run_report.console_lines(summary, run_dir)
+    lines = run_page.console_lines(summary, run_dir)
     assert lines[0] == "Result on 1000 validation digits (β = 1, the true ELBO; trained with effective β = 784):"
     assert lines[1].startswith("  −ELBO 543.2 nats per digit = reconstruction 543.2 + KL 0.012;")
     assert "carries 0 nats of information" in lines[2]
     assert lines[3] == "  COLLAPSED: the code tells the decoder almost nothing about the digit."
     assert lines[4] == f"  Advice: {advice}"
     assert lines[5] == f"  Figures: the PNGs in {run_dir}"  # No page was named: it was not written.
-    page = open(run_report.write(run_dir), encoding="utf-8").read()
+    page = open(run_page.write(run_dir), encoding="utf-8").read()
     assert '<span class="state collapsed">COLLAPSED</span>' in page and "784" in page and advice in page
     assert "<title>Run bernoulli_rec-sum_fake: COLLAPSED</title>" in page
 
@@ -152,30 +152,30 @@ def test_a_partial_run_counts_its_units(tmp_path, informative, latent_dim, sente
     summary = variant("partial", informative, advice)
     summary["validation"]["latent_dim"] = latent_dim
     run_dir = fake_run(tmp_path, summary)
-    assert run_report.console_lines(summary, run_dir)[3] == f"  {sentence}"
-    page = run_report.html_page(summary, run_dir)
+    assert run_page.console_lines(summary, run_dir)[3] == f"  {sentence}"
+    page = run_page.html_page(summary, run_dir)
     assert '<span class="state partial">PARTIAL</span>' in page and advice in page
 
 
 def test_one_or_many_healthy_units_read_naturally():
-    assert run_report.state_sentence("healthy", 1, 1) == "HEALTHY: the one latent unit carries information."
-    assert run_report.state_sentence("healthy", 8, 8) == "HEALTHY: all 8 latent units carry information."
+    assert run_page.state_sentence("healthy", 1, 1) == "HEALTHY: the one latent unit carries information."
+    assert run_page.state_sentence("healthy", 8, 8) == "HEALTHY: all 8 latent units carry information."
 
 
 def test_an_older_or_thinner_summary_still_makes_a_page(tmp_path):
     summary = {"status": "complete", "collapse": {"detected": True}}  # Before `state`; no numbers, no objective.
     run_dir = fake_run(tmp_path, summary, figures=())
-    lines = run_report.console_lines(summary, run_dir)
+    lines = run_page.console_lines(summary, run_dir)
     assert lines[1] == "  No validation numbers in summary.json." and lines[2].startswith("  COLLAPSED")
-    page = run_report.html_page(summary, run_dir)
+    page = run_page.html_page(summary, run_dir)
     assert "does not describe the objective" in page and "holds no figures" in page and "data:image" not in page
-    no_verdict = run_report.console_lines({"validation": SUMMARY["validation"]}, run_dir)
+    no_verdict = run_page.console_lines({"validation": SUMMARY["validation"]}, run_dir)
     assert "  No verdict: summary.json has none." in no_verdict and not any("Advice" in x for x in no_verdict)
 
 
 def test_a_folder_without_a_summary_is_one_clear_error(tmp_path):
-    with pytest.raises(runs.RunFolderError, match="no readable summary.json"):
-        run_report.write(str(tmp_path))
+    with pytest.raises(folders.RunFolderError, match="no readable summary.json"):
+        run_page.write(str(tmp_path))
 
 
 def test_a_page_that_cannot_be_written_is_one_warning_and_the_block_still_prints(tmp_path, capsys, monkeypatch):
@@ -185,7 +185,7 @@ def test_a_page_that_cannot_be_written_is_one_warning_and_the_block_still_prints
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic, "atomic_write_text", full_disk)
-    assert run_report.publish(run_dir, SUMMARY) is None
+    assert run_page.publish(run_dir, SUMMARY) is None
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("warning: ")
     assert "No space left on device" in captured.err and "evaluate.py --run" in captured.err

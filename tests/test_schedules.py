@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-import config
-import schedules
+from vae_kl.choices import schedules
+from vae_kl.spec import config
 
 
 def value(step, schedule, **kw):

@@ -19,11 +19,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
-import process  # noqa: E402
-import runs  # noqa: E402
 import sweep  # noqa: E402
-import sweep_report  # noqa: E402
+from vae_kl.data import arrays  # noqa: E402
+from vae_kl.process import exits, signals  # noqa: E402
+from vae_kl.reports import sweep_page  # noqa: E402
+from vae_kl.runs import folders, locks  # noqa: E402
 
 QUICK = ["data.source=mnist_embedded", "data.limit=300", "train.epochs=1", "evaluation.iwae_k=2",
          "evaluation.max_examples=200", "output.per_epoch_images=false"]
@@ -238,7 +238,7 @@ def test_ray_backend_gives_the_local_backends_results(tmp_path, finished):
     # One of the fixture's settings: Ray's start and one run are what is tested; a second run adds only time.
     result = run_sweep(tmp_path, "--grid", "loss.kl_weight=4", "--workers", "2", "--name", "pair", "--backend", "ray")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"with Ray tasks of {max(1, process.available_cores() // 2)} CPU(s)" in result.stdout
+    assert f"with Ray tasks of {max(1, signals.available_cores() // 2)} CPU(s)" in result.stdout
     assert "[1/1 finished]" in result.stdout
     folder = os.path.join(tmp_path, "sweep_pair")
     for name in ("sweep.yaml", "results.csv", "results.md", "comparison.png", "rate_distortion.png", "report.html"):
@@ -276,7 +276,7 @@ def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
 
 
 def test_workers_share_the_cores():
-    threads = str(max(1, process.available_cores() // 2))
+    threads = str(max(1, signals.available_cores() // 2))
     env = sweep.thread_overrides(sweep.threads_per_run(2))
     assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
 
@@ -297,37 +297,37 @@ def seeded(setting, beta, neg_elbos, states):
 def test_aggregate_matches_numpy():
     values = [180.0, 183.5, 179.25]
     rows = seeded("a", 1.0, values, ["healthy", "collapsed", "partial"]) + seeded("b", 10.0, [200.0], ["collapsed"])
-    a, b = sweep_report.aggregate(rows)
+    a, b = sweep_page.aggregate(rows)
     assert (a["setting"], a["n"], a["planned"], a["collapsed"]) == ("a", 3, 3, 1)
     assert a["neg_elbo_nats"][0] == pytest.approx(np.mean(values))
     assert a["neg_elbo_nats"][1] == pytest.approx(np.std(values, ddof=1) / np.sqrt(3))
     assert a["states"] == {"collapsed": 1, "partial": 1, "healthy": 1}
-    assert sweep_report.state_text(a) == "COLLAPSED in 1 of 3, PARTIAL in 1 of 3, HEALTHY in 1 of 3"
-    assert b["neg_elbo_nats"] == (200.0, None) and sweep_report.state_text(b) == "COLLAPSED"
+    assert sweep_page.state_text(a) == "COLLAPSED in 1 of 3, PARTIAL in 1 of 3, HEALTHY in 1 of 3"
+    assert b["neg_elbo_nats"] == (200.0, None) and sweep_page.state_text(b) == "COLLAPSED"
 
 
 def test_collapse_state_reads_state_and_falls_back_to_detected():
-    assert sweep_report.collapse_state({"detected": False, "state": "partial"}) == "partial"
-    assert sweep_report.collapse_state({"detected": True}) == "collapsed"
-    assert sweep_report.collapse_state({"detected": False}) == "healthy"
-    assert sweep_report.collapse_state({}) is None
+    assert sweep_page.collapse_state({"detected": False, "state": "partial"}) == "partial"
+    assert sweep_page.collapse_state({"detected": True}) == "collapsed"
+    assert sweep_page.collapse_state({"detected": False}) == "healthy"
+    assert sweep_page.collapse_state({}) is None
 
 
 def test_findings_all_collapsed():
     rows = seeded("x", 100.0, [205, 205], ["collapsed"] * 2) + seeded("y", 784.0, [205, 205], ["collapsed"] * 2)
     assert "Every setting collapsed in every seed, even the smallest effective β tried (β = 100)" in \
-        sweep_report.findings(rows)
+        sweep_page.findings(rows)
 
 
 def test_findings_none_collapsed():
     rows = seeded("x", 0.1, [178, 179], ["healthy"] * 2) + seeded("y", 1.0, [181, 182], ["partial"] * 2)
-    assert "No setting collapsed in any seed" in sweep_report.findings(rows)
+    assert "No setting collapsed in any seed" in sweep_page.findings(rows)
 
 
 def test_findings_clean_threshold():
     rows = (seeded("low", 0.1, [178, 179], ["healthy"] * 2) + seeded("mid", 10.0, [176, 190], ["healthy", "collapsed"])
             + seeded("high", 78.4, [205, 205], ["collapsed"] * 2) + seeded("top", 784.0, [205, 205], ["collapsed"] * 2))
-    text = sweep_report.findings(rows)
+    text = sweep_page.findings(rows)
     assert "Collapse follows effective β: every setting with β ≥ 78.4 collapsed in all seeds, every setting with " \
            "β ≤ 0.1 in none." in text
     assert "mid (β = 10) collapsed in 1 of 2" in text
@@ -335,34 +335,34 @@ def test_findings_clean_threshold():
 
 def test_findings_non_monotone():
     rows = seeded("small", 10.0, [205, 205], ["collapsed"] * 2) + seeded("large", 100.0, [180, 181], ["healthy"] * 2)
-    text = sweep_report.findings(rows)
+    text = sweep_page.findings(rows)
     assert "Effective β alone does not decide collapse" in text and "follows" not in text
 
 
 def test_findings_separates_noise_from_real_differences():
     within = seeded("a", 1.0, [180.0, 182.0, 181.0], ["healthy"] * 3) + seeded("b", 0.1, [181.0, 183.0, 181.5],
                                                                                  ["healthy"] * 3)
-    text = sweep_report.findings(within)
+    text = sweep_page.findings(within)
     assert "The lowest mean −ELBO (the β = 1 objective, lower is better) is 181.00 ± 0.58 nats/digit (3 seeds), by a" \
         in text
     assert "Within seed noise of it" in text and "b (181.83 ± 0.60)" in text
     apart = within[:3] + seeded("b", 0.1, [190.0, 191.0, 190.5], ["healthy"] * 3)
-    text = sweep_report.findings(apart)
+    text = sweep_page.findings(apart)
     assert "It beats the next best, b (190.50 ± 0.29), by 9.50 nats" in text and "Within seed noise" not in text
 
 
 def test_findings_with_a_failed_run():
     rows = seeded("a", 1.0, [180, 181], ["healthy"] * 2) + [make_row("b", 784.0, 1, 0, status="failed"),
                                                              make_row("b", 784.0, 2, 205, state="collapsed")]
-    text = sweep_report.findings(rows)
+    text = sweep_page.findings(rows)
     assert "Not finished: b_seed-1 (failed, see logs/b_seed-1.log)." in text
     assert "Collapse follows effective β: every setting with β ≥ 784 collapsed in all seeds" in text
-    assert sweep_report.aggregate(rows)[1]["n"] == 1 and sweep_report.aggregate(rows)[1]["planned"] == 2
-    assert sweep_report.findings([make_row("b", 1.0, 1, 0, status="failed")]).startswith("No run has finished")
+    assert sweep_page.aggregate(rows)[1]["n"] == 1 and sweep_page.aggregate(rows)[1]["planned"] == 2
+    assert sweep_page.findings([make_row("b", 1.0, 1, 0, status="failed")]).startswith("No run has finished")
 
 
 def test_a_sweep_folder_of_an_earlier_version_is_recognised_with_the_new_fields_at_their_defaults():
-    import config
+    from vae_kl.spec import config
 
     wanted = {"grid": {"loss.kl_weight": [1, 10]}, "base": sweep.sweep_base(config.Config().to_dict())}
     older = {"grid": wanted["grid"], "base": {k: dict(v) for k, v in wanted["base"].items()}}
@@ -374,13 +374,13 @@ def test_a_sweep_folder_of_an_earlier_version_is_recognised_with_the_new_fields_
 
 
 def test_a_run_started_by_an_earlier_version_resumes(tmp_path):
-    import config
+    from vae_kl.spec import config
 
     cfg = config.Config().to_dict()
     stored = {k: dict(v) for k, v in cfg.items()}
     del stored["train"]["precision"]
     (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(stored))
-    assert runs._same_settings(str(tmp_path), cfg)
+    assert folders._same_settings(str(tmp_path), cfg)
 
 
 # ---- The local Ray instance ends with the sweep, however the sweep ends (SIGKILL too) ---------------------
@@ -439,8 +439,8 @@ def test_a_bad_data_path_is_refused_before_any_run_starts(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("fault, status", [(OSError(28, "No space left on device"), process.EXIT_ENVIRONMENT),
-                                           (data.DataError("the digits are gone"), process.EXIT_USER_ERROR)])
+@pytest.mark.parametrize("fault, status", [(OSError(28, "No space left on device"), exits.EXIT_ENVIRONMENT),
+                                           (arrays.DataError("the digits are gone"), exits.EXIT_USER_ERROR)])
 def test_a_fault_while_sweeping_is_one_error_line_and_its_status(tmp_path, monkeypatch, capsys, fault, status):
     # Raised where the sweep prepares its folder (the report, a disk, the data: the same path for all).
     def fail(plan):
@@ -457,14 +457,14 @@ def test_a_second_sweep_into_a_folder_being_swept_is_refused(tmp_path, capsys):
     # The first sweep holds the folder's lock (as while it trains); the same command from elsewhere is refused.
     args = ["--config", os.path.join(ROOT, "config.yaml"), *TWO_SETTINGS, "--name", "busy",
             "--set", f"output.dir={tmp_path}", "--set", "data.source=mnist_embedded"]
-    holder = runs.lock_folder(str(tmp_path / "sweep_busy"), "{folder} {owner}")
+    holder = locks.lock_folder(str(tmp_path / "sweep_busy"), "{folder} {owner}")
     try:
         assert sweep.main(args) == 2
     finally:
         holder.close()
     error = capsys.readouterr().err
     assert f"is being swept by process {os.getpid()}" in error and error.count("\n") == 1
-    assert sorted(os.listdir(tmp_path / "sweep_busy")) == [runs.LOCK_FILE]  # Nothing planned was written.
+    assert sorted(os.listdir(tmp_path / "sweep_busy")) == [locks.LOCK_FILE]  # Nothing planned was written.
 
 
 def test_a_sweep_of_too_many_runs_is_refused_before_planning(tmp_path, capsys):
@@ -512,5 +512,5 @@ def test_a_run_asking_for_more_than_the_cluster_has_is_refused():
 def test_seeds_of_one_setting_that_collapse_in_some_are_said_plainly():
     # No setting collapsed always or never: nothing lies "in between", and no empty "follows effective β" is said.
     measured = [{"setting": "base config", "beta": 1.0, "collapsed": 2, "n": 3}]
-    assert sweep_report.collapse_words(measured) == [
+    assert sweep_page.collapse_words(measured) == [
         "Collapse depends on the seed: base config (β = 1) collapsed in 2 of 3."]

@@ -13,10 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-import config
 import model
 import train
 from conftest import build_vae, interrupting_callback, quick_config
+from vae_kl.spec import config
 
 X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
 

@@ -12,8 +12,8 @@ import tensorflow as tf  # noqa: E402
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader  # noqa: E402
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
-import tensorboard_log  # noqa: E402
-from tensorboard_log import TensorBoardLogger  # noqa: E402
+from vae_kl.tracking import tensorboard_log  # noqa: E402
+from vae_kl.tracking.tensorboard_log import TensorBoardLogger  # noqa: E402
 
 SETTINGS = {"loss": {"kl_weight": 0.1, "reconstruction_reduction": "mean", "kl_weight_norm": None},
             "model": {"latent_dim": 2, "fast_layers": True}}
@@ -167,24 +167,24 @@ class Killed(BaseException):
 
 
 def test_a_kill_between_an_epochs_events_and_its_checkpoint_leaves_each_epoch_once(tmp_path, monkeypatch):
-    import runs
     import train
     from conftest import quick_config
+    from vae_kl.runs import records
 
     cfg = quick_config(tmp_path, "train.epochs=3", "output.tensorboard=true", "output.run_name=tb")
-    save = runs.save_checkpoint
+    save = records.save_checkpoint
 
     def die_at_the_second_checkpoint(run_dir, model, progress):
         if progress["epochs_completed"] == 2:
             raise Killed  # Epoch 2's events are on disk (they come first); its checkpoint is not.
         save(run_dir, model, progress)
 
-    monkeypatch.setattr(runs, "save_checkpoint", die_at_the_second_checkpoint)
+    monkeypatch.setattr(records, "save_checkpoint", die_at_the_second_checkpoint)
     with pytest.raises(Killed):
         train.train(cfg)
     board = tmp_path / "tb" / "tensorboard"
     assert [step for tag, step in raw_events(board / "train") if tag == "loss"] == [1, 2]
-    monkeypatch.setattr(runs, "save_checkpoint", save)
+    monkeypatch.setattr(records, "save_checkpoint", save)
     status, _ = train.train(cfg)  # Resumes after epoch 1: epoch 2 is pruned and trained again.
     assert status == 0
     for folder in ("train", "validation"):

@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-import config
 import evaluate
 import losses
 import train
 from conftest import build_vae, quick_config
+from vae_kl.spec import config
 
 X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-import data
 import evaluate
-import config
 import train
 from conftest import quick_overrides, quick_sets, run_cli
+from vae_kl.data import sources
+from vae_kl.spec import config
 
 # In-process runs: TensorFlow has started, so batch slices would run without their own threads.
 COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5",
@@ -62,7 +62,7 @@ def test_the_phase_clock_agrees_with_the_epoch_rows(collapse_runs):
 
 
 def test_phase_clock_splits_each_epoch_and_takes_tracing_from_the_first(monkeypatch):
-    import callbacks
+    from vae_kl.training import callbacks
 
     clock, now = callbacks.PhaseClock(), [0.0]
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: now[0])
@@ -146,7 +146,7 @@ def test_a_code_rescaled_by_005_or_20_keeps_its_verdict_and_information(collapse
     import keras
 
     vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
-    x = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:500]
+    x = sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:500]
     before, _ = evaluate.compute_metrics(vae, x, 5)
     context = {"effective_beta": 1.0, "kl_weight": 1.0, "reconstruction_reduction": "sum", "likelihood": "bernoulli",
                "gaussian_sigma": None, "steps": 500}
@@ -243,11 +243,11 @@ def test_evaluate_reproduces_the_reported_numbers(collapse_runs):
 def test_iwae_bound_is_at_least_the_elbo_and_tightens_with_k(collapse_runs):
     import keras
 
-    import data
     import model  # noqa: F401  Registers the classes for loading.
+    from vae_kl.data import sources
 
     vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
-    x = data.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:300]
+    x = sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:300]
     bounds = {}
     for k in (1, 10, 100):
         validation, _ = evaluate.compute_metrics(vae, x, k)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import evaluate
-import objective
+from vae_kl.spec import objective
 
 N = 1000
 

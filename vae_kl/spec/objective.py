@@ -13,12 +13,14 @@ import dataclasses
 import math
 from typing import Optional
 
-import choices
-import config
-import likelihoods  # TensorFlow-free at import, like this module: `train.py --explain` describes without it.
-import schedules
+from vae_kl.choices import (
+    likelihoods,  # TensorFlow-free at import, like this module: `train.py --explain` describes without it.
+    registry,
+    schedules,
+)
+from vae_kl.spec import config
 
-losses = choices.Deferred("losses")  # losses.py loads Keras: only a training computes the loss.
+losses = registry.Deferred("losses")  # losses.py loads Keras: only a training computes the loss.
 
 
 @dataclasses.dataclass(frozen=True)

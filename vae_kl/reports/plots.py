@@ -18,7 +18,7 @@ from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from atomic import atomic_save  # noqa: E402
+from vae_kl.process.atomic import atomic_save  # noqa: E402
 
 DPI = 150
 DIGIT_CMAP = "gray_r"  # Dark ink on light paper, for every figure that shows digits.

@@ -87,8 +87,8 @@ def import_tensorflow(log_path=None, probe_devices=True):
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with quiet_stderr(log_path):
-        import tensorflow as tf
         import keras
+        import tensorflow as tf
 
         if probe_devices:
             tf.config.list_physical_devices()

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import sys
 
-import objective
+from vae_kl.spec import objective
 
 MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at.
 

@@ -9,7 +9,7 @@ sigmoid probabilities, so the losses are computed stably (losses.py) and the lik
 import keras
 from keras import layers, ops
 
-from fast_layers import TapMatmulConv2DTranspose
+from vae_kl.choices.fast_layers import TapMatmulConv2DTranspose
 
 IMAGE_SHAPE = (28, 28, 1)
 

@@ -1,11 +1,10 @@
-"""Run folders: naming, safety checks, the run lock, resumable checkpoints, summary.json and metrics.csv.
+"""Run folders: their names, the checks that they can be written, and which folder a run goes to.
 
 A run folder `<output.dir>/<run_name>/` is never overwritten. Re-running a
 command whose run is unfinished (killed, interrupted) resumes it; re-running one
 whose run finished starts a fresh folder `<run_name>-2` (then -3, ...).
 """
 
-import csv
 import hashlib
 import json
 import os
@@ -14,64 +13,27 @@ import tempfile
 
 import yaml
 
-import config
-import process
-from atomic import atomic_save, atomic_write_json, read_json, remove_stale_temp_files
-from config import quote
-from process import first_line
+from vae_kl.process import exits
+from vae_kl.process.atomic import read_json
+from vae_kl.spec import config
+from vae_kl.spec.config import quote
 
 try:
     import fcntl
 except ImportError:  # Not on Windows: runs there go unlocked.
     fcntl = None
 
+
 STATE_DIR = "state"  # Per-epoch checkpoint; removed when the run completes.
 FINAL_STATUSES = ("complete", "diverged")
 MIN_FREE_BYTES = 50 * 1024 * 1024
 MAX_RUN_NAME = 100  # Characters.
 MAX_RUN_NAME_BYTES = 200  # In UTF-8: with a '-N' suffix and temporary-file prefixes it fits a 255-byte file name.
-LOCK_FILE = ".lock"  # Holds the pid of the process training in the folder, flock'ed while it lives.
-PID_BYTES = 32  # The lock file's first bytes: the holder's pid as text, then NUL padding.
-RESERVE_BYTES = 256 * 1024  # Disk the run lock holds back for the last summary.json of a run the disk failed.
 UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
 
 
-class RunFolderError(process.UserError):
+class RunFolderError(exits.UserError):
     """The run folder cannot be used; the message says why and what to do."""
-
-
-def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
-    """Rows of a CSV written by write_csv, with numbers as floats (epoch as int).
-
-    metrics.csv holds one row per epoch, so at most 100,000 (train.epochs' largest value) of a few hundred
-    bytes. A file of more than max_bytes (64 MiB) or more than max_rows rows is refused with one
-    RunFolderError: the size before anything is read, the rows while they are streamed (reading stops at
-    row max_rows + 1), so a damaged or foreign file is answered in about a second, not after minutes.
-    """
-    try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            raise RunFolderError(f"{path} is {size / 2 ** 20:.0f} MiB, more than the {max_bytes / 2 ** 20:g} MiB a "
-                                 f"CSV written by train.py can reach; restore it or delete it (it only feeds the "
-                                 f"rate-distortion figure).")
-        rows = []
-        with open(path, encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                if len(rows) == max_rows:
-                    raise RunFolderError(f"{path} has more than {max_rows:,} rows, but train.py writes one per "
-                                         f"epoch (train.epochs is at most 100,000); restore it or delete it (it "
-                                         f"only feeds the rate-distortion figure).")
-                rows.append(row)
-    except OSError:
-        return []
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise RunFolderError(f"{path} is not a CSV written by train.py ({first_line(error)}); restore it or delete it.")
-    try:
-        # An empty cell is a column an earlier version's rows lack (write_csv's restval).
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in rows]
-    except (TypeError, ValueError) as error:
-        raise RunFolderError(f"{path} holds a value that is not a number ({first_line(error)}); restore the file "
-                             f"or delete it (it only feeds the rate-distortion figure).")
 
 
 def config_fingerprint(cfg_dict):
@@ -203,125 +165,3 @@ def choose_run_dir(cfg_dict):
                                      f"its own config.yaml, or choose another output.run_name.")
         n += 1
         candidate = f"{base}-{n}"
-
-
-class RunLock:
-    """An exclusive flock on <run_dir>/.lock. Closing it (or the process dying) releases it.
-
-    The lock file also holds RESERVE_BYTES of disk, allocated when the lock is taken: when the disk fills
-    up during training, release_reserve() frees them so that summary.json can still say `failed`."""
-
-    def __init__(self, fd):
-        self.fd = fd
-
-    def reserve(self):
-        if self.fd is not None:
-            try:
-                os.posix_fallocate(self.fd, 0, RESERVE_BYTES)
-            except (OSError, AttributeError):
-                pass  # A file system without fallocate, or already full: the run goes on without the reserve.
-
-    def release_reserve(self):
-        if self.fd is not None:
-            os.ftruncate(self.fd, PID_BYTES)
-
-    def close(self):
-        if self.fd is not None:
-            try:
-                self.release_reserve()  # A finished run keeps no reserve; a resumed one takes it again.
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-    __del__ = close
-
-
-def lock_folder(folder, busy):
-    """Take an exclusive flock on <folder>/.lock (creating the folder), or raise RunFolderError with
-    busy.format(folder=..., owner=<pid>). The lock names its holder's pid; closing it, or the process
-    dying, releases it."""
-    os.makedirs(folder, exist_ok=True)
-    if fcntl is None:
-        return RunLock(None)
-    fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = _pid_text(os.read(fd, PID_BYTES))
-        os.close(fd)
-        raise RunFolderError(busy.format(folder=folder, owner=owner))
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode().ljust(PID_BYTES, b"\0"), 0)
-    return RunLock(fd)
-
-
-def _pid_text(data):
-    return data.decode("ascii", "replace").replace("\0", "").strip() or "unknown"
-
-
-def lock_run_dir(run_dir):
-    """Take the run folder for this process (creating it), or raise RunFolderError naming the owner.
-
-    Keep the returned handle for as long as the folder is used. Removes the temporary files a killed
-    writer left behind, since only the lock's holder writes into the folder.
-    """
-    lock = lock_folder(run_dir, "{folder} is being trained by process {owner}; wait for it or choose another "
-                                "output.run_name.")
-    if run_status(run_dir) in FINAL_STATUSES:  # Another process finished it while we chose it.
-        lock.close()
-        raise RunFolderError(f"{run_dir} was finished by another process meanwhile; run the command again.")
-    remove_stale_temp_files(run_dir)
-    lock.reserve()
-    return lock
-
-
-def lock_holder(run_dir):
-    """The pid (text) of the live process holding the run folder's lock, or None when nobody does."""
-    path = os.path.join(run_dir, LOCK_FILE)
-    if fcntl is None or not os.path.exists(path):
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # Only tests the lock: released at once below.
-    except OSError:
-        return _pid_text(os.read(fd, PID_BYTES))
-    finally:
-        os.close(fd)
-    return None
-
-
-def checkpoint_paths(run_dir):
-    state = os.path.join(run_dir, STATE_DIR)
-    return os.path.join(state, "checkpoint.weights.h5"), os.path.join(state, "progress.json")
-
-
-def save_checkpoint(run_dir, model, progress):
-    """Save weights and optimizer state, then the progress record that points at them."""
-    weights, record = checkpoint_paths(run_dir)
-    os.makedirs(os.path.dirname(weights), exist_ok=True)
-    atomic_save(weights, model.save_weights)
-    atomic_write_json(record, progress)
-
-
-def load_checkpoint(run_dir, model):
-    """Restore weights and optimizer state; returns the progress record, or None if there is none."""
-    weights, record = checkpoint_paths(run_dir)
-    progress = read_json(record)
-    if progress is None or not os.path.exists(weights):
-        return None
-    model.optimizer.build(model.trainable_variables)
-    model.load_weights(weights)
-    return progress
-
-
-def update_summary(run_dir, **fields):
-    """Merge fields into the run's summary.json (written atomically); returns the new summary."""
-    summary = read_json(os.path.join(run_dir, "summary.json"))
-    summary = summary if isinstance(summary, dict) else {}
-    summary.update(fields)
-    atomic_write_json(os.path.join(run_dir, "summary.json"), summary)
-    return summary

@@ -15,8 +15,7 @@ import urllib.parse
 
 import numpy as np
 
-import atomic
-
+from vae_kl.process import atomic
 
 LOG_DIR = "logs"  # Each run's train.py output, as <sweep folder>/logs/<label>.log.
 SEED_KEY = "train.seed"  # Not part of a setting: runs that differ only in it are its seeds.
@@ -270,12 +269,12 @@ def draw_figures(plan, done):
     rate_distortion.png (per setting: the mean over seeds ± standard error, single seeds faint)."""
     import keras
 
-    import data
     import model  # noqa: F401  Registers the VAE classes so model.keras loads in safe mode.
-    import plots
+    from vae_kl.data import sources
+    from vae_kl.reports import plots
 
     settings = aggregate(done)
-    digits = data.load_digits(plan.base.data, plan.base.train.seed)
+    digits = sources.load_digits(plan.base.data, plan.base.train.seed)
     index = plots.pick_one_per_class(digits.y_val)
     images, titles = [digits.x_val[index]], ["input"]
     for setting in settings:
@@ -315,7 +314,7 @@ def html_table(items, columns, special=None):
 
 def run_cells(plan):
     """HTML for the per-run table's cells that are more than text: links, the verdict's details, a thumbnail."""
-    import plots
+    from vae_kl.reports import plots
 
     def thumbnail(row):
         path = os.path.join(plan.folder, row["run"], "reconstructions.png")

@@ -7,7 +7,7 @@ log q(z|x) - log p(z) at the same z the decoder sees (shape (batch, 1)). Priors 
 parameters (mixture, vamp) learn them with the rest of the model and are saved in model.keras.
 
 To add a prior: write its class here with its traits and `@FAMILY.register`, and test it in
-tests/test_priors.py; model.prior then accepts its name (choices.py: how a plain class becomes a
+tests/test_priors.py; model.prior then accepts its name (registry.py: how a plain class becomes a
 Keras layer without loading TensorFlow at import).
 """
 
@@ -15,12 +15,12 @@ import math
 
 import numpy as np
 
-import choices
+from vae_kl.choices import registry
 
 # Keras only when the math runs.
-keras, ops, losses = choices.Deferred("keras"), choices.Deferred("keras.ops"), choices.Deferred("losses")
+keras, ops, losses = registry.Deferred("keras"), registry.Deferred("keras.ops"), registry.Deferred("losses")
 
-FAMILY = choices.Family("model.prior", layers=True)
+FAMILY = registry.Family("model.prior", layers=True)
 
 
 def diagonal_normal_log_prob(z, mean, log_var):
@@ -37,7 +37,7 @@ class Prior:
     """Base class. `encode` (images -> (z_mean, z_log_var)) is passed to every method for the
     VampPrior, whose density is the encoder's posterior at learned pseudo-inputs; others ignore it."""
 
-    family, __new__ = FAMILY, choices.new_layer
+    family, __new__ = FAMILY, registry.new_layer
     name_in_config = None  # The config name (model.prior); `name` is Keras's layer name.
     closed_form_kl = False  # Whether kl is exact; else the one-sample estimate below.
     kl_per_dimension = False  # Whether kl is (batch, latent_dim), which free bits need, or (batch, 1).

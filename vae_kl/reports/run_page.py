@@ -11,10 +11,9 @@ import math
 import os
 import sys
 
-import atomic
-import process
-import runs
-from sweep_report import collapse_state, data_uri, html_table
+from vae_kl.process import atomic, exits
+from vae_kl.reports.sweep_page import collapse_state, data_uri, html_table
+from vae_kl.runs import folders
 
 PAGE = "report.html"
 # The figures a run draws, in reading order, each with one line on what it shows. A PNG missing from a
@@ -308,7 +307,7 @@ def write(run_dir, summary=None):
     if summary is None:
         summary = atomic.read_json(os.path.join(run_dir, "summary.json"))
     if not isinstance(summary, dict):
-        raise runs.RunFolderError(f"{run_dir} holds no readable summary.json; pass a folder written by train.py.")
+        raise folders.RunFolderError(f"{run_dir} holds no readable summary.json; pass a folder written by train.py.")
     path = os.path.join(run_dir, PAGE)
     atomic.atomic_write_text(path, html_page(summary, run_dir))
     return path
@@ -321,7 +320,7 @@ def publish(run_dir, summary):
         page = write(run_dir, summary)
     except OSError as error:
         page = None
-        why = error.strerror or process.first_line(error)
+        why = error.strerror or exits.first_line(error)
         print(f"warning: {os.path.join(run_dir, PAGE)} could not be written ({why}); `python evaluate.py --run "
               f"{run_dir}` writes it again.", file=sys.stderr)
     print("\n".join(console_lines(summary, run_dir, page)))

@@ -18,13 +18,15 @@ from typing import Literal, Optional, Union
 
 import yaml
 
-import likelihoods  # The choice families: TensorFlow-free registries whose choices carry their own traits.
-import priors
-import process
-import schedules
+from vae_kl.choices import (
+    likelihoods,  # The choice families: TensorFlow-free registries whose choices carry their own traits.
+    priors,
+    schedules,
+)
+from vae_kl.process import exits
 
 
-class ConfigError(process.UserError):
+class ConfigError(exits.UserError):
     """A user-facing configuration problem, reported in one line."""
 
 

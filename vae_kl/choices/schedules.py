@@ -10,11 +10,11 @@ reaches full weight (for the start-up warning). To add a schedule: write its cla
 
 import math
 
-import choices
+from vae_kl.choices import registry
 
-ops = choices.Deferred("keras.ops")  # Imported when a multiplier is computed: --explain reads only the traits.
+ops = registry.Deferred("keras.ops")  # Imported when a multiplier is computed: --explain reads only the traits.
 
-FAMILY = choices.Family("loss.kl_schedule")
+FAMILY = registry.Family("loss.kl_schedule")
 
 # Steepness of the sigmoid warm-up; it is rescaled to run exactly from 0 to 1.
 _SIGMOID_STEEPNESS = 10.0

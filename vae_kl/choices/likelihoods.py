@@ -4,22 +4,22 @@ A likelihood turns the decoder's logits (batch, H, W, C) into a negative log-lik
 pixel value and into the image it stands for (its mean). It is part of the saved model, so a
 learned σ is saved with the weights. To add a likelihood: write its class here with its traits
 and `@FAMILY.register`, and test it in tests/test_losses.py; loss.likelihood then accepts its
-name (choices.py says how a plain class becomes a Keras layer without loading TensorFlow here).
+name (registry.py says how a plain class becomes a Keras layer without loading TensorFlow here).
 """
 
 import math
 
-import choices
+from vae_kl.choices import registry
 
-ops, losses = choices.Deferred("keras.ops"), choices.Deferred("losses")  # Keras only when the math runs.
+ops, losses = registry.Deferred("keras.ops"), registry.Deferred("losses")  # Keras only when the math runs.
 
-FAMILY = choices.Family("loss.likelihood", layers=True)
+FAMILY = registry.Family("loss.likelihood", layers=True)
 
 
 class Likelihood:
     """Base class. Subclasses define nll (per pixel value, no reduction) and mean, and their traits."""
 
-    family, __new__ = FAMILY, choices.new_layer
+    family, __new__ = FAMILY, registry.new_layer
     name_in_config = None  # The config name (loss.likelihood); `name` is Keras's layer name.
     formula = None  # How the start-up line writes the summed negative log-likelihood.
     has_sigma = False  # Whether log_sigma returns a σ (reported per epoch and in summary.json).

@@ -8,12 +8,10 @@ tests/test_model.py and tests/test_targets.py load them.
 
 import dataclasses
 
-import likelihoods
-import priors
-from config import LossConfig
-from networks import build_decoder, build_encoder
-from objective import Objective
-
+from vae_kl.choices import likelihoods, priors
+from vae_kl.choices.architectures import build_decoder, build_encoder
+from vae_kl.spec.config import LossConfig
+from vae_kl.spec.objective import Objective
 
 # The settings a version-1 VAE (before the four-part design) stored in its config.
 VERSION_1_KEYS = ("latent_dim", "likelihood", "reconstruction_reduction", "kl_reduction", "kl_weight", "free_bits",

@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-import process
-
+from vae_kl.process import exits
 
 RUN_SUBFOLDER = "tensorboard"  # A run's events: <run_dir>/tensorboard.
 SETTINGS_TAG = "settings"
@@ -144,7 +143,7 @@ def events_written(log_dir):
     try:
         yield
     except tf.errors.OpError as error:
-        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({process.first_line(error.message, 160)}); "
+        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({exits.first_line(error.message, 160)}); "
                       f"free space or restore the folder, then run the same command again to resume") from None
 
 

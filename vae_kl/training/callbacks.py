@@ -7,11 +7,10 @@ import time
 import keras
 import numpy as np
 
-import atomic
 import evaluate
-import plots
-import process
-import runs
+from vae_kl.process import atomic, signals
+from vae_kl.reports import plots
+from vae_kl.runs import records
 
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
 WATCH_DRAWS = 2  # Noise draws of the per-epoch information (the final verdict averages evaluate's 8): cheaper.
@@ -34,7 +33,9 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
     """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
     if not setup.cfg.output.tensorboard:
         return []
-    import tensorboard_log  # Only runs that log to TensorBoard load its package (and TensorBoard's).
+    from vae_kl.tracking import (
+        tensorboard_log,  # Only runs that log to TensorBoard load its package (and TensorBoard's).
+    )
 
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
@@ -45,7 +46,7 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
 def log_evaluation(cfg, run_dir, validation, verdict, epochs):
     """After the final evaluation: give the loggers the run's numbers and verdict (TensorBoard, when on)."""
     if cfg.output.tensorboard:
-        import tensorboard_log  # As in tensorboard_callbacks.
+        from vae_kl.tracking import tensorboard_log  # As in tensorboard_callbacks.
 
         tensorboard_log.write_run_evaluation(run_dir, validation, verdict, epochs)
 
@@ -167,7 +168,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.started, self.ended = time.time(), None
 
     def on_epoch_begin(self, epoch, logs=None):
-        process.raise_if_interrupted()
+        signals.raise_if_interrupted()
         self.model.reseed(epoch)
         self.started, self.ended = time.time(), None
 
@@ -175,7 +176,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.ended = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
-        process.raise_if_interrupted()
+        signals.raise_if_interrupted()
         if logs and not math.isfinite(float(logs["loss"])):
             self.diverged_at = (len(self.history) + 1, batch + 1)
             self.model.stop_training = True
@@ -202,10 +203,10 @@ class RunRecorder(keras.callbacks.Callback):
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
         # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it. The row
         # joins the history once the checkpoint holds it, so a failed checkpoint leaves the history as saved.
-        runs.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": [*self.history, row]})
+        records.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": [*self.history, row]})
         self.history.append(row)
         atomic.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
-        runs.update_summary(self.run_dir, epochs_completed=epoch + 1)
+        records.update_summary(self.run_dir, epochs_completed=epoch + 1)
 
     def extra_logs(self):
         """For the TensorBoard logger (extra_fn): the KL weight in force, and per latent unit on the first

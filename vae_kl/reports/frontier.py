@@ -2,7 +2,7 @@
 
 A fixed-β VAE minimises D + β·R (D the reconstruction, R the KL, both in nats per digit), so at its
 optimum the frontier D(R) has slope dD/dR = −β: moving along it trades nats of distortion for nats of
-rate at exchange rate β. From a sweep's rows (sweep_report.result_rows) this module takes one point per
+rate at exchange rate β. From a sweep's rows (sweep_page.result_rows) this module takes one point per
 β (the mean over seeds ± standard error of the validation KL and reconstruction, the numbers
 rate_distortion.png shows), the chord slopes between neighbouring β, and where a target distortion or
 rate (a GECO run's κ, a capacity run's C, or --target-distortion / --target-rate) lies on it: log β
@@ -18,11 +18,10 @@ from typing import Optional
 
 import numpy as np
 
-import atomic
-import config
-import plots
-import sweep_report
-from sweep_report import beta_text, number, plus_minus
+from vae_kl.process import atomic
+from vae_kl.reports import plots, sweep_page
+from vae_kl.reports.sweep_page import beta_text, number, plus_minus
+from vae_kl.spec import config
 
 FIGURE = "frontier.png"
 PAGE = "frontier.md"
@@ -151,7 +150,7 @@ def frontier_points(rows):
     """(points in β order, settings left out): one Point per setting with a finished seed and an effective β;
     the others (no finished seed, no β recorded) by name."""
     points, left_out = [], []
-    for setting in sweep_report.aggregate(rows):
+    for setting in sweep_page.aggregate(rows):
         rate, distortion = setting[AXES["rate"]], setting[AXES["distortion"]]
         if not setting["n"] or setting["beta"] is None or rate[0] is None or distortion[0] is None:
             left_out.append(setting["setting"])
@@ -308,10 +307,10 @@ def page_markdown(name, points, left_out, request):
     lines = [f"# Rate–distortion frontier of sweep '{name}'", "", READING, "", f"![{CAPTION}]({FIGURE})", ""]
     lines += [*notes(points, left_out), ""] if notes(points, left_out) else []
     if points:
-        lines.append(sweep_report.markdown_table(table_entries(points), table_columns(points)))
+        lines.append(sweep_page.markdown_table(table_entries(points), table_columns(points)))
     lines += ["## Where targets lie on the frontier", "", *[f"- {text}" for text in statements(points, request)], ""]
     if request.placed:
-        lines += ["## Placed runs", "", sweep_report.markdown_table(request.placed, PLACED_COLUMNS)]
+        lines += ["## Placed runs", "", sweep_page.markdown_table(request.placed, PLACED_COLUMNS)]
     return "\n".join(lines + ["## The command", "", f"    {request.command}", ""])
 
 
@@ -320,11 +319,11 @@ def html_section(folder, points, left_out, request):
     parts = [f"<h2>Rate–distortion frontier</h2><p>{html.escape(READING)}</p>"]
     parts += [f"<p>{html.escape(note)}</p>" for note in notes(points, left_out)]
     if points:
-        parts.append(sweep_report.html_table(table_entries(points), table_columns(points)))
+        parts.append(sweep_page.html_table(table_entries(points), table_columns(points)))
     parts.append("<ul>" + "".join(f"<li>{html.escape(text)}</li>" for text in statements(points, request)) + "</ul>")
     if request.placed:
-        parts.append("<h3>Placed runs</h3>" + sweep_report.html_table(request.placed, PLACED_COLUMNS))
-    parts.append(sweep_report.figure_html(os.path.join(folder, FIGURE), CAPTION))
+        parts.append("<h3>Placed runs</h3>" + sweep_page.html_table(request.placed, PLACED_COLUMNS))
+    parts.append(sweep_page.figure_html(os.path.join(folder, FIGURE), CAPTION))
     return "".join(parts) + f"<p>Made by <code>{html.escape(request.command)}</code></p>"
 
 

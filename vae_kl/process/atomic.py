@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 
-import process
+from vae_kl.process import signals
 
 _TEMP_NAME = re.compile(r"\.tmp-(\d+)-")  # The temporary files: .tmp-<pid>-...
 _UMASK = os.umask(0)
@@ -80,7 +80,7 @@ def remove_stale_temp_files(run_dir):
     for folder, _, names in os.walk(run_dir):
         for name in names:
             match = _TEMP_NAME.match(name)
-            if match and not process.pid_alive(int(match.group(1))):
+            if match and not signals.pid_alive(int(match.group(1))):
                 try:
                     os.remove(os.path.join(folder, name))
                 except OSError:
