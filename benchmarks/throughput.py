@@ -37,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+import train  # noqa: E402
 from tutorial_vae import build_tutorial_vae  # noqa: E402
+from vae_kl.training import machine  # noqa: E402
 
 BATCH = 128
 
@@ -99,12 +101,11 @@ def load_config(path, overrides=()):
 
 
 def build_ours(cfg, x, jit_compile=False):
-    import train
     from vae_kl.data import sources
 
     digits = sources.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:BATCH],
                          y_val=np.zeros(BATCH, "int64"), name="mnist_embedded")
-    vae = train.Setup(cfg, digits).build_vae()
+    vae = train.build_vae(machine.Setup(cfg, digits))
     if jit_compile:
         vae.compile(optimizer=vae.optimizer, steps_per_execution=vae.steps_per_execution, jit_compile=True)
     return vae
@@ -296,7 +297,6 @@ def worker(conn, label, overrides, config_path, steps, threads):
     import keras
     import tensorflow as tf
 
-    import train
 
     _, x = load_digits(steps)
     cfg, jit = load_config(config_path, overrides)
@@ -304,7 +304,7 @@ def worker(conn, label, overrides, config_path, steps, threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads[0])
         tf.config.threading.set_intra_op_parallelism_threads(threads[1])
     elif label != "tutorial":
-        train.configure_threads(train.resolve_batch_shards(cfg.train.batch_shards))
+        machine.configure_threads(machine.resolve_batch_shards(cfg.train.batch_shards))
     keras.utils.set_random_seed(cfg.train.seed)
     if label == "tutorial":
         runner = Runner(label, build_tutorial_vae, fit_numpy)
@@ -413,17 +413,7 @@ def main(argv=None):
         time.sleep(1.0 if args.load == "spin" else 15.0)  # Let them get going (TensorFlow takes seconds to start).
         print(f"Timing under load: {len(loads)} other process(es) of kind {args.load} share the CPU.")
     bf16 = cpu_has_bf16() and not args.no_bf16
-    specs = [("tutorial", []), ("ours", [])] + ([("mixed_bfloat16", ["train.precision=mixed_bfloat16"])] if bf16 else [])
-    for spec in args.variant:
-        label, _, overrides = spec.partition(":")
-        specs.append((label, [o for o in overrides.split(",") if o]))
-    remotes = []
-    for label, overrides in specs:
-        remotes.append(Remote(label, overrides, args))
-        if args.start_together:
-            remotes[-1].send(1)  # Warm-up, not timed; all workers start, build and trace at once.
-        else:
-            remotes[-1].run(1)  # Warm-up: build, trace and run one epoch, before the next worker starts; not timed.
+    remotes = start_workers(args, bf16)
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # The per-layer timing traces one small function per layer, by design.
@@ -437,23 +427,59 @@ def main(argv=None):
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; one process per model.")
     for remote in remotes:
         print("  " + describe(remote))
+    time_blocks(remotes, args, len(x), loads)
+    if tutorial is None:
+        tutorial, ours = build_tutorial_vae(), build_ours(load_config(args.config)[0], x)
+    print_rates(remotes, tutorial)
+    if args.layer_reps:
+        print_layers(tutorial, ours, args.layer_reps)
+    if args.learning:
+        compare_learning(args.config, x_all, args.learning, args.learning_seeds)
+    baseline = np.array(remotes[0].block_rates)
+    if bf16:  # Same architecture and objective, bfloat16 arithmetic in the networks.
+        print(f"speedup_mixed_bfloat16_vs_tutorial={float(np.median(np.array(remotes[2].block_rates) / baseline)):.3f}")
+    print(f"speedup_vs_tutorial={float(np.median(np.array(remotes[1].block_rates) / baseline)):.3f}")
+    return 0
+
+
+def start_workers(args, bf16):
+    """One worker process per model (the tutorial's, ours, ours in bfloat16 where the CPU has it, the variants),
+    each warmed up by one untimed epoch: one after another, or all at once with --start-together."""
+    specs = [("tutorial", []), ("ours", [])] + ([("mixed_bfloat16", ["train.precision=mixed_bfloat16"])] if bf16 else [])
+    for spec in args.variant:
+        label, _, overrides = spec.partition(":")
+        specs.append((label, [o for o in overrides.split(",") if o]))
+    remotes = []
+    for label, overrides in specs:
+        remotes.append(Remote(label, overrides, args))
+        if args.start_together:
+            remotes[-1].send(1)  # Warm-up, not timed; all workers start, build and trace at once.
+        else:
+            remotes[-1].run(1)  # Warm-up: build, trace and run one epoch, before the next worker starts; not timed.
+    return remotes
+
+
+def time_blocks(remotes, args, digits, loads):
+    """The timed blocks, in alternating order (so that the machine's drift cancels in the ratios); then the workers
+    and the competing load end."""
     for block in range(args.blocks):
         order = remotes if block % 2 == 0 else remotes[::-1]  # Alternate who goes first.
         for remote in order:
             seconds = remote.run(args.epochs_per_block)
-            remote.block_rates.append(len(x) * len(seconds) / sum(seconds))
+            remote.block_rates.append(digits * len(seconds) / sum(seconds))
     for remote in remotes:  # All at once: a TensorFlow process takes seconds to exit.
         remote.send(None)
     for remote in remotes:
         remote.process.join()
     for process in loads:
         process.terminate()
-    if tutorial is None:
-        tutorial, ours = build_tutorial_vae(), build_ours(load_config(args.config)[0], x)
+
+
+def print_rates(remotes, tutorial):
+    """The table of digits per second, GFLOP/s and the ratios (medians of per-block ratios), per model."""
     macs, flops = training_flops(parametric_layers(tutorial))
     print(f"Work: {macs / 1e6:.2f} M multiply-adds forward per digit, {flops / 1e6:.1f} MFLOP forward+backward.")
-    baseline = np.array(remotes[0].block_rates)
-    ours_rates = np.array(remotes[1].block_rates)
+    baseline, ours_rates = np.array(remotes[0].block_rates), np.array(remotes[1].block_rates)
     print(f"\n{'model':<24}{'digits/s':>10}{'GFLOP/s':>9}{'vs tutorial':>13}{'vs ours':>9}{'peak RSS MiB':>14}"
           f"{'first step s':>14}")
     for remote in remotes:  # Ratios are medians of per-block ratios, so the machine's drift cancels.
@@ -461,16 +487,7 @@ def main(argv=None):
         print(f"{remote.label:<24}{rate:>10.0f}{rate * flops / 1e9:>9.1f}{np.median(rates / baseline):>13.3f}"
               f"{np.median(rates / ours_rates):>9.3f}{r['peak_rss'] / 2**20:>14.0f}{r['first_step_s']:>9.1f} "
               f"({r['first_step_count']} st)")
-    print(f"Per-block ratios ours/tutorial: {np.round(np.array(remotes[1].block_rates) / baseline, 3).tolist()}.")
-    if args.layer_reps:
-        print_layers(tutorial, ours, args.layer_reps)
-    if args.learning:
-        compare_learning(args.config, x_all, args.learning, args.learning_seeds)
-    if bf16:  # Same architecture and objective, bfloat16 arithmetic in the networks.
-        print(f"speedup_mixed_bfloat16_vs_tutorial={float(np.median(np.array(remotes[2].block_rates) / baseline)):.3f}")
-    speedup = float(np.median(np.array(remotes[1].block_rates) / baseline))
-    print(f"speedup_vs_tutorial={speedup:.3f}")
-    return 0
+    print(f"Per-block ratios ours/tutorial: {np.round(ours_rates / baseline, 3).tolist()}.")
 
 
 if __name__ == "__main__":

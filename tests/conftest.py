@@ -78,6 +78,23 @@ def quick():
     return quick_sets
 
 
+def step_terms(vae, x, training=False):
+    """What one train or test step computes for images x, before the trackers: {"loss", "reconstruction", "kl",
+    "neg_elbo", and "sigma" or "tc" where the model has them} as tensors (call it inside a GradientTape for
+    gradients)."""
+    from vae_kl.parts.trackers import WeightedMeans
+
+    terms, log_sigma, batch = vae.compute_terms(x, training=training)
+    step = vae.optimizer.iterations if vae.optimizer is not None else 0
+    values = WeightedMeans.of_terms(terms, vae.objective.loss(terms, step, vae.beta()), log_sigma, batch)
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def reseed(vae, epoch):
+    """Give the VAE's sampling layer the noise of `epoch` (what the run recorder does before each epoch)."""
+    vae.encoder.get_layer("z").reseed(epoch)
+
+
 def build_vae(seed=0, batch_shards=1, learning_rate=1e-3, image_shape=(28, 28, 1), **settings):
     """A compiled VAE from config settings given as section__key=value (e.g. loss__free_bits=0.5),
     built and compiled the way train.py does it. Returns the VAE."""

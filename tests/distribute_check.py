@@ -7,7 +7,7 @@ which TensorFlow allows only before it initialises them (so never inside the sha
 
 `exact` compares, for each case, one VAE on the default device with the same VAE under a two-replica
 MirroredStrategy: the same weights, the same generator state (reseed), the same batch. The noise is
-the same too: each replica draws the global batch's ε and keeps its own rows (shards.GlobalBatch), so
+the same too: each replica draws the global batch's ε and keeps its own rows (slicing.GlobalBatch), so
 every term is compared as computed, noise included, within float32 rounding of a different summation
 order. Writes {case: {"loss": [single, replica 0, replica 1], "gradient_error": ..., ...}}.
 """
@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from vae_kl.process import signals  # noqa: E402
+from vae_kl.training import machine  # noqa: E402
 
 REPLICAS = 2
 tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
@@ -63,7 +64,7 @@ def one_case(strategy, settings, batch):
     import keras
     import numpy as np
 
-    from conftest import build_vae
+    from conftest import build_vae, reseed, step_terms
 
     x = images(batch)
     keras.utils.set_random_seed(0)
@@ -78,29 +79,29 @@ def one_case(strategy, settings, batch):
         mirrored.optimizer.build(mirrored.trainable_variables)
     mirrored.set_weights(single.get_weights())
 
-    single.reseed(0)
+    reseed(single, 0)
     with tf.GradientTape() as tape:
-        terms = single.compute_terms(tf.constant(x), training=True)
+        terms = step_terms(single, tf.constant(x), training=True)
     grads = tape.gradient(terms["loss"], single.trainable_weights)
 
     def replica_step(local_x):
         with tf.GradientTape() as tape:
-            local = mirrored.compute_terms(local_x, training=True)
+            local = step_terms(mirrored, local_x, training=True)
         shares = tape.gradient(local["loss"], mirrored.trainable_weights)
         # What Keras's optimizer does with them: SUM over the replicas.
         summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, shares)
         return local["loss"], summed
 
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(batch))
-    mirrored.reseed(0)
+    reseed(mirrored, 0)
     losses_, summed = strategy.run(tf.function(replica_step), args=(next(iter(dataset)),))
     replica_losses = [float(v) for v in strategy.experimental_local_results(losses_)]
     summed = [np.asarray(strategy.experimental_local_results(g)[0]) for g in summed]
     errors = [float(np.abs(b - np.asarray(a)).max() / (np.abs(np.asarray(a)).max() + 1e-30))
               for a, b in zip(grads, summed)]
     # Trackers: evaluate's numbers are read across the replicas (SUM of on-read variables).
-    single.reseed(0)
-    mirrored.reseed(0)
+    reseed(single, 0)
+    reseed(mirrored, 0)
     plain = single.evaluate(tf.data.Dataset.from_tensor_slices(x).batch(batch), verbose=0, return_dict=True)
     split = mirrored.evaluate(tf.data.Dataset.from_tensor_slices(x).batch(batch), verbose=0, return_dict=True)
     return {"loss": [float(terms["loss"]), *replica_losses], "gradient_error": max(errors),
@@ -109,11 +110,47 @@ def one_case(strategy, settings, batch):
             "free_bits": settings.get("loss__free_bits", 0.0)}
 
 
-def exact(result_path):
-    import train
+def keras_build_fix(strategy):
+    """Fit, under the strategy, a tiny built model whose global batch of 3 splits 2 + 1 between the replicas:
+    once as a plain keras.Model, once as parts.distributed_build.BuiltOnceModel. {name: "fits" or the error}."""
+    import keras
+    import numpy as np
 
-    strategy = train.make_strategy("mirrored")
-    results = {"replicas": strategy.num_replicas_in_sync}
+    from vae_kl.parts.distributed_build import BuiltOnceModel
+
+    class Regression(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+        def train_step(self, data):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(self(data)))
+            self.optimizer.apply(tape.gradient(loss, self.trainable_weights), self.trainable_weights)
+            return {"loss": loss}
+
+    outcome = {}
+    for name, base in (("keras.Model", keras.Model), ("BuiltOnceModel", BuiltOnceModel)):
+        with strategy.scope():
+            fitted = type(f"Regression_{base.__name__}", (Regression, base), {})()
+            fitted(np.zeros((1, 4), "float32"))
+            fitted.compile(optimizer="sgd")
+            fitted.optimizer.build(fitted.trainable_variables)
+        data = tf.data.Dataset.from_tensor_slices(np.ones((6, 4), "float32")).batch(3)
+        try:
+            fitted.fit(data, epochs=1, verbose=0)
+            outcome[name] = "fits"
+        except Exception as error:  # Whatever Keras raises: the test reads the message.
+            outcome[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return outcome
+
+
+def exact(result_path):
+    strategy = machine.make_strategy("mirrored")
+    results = {"replicas": strategy.num_replicas_in_sync, "keras_build": keras_build_fix(strategy)}
     for name, (settings, batch) in CASES.items():
         results[name] = one_case(strategy, settings, batch)
     with open(result_path, "w", encoding="utf-8") as handle:
@@ -128,7 +165,7 @@ if __name__ == "__main__":
         import train
 
         if sys.argv[1] == "both":  # The run gets the same MirroredStrategy: a second one in one process reuses
-            make_strategy = train.make_strategy  # the first one's collective keys, and their all-reduces collide.
-            train.make_strategy = lambda name: strategy if name == "mirrored" else make_strategy(name)
+            make_strategy = machine.make_strategy  # the first one's collective keys, and their all-reduces collide.
+            machine.make_strategy = lambda name: strategy if name == "mirrored" else make_strategy(name)
         signals.stop_like_ctrl_c()
         sys.exit(train.main(sys.argv[2 if sys.argv[1] == "train" else 3:]))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from vae_kl.training import machine
 
 
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "sweep.py"])
@@ -24,8 +25,7 @@ def test_help_answers_without_importing_tensorflow(tmp_path, script):
 
 
 def setup_of(monkeypatch, terminal, steps_per_epoch=32, **settings):
-    """train.Setup for steps_per_epoch batches of 8 blank digits, with sys.stdout a terminal or not."""
-    import train
+    """machine.Setup for steps_per_epoch batches of 8 blank digits, with sys.stdout a terminal or not."""
     from vae_kl.data import sources
     from vae_kl.spec import config
 
@@ -34,7 +34,7 @@ def setup_of(monkeypatch, terminal, steps_per_epoch=32, **settings):
     digits = sources.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:8], y_val=np.zeros(8, "int64"),
                          name="test")
     sets = ["train.batch_size=8", "train.batch_shards=1", *[f"{k}={v}" for k, v in settings.items()]]
-    return train.Setup(config.load(None, sets)[0], digits)
+    return machine.Setup(config.load(None, sets)[0], digits)
 
 
 def test_a_terminal_caps_steps_per_execution_so_the_bar_moves(monkeypatch):

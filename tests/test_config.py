@@ -1,6 +1,5 @@
 """The config schema: defaults, the shipped config.yaml, and every kind of bad input."""
 
-import dataclasses
 import os
 
 import pytest
@@ -30,10 +29,47 @@ def test_shipped_config_yaml_mirrors_the_schema_and_its_defaults():
     assert config.from_dict(raw) == config.Config()
 
 
-def test_every_field_has_a_help_line():
-    for section in dataclasses.fields(config.Config):
-        for item in dataclasses.fields(section.type):
-            assert item.metadata.get("help"), f"{section.name}.{item.name}"
+def test_every_setting_has_a_help_line_and_a_choice_key_lists_its_family():
+    for name, section in config.SECTIONS.items():
+        for setting in section.settings().values():
+            assert setting.help, f"{name}.{setting.name}"
+            family = setting.rule.get("family")
+            if family is not None:  # The names come from the registry, not from a hand-typed list.
+                assert all(choice in config.help_text(setting) for choice in family.names()), setting.name
+
+
+def config_yaml_comments():
+    """{(section, key): the comment on its line and the comment lines below it} of the shipped config.yaml."""
+    comments, section, key = {}, None, None
+    with open(os.path.join(ROOT, "config.yaml"), encoding="utf-8") as handle:
+        for line in handle:
+            if line[:1].isalpha():
+                section, key = line.split(":")[0], None
+            elif line.startswith("  ") and line.strip() and not line.strip().startswith("#"):
+                key = line.split(":")[0].strip()
+                comments[(section, key)] = line.partition("#")[2].strip()
+            elif key and line.strip().startswith("#"):
+                comments[(section, key)] += " " + line.strip().lstrip("#").strip()
+    return comments
+
+
+def test_config_yaml_comments_follow_the_declarations():
+    # Every key of the schema, with a comment; a key that names a choice lists every registered name; a
+    # setting that some choices declare says which ones read it ("normal only", "mixture / vamp only").
+    comments = config_yaml_comments()
+    for name, section in config.SECTIONS.items():
+        assert [key for (s, key) in comments if s == name] == list(section.settings()), name
+        for setting in section.settings().values():
+            comment = comments[(name, setting.name)]
+            assert comment, f"{name}.{setting.name}"
+            family = setting.rule.get("family")
+            if family is not None:
+                assert all(choice in comment for choice in family.names()), (setting.name, comment)
+        for key in section.own:
+            family = key.rule.get("family")
+            for declared in (family.settings() if family is not None else {}):
+                readers = " / ".join(family.readers(declared))
+                assert comments[(name, declared)].startswith(f"{readers} only"), (declared, readers)
 
 
 def test_overrides_go_through_the_same_validator():
@@ -130,7 +166,7 @@ def test_help_lists_the_options():
     assert result.returncode == 0 and "--set" in result.stdout and "--config" in result.stdout
 
 
-KEYS = [f"{s.name}.{f.name}" for s in dataclasses.fields(config.Config) for f in dataclasses.fields(s.type)]
+KEYS = [f"{name}.{key}" for name, section in config.SECTIONS.items() for key in section.settings()]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["sum", "mean", "learned", "1e-3", "npz", "auto"]))
 DOCUMENTS = st.recursive(SCALARS, lambda inner: st.one_of(
@@ -177,7 +213,7 @@ def test_a_config_stored_by_an_earlier_version_still_loads():
     with pytest.raises(config.ConfigError, match="loss.geco_rate is only read with loss.kl_weight: auto"):
         config.from_dict(stored)
     cfg = config.from_stored(stored)
-    assert cfg.loss == dataclasses.replace(config.LossConfig(), kl_weight=1.0)
+    assert cfg.loss == config.LossConfig().replace(kl_weight=1.0)
     assert cfg.data.path == "mnist.npz" and cfg.train.epochs == 5 and cfg.output.run_name == "kl_weight-1_seed-1337"
     assert config.with_defaults(stored) == cfg.to_dict()
 

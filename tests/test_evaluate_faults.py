@@ -11,7 +11,9 @@ import yaml
 import evaluate
 from conftest import build_vae
 from vae_kl.data import sources
-from vae_kl.reports import run_page
+from vae_kl.evaluation import bounds, codes, metrics
+from vae_kl.evaluation import verdict as verdicts
+from vae_kl.reports import run_figures, run_page
 from vae_kl.runs import folders, records
 from vae_kl.spec import config
 
@@ -52,11 +54,11 @@ def bernoulli_log_likelihood(x, logits):
 def test_a_model_whose_decoder_ignores_an_informative_code_is_not_called_healthy(digits):
     vae = zero_decoder_input(informative_encoder(build_vae(seed=0)))
     x = digits.x_val[:300]
-    validation, _ = evaluate.compute_metrics(vae, x, 2)
-    assert validation["mutual_information_nats"] > 3 * evaluate.COLLAPSED_BELOW_NATS  # The encoder's code is used...
+    validation, _ = metrics.compute_metrics(vae, x, 2)
+    assert validation["mutual_information_nats"] > 3 * verdicts.COLLAPSED_BELOW_NATS  # The encoder's code is used...
     # ...the decoder's not: every code decodes to the same image (bit for bit here; rounding allowed for).
     assert abs(validation["decoder_use_nats"]) < 1e-3 and validation["decoder_use_se_nats"] < 1e-3
-    verdict = evaluate.diagnose(validation, CONTEXT)
+    verdict = verdicts.diagnose(validation, CONTEXT)
     assert verdict["state"] == "collapsed" and verdict["detected"] is True and verdict["decoder_ignores_code"] is True
     assert verdict["reason"].startswith("the decoder ignores the code"), verdict["reason"]
     assert "Check the decoder's weights" in verdict["advice"] and "Nothing to change" not in verdict["advice"]
@@ -72,9 +74,9 @@ def test_decoder_use_matches_a_plain_loop_over_digits(digits, monkeypatch):
     # numpy; decode batches of 7 make the codes' owners and receivers fall in different calls.
     vae = informative_encoder(build_vae(seed=1))
     x, n, seed = digits.x_val[:20], 20, 5
-    z_mean, z_log_var = evaluate.encode(vae, x)
-    monkeypatch.setattr(evaluate, "DECODE_BATCH", 7)
-    use, use_se = evaluate.decoder_use(vae, x, z_mean, z_log_var, None, seed)
+    z_mean, z_log_var = codes.encode(vae, x)
+    monkeypatch.setattr(codes, "DECODE_BATCH", 7)
+    use, use_se = bounds.decoder_use(vae, x, z_mean, z_log_var, None, seed)
     rng = np.random.default_rng(seed + 2)
     order = rng.permutation(n)
     donor = {order[i]: order[(i + 1) % n] for i in range(n)}
@@ -85,7 +87,7 @@ def test_decoder_use_matches_a_plain_loop_over_digits(digits, monkeypatch):
     assert all(donor[i] != i for i in range(n))
     assert use == pytest.approx(np.mean(gains), rel=1e-4, abs=1e-3)
     assert use_se == pytest.approx(np.std(gains, ddof=1) / math.sqrt(n), rel=1e-3, abs=1e-3)
-    assert evaluate.decoder_use(vae, x[:1], z_mean[:1], z_log_var[:1], None) == (None, None)
+    assert bounds.decoder_use(vae, x[:1], z_mean[:1], z_log_var[:1], None) == (None, None)
 
 
 def reference_bounds(vae, x, z_mean, z_log_var, k, seed):
@@ -112,13 +114,13 @@ def reference_bounds(vae, x, z_mean, z_log_var, k, seed):
 
 def recording_decoder(monkeypatch):
     """Wrap evaluate's decode function; returns the list of batch sizes it is called with."""
-    sizes, real = [], evaluate._decode_logits
+    sizes, real = [], codes.decode_logits
 
     def record(vae, z):
         sizes.append(len(z))
         return real(vae, z)
 
-    monkeypatch.setattr(evaluate, "_decode_logits", record)
+    monkeypatch.setattr(codes, "decode_logits", record)
     return sizes
 
 
@@ -128,11 +130,11 @@ def test_the_iwae_bound_decodes_at_most_decode_batch_codes_per_call_and_equals_a
     vae = build_vae(seed=2)
     assert vae.prior.name_in_config == "standard_normal" and vae.likelihood.name_in_config == "bernoulli"
     x = digits.x_val[:n]
-    z_mean, z_log_var = evaluate.encode(vae, x)
+    z_mean, z_log_var = codes.encode(vae, x)
     sizes = recording_decoder(monkeypatch)
-    reconstruction, iwae, kl = evaluate.importance_bounds(vae, x, z_mean, z_log_var, k, None, seed=11)
-    assert max(sizes) <= evaluate.DECODE_BATCH and sum(sizes) == n * k, sizes[:5]
-    if k > evaluate.DECODE_BATCH:  # 3000 = 1024 + 1024 + 952 per digit.
+    reconstruction, iwae, kl = bounds.importance_bounds(vae, x, z_mean, z_log_var, k, None, seed=11)
+    assert max(sizes) <= codes.DECODE_BATCH and sum(sizes) == n * k, sizes[:5]
+    if k > codes.DECODE_BATCH:  # 3000 = 1024 + 1024 + 952 per digit.
         assert sizes == [1024, 1024, 952] * n
         ref_reconstruction, ref_iwae, ref_kl = reference_bounds(vae, x, z_mean, z_log_var, k, 11)
         np.testing.assert_allclose(iwae, ref_iwae, rtol=1e-5, atol=1e-3)
@@ -192,7 +194,7 @@ def test_the_rate_distortion_path_of_a_long_run_draws_at_most_path_points(tmp_pa
     x = np.zeros((10, 28, 28, 1), "float32")
     arrays = {"z_mean": np.zeros((10, 2)), "active": np.zeros(2, bool), "kl_per_dim": None,
               "information": np.zeros(2)}
-    evaluate.write_figures(vae, str(tmp_path), x, np.arange(10), arrays, history, "t")
+    run_figures.write_figures(vae, str(tmp_path), x, np.arange(10), arrays, history, "t")
     epochs = [point[0] for point in drawn["points"]]
-    assert len(epochs) == evaluate.PATH_POINTS and epochs[0] == 1 and epochs[-1] == 5000
+    assert len(epochs) == run_figures.PATH_POINTS and epochs[0] == 1 and epochs[-1] == 5000
     assert epochs == sorted(set(epochs)) and "1000 of the 5000 epochs" in drawn["title"]

@@ -1,6 +1,7 @@
-""""One home per idea", proven: a likelihood, a prior and a KL schedule defined in this file, registered,
-and trained through train.run with no other file edited; and every registered choice (these three
-included) built, described, warned about, saved and reloaded."""
+""""One home per idea", proven: a likelihood, a prior and a KL schedule with a setting of its own, defined in
+this file, registered, validated, explained, warned about and trained through train.run with no other file
+edited, then unregistered; and every registered choice (these three included) built, described, saved and
+reloaded."""
 
 import csv
 import math
@@ -14,8 +15,10 @@ from keras import ops
 import model
 import train
 from conftest import quick_config
-from vae_kl.choices import likelihoods, priors, schedules
-from vae_kl.spec import config, objective, plan
+from vae_kl import data
+from vae_kl.choices import architectures, likelihoods, priors, schedules
+from vae_kl.choices.registry import Setting
+from vae_kl.spec import config, plan
 
 
 class Laplace(likelihoods.Likelihood):
@@ -41,15 +44,25 @@ class LaplacePrior(priors.Prior):
 
 
 class Step(schedules.Schedule):
-    """0 during the warm-up, then 1 at once."""
+    """0 for the first fraction of the run's steps, then 1 at once: a setting of its own, declared here."""
 
-    name_in_config, settings_read, needs_warmup = "step_test", ("kl_warmup", "kl_warmup_unit"), True
+    name_in_config, summary = "step_test", "0, then λ"
+    settings = (Setting.of("kl_step_fraction_test", float, 0.5, "Fraction of the run trained at weight 0.",
+                           gt=0, le=1),)
+    fix = "lower loss.kl_step_fraction_test below 1."
+
+    @classmethod
+    def options_from(cls, loss_cfg, steps_per_epoch):
+        return {"fraction": loss_cfg.kl_step_fraction_test}
+
+    def switch(self):
+        return round(self.options["fraction"] * self.total_steps)
 
     def multiplier(self, step):
-        return ops.cast(step >= self.warmup_steps, "float32")
+        return ops.cast(step >= self.switch(), "float32")
 
     def first_full_step(self):
-        return self.warmup_steps if self.warmup_steps < self.total_steps else None
+        return self.switch() if self.switch() < self.total_steps else None
 
 
 NEW = ((likelihoods.FAMILY, Laplace), (priors.FAMILY, LaplacePrior), (schedules.FAMILY, Step))
@@ -57,12 +70,15 @@ NEW = ((likelihoods.FAMILY, Laplace), (priors.FAMILY, LaplacePrior), (schedules.
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    """Register the three new choices for this file's tests only (other files check the shipped names)."""
+    """Register the three new choices for this file's tests only (other files check the shipped names), then
+    take them away again."""
     for family, cls in NEW:
         family.register(cls)
     yield
     for family, cls in NEW:
-        family.choices.pop(cls.name_in_config)
+        family.unregister(cls.name_in_config)
+    with pytest.raises(config.ConfigError, match="Unknown config key 'loss.kl_step_fraction_test'"):
+        config.from_dict({"loss": {"kl_step_fraction_test": 0.5}})
 
 
 def read_metrics(run_dir):
@@ -88,27 +104,43 @@ def test_a_new_prior_trains_with_its_monte_carlo_kl_and_refuses_free_bits(tmp_pa
         quick_config(tmp_path, "model.prior=laplace_test", "loss.free_bits=0.5")
 
 
-def test_a_new_schedule_trains_with_its_multiplier_and_its_traits(tmp_path):
-    with pytest.raises(config.ConfigError, match="'step_test' needs loss.kl_warmup >= 1"):
-        quick_config(tmp_path, "loss.kl_schedule=step_test")
-    cfg = quick_config(tmp_path, "loss.kl_schedule=step_test", "loss.kl_warmup=1", "train.epochs=2",
-                       "output.run_name=schedule")
+def test_a_new_schedules_own_setting_is_validated_explained_and_named_where_it_is_unread():
+    with pytest.raises(config.ConfigError, match="loss.kl_step_fraction_test must be > 0, received 0.0"):
+        config.from_dict({"loss": {"kl_schedule": "step_test", "kl_step_fraction_test": 0}})
+    cfg = config.from_dict({"loss": {"kl_schedule": "step_test", "kl_step_fraction_test": 0.25}})
+    assert cfg.loss.kl_step_fraction_test == 0.25 and config.Config().loss.kl_step_fraction_test == 0.5
+    assert "kl_schedule (constant | linear | sigmoid | cyclical | step_test)" in config.keys_text()  # --help
+    lines = plan.explain(plan.Plan.from_config(cfg, (28, 28, 1), 640), data.sources.peek(cfg.data), "python train.py")
+    assert "loss.kl_schedule step_test (kl_step_fraction_test 0.25)" in " ".join(lines)  # --explain
+    unread = config.from_dict({"loss": {"kl_step_fraction_test": 0.25}})  # The constant schedule does not read it.
+    notes = plan.Plan.from_config(unread, (28, 28, 1), 640).notes
+    assert any("does not read loss.kl_step_fraction_test 0.25" in note and "step_test reads kl_step_fraction_test"
+               in note for note in notes)
+    never = config.from_dict({"loss": {"kl_schedule": "step_test", "kl_step_fraction_test": 1.0}})
+    notes = plan.Plan.from_config(never, (28, 28, 1), 640).notes  # Its own trait: never reaches full weight.
+    assert any("never reaches its final weight" in note and "lower loss.kl_step_fraction_test" in note for note in notes)
+
+
+def test_a_new_schedule_trains_with_its_multiplier_saves_and_reloads(tmp_path):
+    cfg = quick_config(tmp_path, "loss.kl_schedule=step_test", "loss.kl_step_fraction_test=0.5", "train.epochs=2",
+                       "data.limit=640", "output.run_name=schedule")
     summary = train.run(cfg)
     assert summary["status"] == "complete"
     first, second = read_metrics(os.path.join(tmp_path, "schedule"))
-    # The first epoch (steps 0-9, all in the warm-up of 10 steps) trains on the reconstruction alone, the
-    # second on the ELBO: the training loss shows which weight each step used.
+    # 20 steps: the first epoch (steps 0-9) trains on the reconstruction alone, the second on the ELBO; the
+    # training loss shows which weight each step used.
     assert float(first["kl"]) > 0.1
     assert float(first["loss"]) == pytest.approx(float(first["reconstruction"]), rel=1e-5)
     assert float(second["loss"]) == pytest.approx(float(second["neg_elbo"]), rel=1e-5)
-    ignored = objective.ignored_schedule_settings(config.from_dict({"loss": {"kl_schedule": "step_test",
-                                                                          "kl_warmup": 3, "kl_cycles": 2}}).loss)
-    assert ignored == ["loss.kl_cycles 2"]
+    clone = keras.saving.load_model(os.path.join(tmp_path, "schedule", "model.keras"), safe_mode=True)
+    assert clone.objective.kl_schedule == "step_test" and clone.objective.schedule_options == {"fraction": 0.5}
+    assert float(clone.objective.multiplier(9)) == 0.0 and float(clone.objective.multiplier(10)) == 1.0
 
 
 def every_choice():
     # Collected before the fixture runs: the new choices are listed here by hand, the shipped ones by registry.
-    shipped = [(f.key, name) for f in (likelihoods.FAMILY, priors.FAMILY, schedules.FAMILY) for name in f.names()]
+    families = (likelihoods.FAMILY, priors.FAMILY, schedules.FAMILY, architectures.FAMILY)
+    shipped = [(f.key, name) for f in families for name in f.names()]
     return shipped + [(family.key, cls.name_in_config) for family, cls in NEW]
 
 
@@ -118,6 +150,8 @@ def settings_for(key, name):
     raw = {section: {field: name}}
     if key == "loss.kl_schedule" and schedules.FAMILY.get(name).needs_warmup:
         raw["loss"]["kl_warmup"] = 1
+    if key == "model.architecture":
+        raw["model"]["latent_dim"] = 3  # Not the default, so that the architecture is built for it.
     return raw
 
 
@@ -129,7 +163,7 @@ def test_every_registered_choice_builds_describes_warns_saves_and_reloads(key, n
     vae = model.build_vae(cfg.model, cfg.loss, seed=0)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3), objective=run_plan.objective)
     assert vae.likelihood.describe()["name"] == cfg.loss.likelihood
-    assert vae.prior.describe()["name"] == cfg.model.prior
+    assert vae.prior.describe()["name"] == cfg.model.prior and vae.latent_dim == cfg.model.latent_dim
     x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
     terms = {k: float(v) for k, v in vae.test_step(x).items()}
     assert all(np.isfinite(list(terms.values())))

@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 import model
+import train
 from conftest import build_vae
 from vae_kl.choices import fast_layers
+from vae_kl.training import machine
 
 RNG = np.random.default_rng(3)
 
@@ -81,7 +83,6 @@ def test_a_config_saved_before_fast_layers_existed_rebuilds_the_plain_layers():
 
 
 def test_steps_per_execution_divides_the_epoch_so_epochs_keep_their_batches():
-    import train
     from vae_kl.data import batches, sources
     from vae_kl.spec import config
 
@@ -89,7 +90,7 @@ def test_steps_per_execution_divides_the_epoch_so_epochs_keep_their_batches():
     digits = sources.Digits(x_train=x, y_train=np.zeros(len(x), "int64"), x_val=x[:8], y_val=np.zeros(8, "int64"),
                          name="test")
     cfg, _ = config.load(None, ["train.batch_size=8", "train.steps_per_execution=32"])
-    vae = train.Setup(cfg, digits).build_vae()
+    vae = train.build_vae(machine.Setup(cfg, digits))
     assert vae.steps_per_execution == 13  # The largest divisor of 39 steps up to 32.
     vae.fit(batches.train_batches(x, 8, 0, 0, 2), epochs=1, steps_per_epoch=39, verbose=0)
     assert int(vae.optimizer.iterations) == 39

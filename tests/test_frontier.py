@@ -17,6 +17,7 @@ from vae_kl.reports import (
     frontier,  # noqa: E402
     sweep_page,  # noqa: E402
 )
+from vae_kl.sweeps import grid
 
 CONFIG = os.path.join(ROOT, "config.yaml")
 
@@ -135,25 +136,25 @@ def test_placing_a_missing_or_unfinished_folder_is_refused(tmp_path, capsys):
 # ---- --frontier plans the plain sweep's runs: same spec, same folder -----------------------------------
 
 def test_frontier_changes_no_spec_only_defaults(tmp_path, capsys):
-    plain = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--seeds", "2")))
-    again = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--seeds", "2",
+    plain = grid.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--seeds", "2")))
+    again = grid.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--seeds", "2",
                                                  "--frontier")))
     assert (again.spec, again.folder, [r.label for r in again.runs]) == (plain.spec, plain.folder,
                                                                          [r.label for r in plain.runs])
     assert plain.frontier is None and again.frontier.command.endswith("--seeds 2 --frontier")
-    default = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--frontier")))
-    assert default.grid == {"loss.kl_weight": list(sweep.FRONTIER_GRID), "train.seed": [1337, 1338, 1339]}
+    default = grid.make_plan(sweep.parse_args(cli(tmp_path, "--frontier")))
+    assert default.grid == {"loss.kl_weight": list(grid.FRONTIER_GRID), "train.seed": [1337, 1338, 1339]}
     # A finished one-seed plain sweep (no --seeds) keeps its one seed when --frontier is added to its arguments.
-    one = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4")))
-    sweep.prepare_folder(one).close()
+    one = grid.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4")))
+    grid.prepare_folder(one).close()
     capsys.readouterr()
-    kept = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--frontier")))
+    kept = grid.make_plan(sweep.parse_args(cli(tmp_path, "--grid", "loss.kl_weight=1,4", "--frontier")))
     assert (kept.spec, kept.folder) == (one.spec, one.folder)
     assert "holds this grid's sweep with one seed" in capsys.readouterr().out
 
 
 def test_frontier_reads_kl_weights_as_config_does(tmp_path):
-    plan = sweep.make_plan(sweep.parse_args(cli(tmp_path, "--frontier", "--grid", "loss.kl_weight=1e-3,0.5",
+    plan = grid.make_plan(sweep.parse_args(cli(tmp_path, "--frontier", "--grid", "loss.kl_weight=1e-3,0.5",
                                                 "--seeds", "1")))
     assert [run.cfg.loss.kl_weight for run in plan.runs] == [0.001, 0.5]  # YAML reads 1e-3 as text; config a number.
 

@@ -2,7 +2,6 @@
 in one run folder, a sweep killed under its children, and values that repeat or mean nothing."""
 
 import csv
-import dataclasses
 import errno
 import math
 import os
@@ -19,8 +18,10 @@ import sweep
 import train
 from conftest import ROOT, quick_config, quick_sets, run_cli
 from vae_kl.process import atomic, exits, signals
+from vae_kl.reports import run_figures
 from vae_kl.runs import folders, locks, records
-from vae_kl.spec import config
+from vae_kl.spec import config, meaning
+from vae_kl.sweeps import executors, grid, runner
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -59,15 +60,15 @@ def test_the_bounds_keep_every_derived_quantity_finite_in_float32():
 
     NUM_PIXELS = 28 * 28  # MNIST's D.
 
-    bound = {f.name: f.metadata.get("le") for section in (config.LossConfig, config.ModelConfig)
-             for f in dataclasses.fields(section)}
+    bound = {name: setting.rule.get("le") for section in (config.LossConfig, config.ModelConfig)
+             for name, setting in section.settings().items()}
     weight, norm, sigma = bound["kl_weight"], bound["kl_weight_norm"], bound["gaussian_sigma"]
     for latent_dim in (1, bound["latent_dim"]):
         for rec in ("sum", "mean"):
             for kl in ("sum", "mean"):
                 for kl_weight, kl_weight_norm in ((weight, None), (None, norm)):
                     lam = objective.resolve_kl_weight(kl_weight, kl_weight_norm, rec, kl, latent_dim, NUM_PIXELS)
-                    got = objective.describe(rec, kl, lam, latent_dim, NUM_PIXELS, "gaussian", sigma)
+                    got = meaning.describe(rec, kl, lam, latent_dim, NUM_PIXELS, "gaussian", {"sigma": sigma})
                     for key in ("effective_beta", "beta_norm", "kl_weight", "sse_equivalent_beta"):
                         assert abs(got[key]) < FLOAT32_MAX / 1e6, (rec, kl, latent_dim, key, got[key])
                     assert math.isfinite(lam)
@@ -161,9 +162,9 @@ def test_long_or_unprintable_run_names_are_refused(tmp_path, capsys, name, fragm
 
 def test_long_sweep_labels_are_shortened_and_stay_distinct():
     long_a, long_b = {"data.path": "a" * 200 + "1"}, {"data.path": "a" * 200 + "2"}
-    labels = [sweep.make_label(long_a), sweep.make_label(long_b)]
+    labels = [grid.make_label(long_a), grid.make_label(long_b)]
     assert labels[0] != labels[1] and all(len(label) <= folders.MAX_RUN_NAME - 8 for label in labels)
-    assert sweep.make_label({"loss.kl_weight": 0.1}) == "kl_weight-0.1"  # Short labels are unchanged.
+    assert grid.make_label({"loss.kl_weight": 0.1}) == "kl_weight-0.1"  # Short labels are unchanged.
 
 
 def test_a_refused_output_folder_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -232,22 +233,22 @@ def test_a_library_s_full_disk_message_of_several_lines_is_one_line():
 
 def test_the_sweep_neither_clears_nor_duplicates_a_run_another_process_holds(tmp_path, monkeypatch, capsys):
     args = sweep.parse_args(["--grid", "loss.kl_weight=1", "--name", "held", "--set", f"output.dir={tmp_path}"])
-    plan = sweep.make_plan(args)
-    sweep.prepare_folder(plan)
+    plan = grid.make_plan(args)
+    grid.prepare_folder(plan)
     (run,) = plan.runs
     run_dir = os.path.join(plan.folder, run.label)
     lock = locks.lock_run_dir(run_dir)  # Being set up by a live process: no summary.json yet.
-    sweep.clear_stillborn(run_dir)
+    runner.clear_stillborn(run_dir)
     assert os.path.isdir(run_dir)
-    monkeypatch.setattr(sweep, "OWNER_WAIT_SECONDS", 0.3)
-    statuses, _ = sweep.run_all(plan)
+    monkeypatch.setattr(runner, "OWNER_WAIT_SECONDS", 0.3)
+    statuses, _ = runner.run_all(plan, executors.LocalExecutor(plan.workers), sweep.TRAIN_SCRIPT)
     assert statuses == {run.label: "busy"}
     assert f"process {os.getpid()} is still training it" in capsys.readouterr().out
-    assert not os.path.exists(sweep.log_path(plan, run))  # No train.py was started.
+    assert not os.path.exists(grid.log_path(plan, run))  # No train.py was started.
     assert sorted(os.listdir(plan.folder)) == sorted([".lock", "configs", "logs", run.label, "sweep.yaml",
                                                       "wall_seconds.json"])
     lock.close()
-    sweep.clear_stillborn(run_dir)
+    runner.clear_stillborn(run_dir)
     assert not os.path.exists(run_dir)
 
 
@@ -402,16 +403,16 @@ def test_evaluate_checks_iwae_k(finished_run, capsys, k, fragment):
 
 
 def test_ctrl_c_during_the_final_evaluation_leaves_an_interrupted_run_that_resumes(tmp_path, monkeypatch):
-    real = evaluate.evaluate_run
+    real = run_figures.evaluate_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    monkeypatch.setattr(run_figures, "evaluate_run", interrupted)
     cfg = quick_config(tmp_path, "output.run_name=late", "output.tensorboard=false")
     status, run_dir = train.train(cfg)
     assert status == exits.EXIT_INTERRUPTED and folders.run_status(run_dir) == "interrupted"
-    monkeypatch.setattr(evaluate, "evaluate_run", real)
+    monkeypatch.setattr(run_figures, "evaluate_run", real)
     summary = train.run(cfg)
     assert summary["status"] == "complete" and summary["epochs_completed"] == 1
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from vae_kl.spec import config, objective
+from vae_kl.spec import config, meaning, objective
 
 
 @pytest.mark.parametrize("rec, kl, weight, beta", [
@@ -16,13 +16,13 @@ from vae_kl.spec import config, objective
     ("sum", "sum", 4.0, 4.0),
 ])
 def test_effective_beta(rec, kl, weight, beta):
-    got = objective.describe(rec, kl, weight, latent_dim=2, num_pixels=784)
+    got = meaning.describe(rec, kl, weight, latent_dim=2, num_pixels=784)
     assert math.isclose(got["effective_beta"], beta, rel_tol=1e-12)
     assert math.isclose(got["beta_norm"], beta * 2 / 784, rel_tol=1e-12)
 
 
 def test_mean_reconstruction_formula_reads_as_a_multiple_of_the_elbo():
-    got = objective.describe("mean", "sum", 1.0, 2, 784)
+    got = meaning.describe("mean", "sum", 1.0, 2, 784)
     assert got["formula"] == "loss = 1/784·[Σ BCE + 784·KL]"
     assert got["loss_scale"] == 1 / 784
 
@@ -30,24 +30,25 @@ def test_mean_reconstruction_formula_reads_as_a_multiple_of_the_elbo():
 @pytest.mark.parametrize("rec, kl", [("sum", "sum"), ("mean", "sum"), ("mean", "mean"), ("sum", "mean")])
 def test_kl_weight_norm_gives_beta_norm_back(rec, kl):
     weight = objective.resolve_kl_weight(None, 0.25, rec, kl, 8, 784)
-    got = objective.describe(rec, kl, weight, 8, 784)
+    got = meaning.describe(rec, kl, weight, 8, 784)
     assert math.isclose(got["beta_norm"], 0.25, rel_tol=1e-12)
     assert math.isclose(got["effective_beta"], 0.25 * 784 / 8, rel_tol=1e-12)
 
 
 def test_fixed_gaussian_sigma_states_the_mse_equivalent_beta():
-    got = objective.describe("sum", "sum", 1.0, 2, 784, "gaussian", 0.1)
+    got = meaning.describe("sum", "sum", 1.0, 2, 784, "gaussian", {"sigma": 0.1})
     assert math.isclose(got["sse_equivalent_beta"], 2 * 0.1 ** 2, rel_tol=1e-12)
-    assert "SSE + 0.02·KL" in objective.statement(got, 2, 784)
+    assert "SSE + 0.02·KL" in meaning.statement(got, 2, 784, "gaussian")
     # SSE/(2σ²) + β·KL ∝ SSE + 2σ²β·KL: the ELBO of σ' with 2σ'² = 2σ²β, so σ' = σ·√β.
-    weighted = objective.describe("sum", "sum", 9.0, 2, 784, "gaussian", 0.1)
+    weighted = meaning.describe("sum", "sum", 9.0, 2, 784, "gaussian", {"sigma": 0.1})
     assert math.isclose(weighted["equivalent_sigma"], 0.3, rel_tol=1e-12)
-    assert "Gaussian decoder with σ = 0.3" in objective.statement(weighted, 2, 784)
+    assert "Gaussian decoder with σ = 0.3" in meaning.statement(weighted, 2, 784, "gaussian")
 
 
 def warnings_for(**loss):
     cfg = config.from_dict({"loss": loss})
-    return objective.teaching_warnings(cfg.loss, "none", 2, 784, total_steps=100, warmup_steps=cfg.loss.kl_warmup)
+    goal = objective.Objective.from_config(cfg.loss, 2, 784, steps_per_epoch=100, epochs=1)  # 100 steps.
+    return meaning.teaching_warnings(cfg.loss, goal, 2, 784)
 
 
 def test_mean_reconstruction_with_summed_kl_is_flagged_with_its_beta():
@@ -85,16 +86,16 @@ def test_a_cyclical_ramp_that_never_reaches_one_within_a_cycle_is_flagged():
     ("sum", "sum", 10.0, "simpler code"),
 ])
 def test_the_expectation_follows_beta(rec, kl, weight, words):
-    assert words in objective.expectation(objective.describe(rec, kl, weight, 2, 784))
+    assert words in meaning.expectation(meaning.describe(rec, kl, weight, 2, 784))
 
 
 def test_the_expectation_of_a_fixed_gaussian_sigma_reads_the_equivalent_sigma():
-    blurry = objective.describe("mean", "sum", 128 / 60000, 2, 784, "gaussian", 0.5 ** 0.5)
-    assert "σ = 0.914" in objective.expectation(blurry, "gaussian", 0.5 ** 0.5)
-    sharp = objective.describe("sum", "sum", 1.0, 2, 784, "gaussian", 0.05)
-    assert "a code in use" in objective.expectation(sharp, "gaussian", 0.05)
-    assert "the data choose σ" in objective.expectation(objective.describe("sum", "sum", 1.0, 2, 784, "gaussian"),
-                                                        "gaussian", "optimal")
+    blurry = meaning.describe("mean", "sum", 128 / 60000, 2, 784, "gaussian", {"sigma": 0.5 ** 0.5})
+    assert "σ = 0.914" in meaning.expectation(blurry, "gaussian", {"sigma": 0.5 ** 0.5})
+    sharp = meaning.describe("sum", "sum", 1.0, 2, 784, "gaussian", {"sigma": 0.05})
+    assert "a code in use" in meaning.expectation(sharp, "gaussian", {"sigma": 0.05})
+    optimal = meaning.describe("sum", "sum", 1.0, 2, 784, "gaussian", {"sigma": "optimal"})
+    assert "the data choose σ" in meaning.expectation(optimal, "gaussian", {"sigma": "optimal"})
 
 
 def test_schedule_that_never_reaches_its_weight_is_flagged():

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import model
 import train
 from conftest import quick_sets
 from vae_kl.data import arrays, downloads, files, sources
 from vae_kl.reports import plots
+from vae_kl.runs import saved
 from vae_kl.spec import config
 
 RNG = np.random.default_rng(7)
@@ -104,9 +106,8 @@ def test_a_folder_of_pngs_with_label_subfolders_trains_end_to_end(tmp_path, caps
     assert summary["dataset"] == f"folder:{folder}"
     assert summary["validation_examples"] == 6 and summary["train_examples"] == 54
     # The recorded config names the folder, so evaluate.py can reload the same split.
-    import evaluate
 
-    _, cfg, vae = evaluate.load_run(run_dir)
+    _, cfg, vae = saved.load_run(run_dir, model.VAE)
     assert (cfg.data.source, cfg.data.path) == ("folder", folder) and vae.image_shape == (16, 16, 1)
 
 

@@ -57,7 +57,8 @@ def test_quiet_import_prints_nothing_where_a_plain_import_chatters(tmp_path):
 def test_a_real_error_written_to_fd_2_is_not_swallowed(tmp_path):
     log = tmp_path / "startup.log"
     result = python(f"""
-        import os, sys, quiet
+        import os, sys
+        from vae_kl.process import quiet
         try:
             with quiet.quiet_stderr({str(log)!r}):
                 os.write(2, {SEEN[1]!r}.encode() + b"\\n")  # C++-style write to the descriptor.

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from vae_kl.spec import config
+from vae_kl.spec import config, meaning
 
 RECIPES = os.path.join(ROOT, "recipes")
 D = 28 * 28  # Pixel values of an MNIST digit.
@@ -168,8 +168,8 @@ def test_objective_py_agrees_with_the_hand_derived_beta(path):
                                          loss.kl_reduction, latent_dim, D)
     rec_scale, kl_scale = objective.scales(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, D)
     assert math.isclose(weight * kl_scale / rec_scale, hand["beta"], rel_tol=1e-9)
-    got = objective.describe(loss.reconstruction_reduction, loss.kl_reduction, weight, latent_dim, D,
-                             loss.likelihood, loss.gaussian_sigma)
+    got = meaning.describe(loss.reconstruction_reduction, loss.kl_reduction, weight, latent_dim, D,
+                           loss.likelihood, {"sigma": loss.gaussian_sigma})
     assert math.isclose(got["effective_beta"], hand["beta"], rel_tol=1e-9)
     assert math.isclose(got["beta_norm"], hand["beta"] * hand["J"] / D, rel_tol=1e-9)
     if hand["sse"] is not None:

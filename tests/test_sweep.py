@@ -24,6 +24,8 @@ from vae_kl.data import arrays  # noqa: E402
 from vae_kl.process import exits, signals  # noqa: E402
 from vae_kl.reports import sweep_page  # noqa: E402
 from vae_kl.runs import folders, locks  # noqa: E402
+from vae_kl.spec import config  # noqa: E402
+from vae_kl.sweeps import executors, grid  # noqa: E402
 
 QUICK = ["data.source=mnist_embedded", "data.limit=300", "train.epochs=1", "evaluation.iwae_k=2",
          "evaluation.max_examples=200", "output.per_epoch_images=false"]
@@ -253,7 +255,7 @@ def test_ray_backend_gives_the_local_backends_results(tmp_path, finished):
         assert {key: row[key] for key in COMPARED} == {key: twin[key] for key in COMPARED}, row["run"]
         with open(os.path.join(folder, row["log"]), encoding="utf-8") as handle:
             assert "train.py --config" in handle.readline()  # The log starts with the command, as locally.
-    # Finished runs are skipped before any backend starts (sweep.run_all): test_rerun_trains_nothing_new.
+    # Finished runs are skipped before any backend starts (runner.run_all): test_rerun_trains_nothing_new.
 
 
 def test_ray_backend_without_ray_is_one_error_line(tmp_path):
@@ -277,8 +279,8 @@ def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
 
 def test_workers_share_the_cores():
     threads = str(max(1, signals.available_cores() // 2))
-    env = sweep.thread_overrides(sweep.threads_per_run(2))
-    assert [env[name] for name in sweep.THREAD_VARIABLES] == [threads] * 3
+    env = executors.thread_overrides(executors.threads_per_run(2))
+    assert [env[name] for name in executors.THREAD_VARIABLES] == [threads] * 3
 
 
 def make_row(setting, beta, seed, neg_elbo, state="healthy", status="complete", kl=1.0):
@@ -364,13 +366,13 @@ def test_findings_with_a_failed_run():
 def test_a_sweep_folder_of_an_earlier_version_is_recognised_with_the_new_fields_at_their_defaults():
     from vae_kl.spec import config
 
-    wanted = {"grid": {"loss.kl_weight": [1, 10]}, "base": sweep.sweep_base(config.Config().to_dict())}
+    wanted = {"grid": {"loss.kl_weight": [1, 10]}, "base": grid.sweep_base(config.Config().to_dict())}
     older = {"grid": wanted["grid"], "base": {k: dict(v) for k, v in wanted["base"].items()}}
     del older["base"]["train"]["precision"], older["base"]["output"]["tensorboard"]  # Fields added later.
-    assert sweep.same_sweep(older, wanted)
+    assert grid.same_sweep(older, wanted)
     older["base"]["train"]["epochs"] = 3
-    assert not sweep.same_sweep(older, wanted)
-    assert not sweep.same_sweep(["not", "a", "spec"], wanted)
+    assert not grid.same_sweep(older, wanted)
+    assert not grid.same_sweep(["not", "a", "spec"], wanted)
 
 
 def test_a_run_started_by_an_earlier_version_resumes(tmp_path):
@@ -406,8 +408,9 @@ def test_a_sigkilled_sweep_leaves_no_ray_process_behind():
     # processes are, and waits to be killed.
     script = ("import os, sys; sys.path.insert(0, {root!r}); import secrets\n"
               "os.environ.update(RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(32))\n"
-              "import ray, sweep\n"
-              "head = sweep.LocalRayHead(1)\n"
+              "import ray\n"
+              "from vae_kl.sweeps import executors\n"
+              "head = executors.LocalRayHead(1)\n"
               "ray.init(address=head.address, include_dashboard=False, log_to_driver=False)\n"
               "print(os.getpgid(head.keeper.pid), flush=True); sys.stdin.read()\n").format(root=ROOT)
     driver = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -446,7 +449,7 @@ def test_a_fault_while_sweeping_is_one_error_line_and_its_status(tmp_path, monke
     def fail(plan):
         raise fault
 
-    monkeypatch.setattr(sweep, "prepare_folder", fail)
+    monkeypatch.setattr(grid, "prepare_folder", fail)
     code = sweep.main(["--config", os.path.join(ROOT, "config.yaml"), *TWO_SETTINGS,
                        "--set", f"output.dir={tmp_path}", "--set", "data.source=mnist_embedded"])
     error = capsys.readouterr().err
@@ -501,12 +504,12 @@ def test_a_run_asking_for_more_than_the_cluster_has_is_refused():
             self.stopped = True
 
     ray = FakeRay()
-    with pytest.raises(sweep.config.ConfigError, match="--gpus-per-run 1 asks for more GPUs than the Ray cluster"):
-        sweep.check_resources(ray, 1, 1)
-    with pytest.raises(sweep.config.ConfigError, match="--cpus-per-run 64 asks for more CPUs"):
-        sweep.check_resources(ray, 64, 0)
+    with pytest.raises(config.ConfigError, match="--gpus-per-run 1 asks for more GPUs than the Ray cluster"):
+        executors.check_resources(ray, 1, 1)
+    with pytest.raises(config.ConfigError, match="--cpus-per-run 64 asks for more CPUs"):
+        executors.check_resources(ray, 64, 0)
     assert ray.stopped
-    sweep.check_resources(FakeRay(), 2, 0)  # What the cluster has is fine.
+    executors.check_resources(FakeRay(), 2, 0)  # What the cluster has is fine.
 
 
 def test_seeds_of_one_setting_that_collapse_in_some_are_said_plainly():

@@ -16,7 +16,9 @@ import pytest
 import model
 import train
 from conftest import build_vae, interrupting_callback, quick_config
+from vae_kl.parts import geco
 from vae_kl.spec import config
+from vae_kl.training import targets
 
 X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
 
@@ -69,16 +71,16 @@ def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint(kapp
                     loss__geco_smoothing=smoothing, loss__geco_patience=patience)
     reconstructions, betas, held = [], [], []
     for step in range(6):
-        betas.append(float(vae.beta_in_force()))  # The β the step trains with.
+        betas.append(float(vae.geco.beta()))  # The β the step trains with.
         reconstructions.append(float(vae.train_step(X)["reconstruction"]))
         vae.terms_tracker.reset_state()  # So the next step reports its own batch, not a running mean.
-        held.append(bool(float(vae.geco_held)))
+        held.append(bool(float(vae.geco.held)))
     reference = geco_reference(reconstructions, kappa, rate, smoothing, patience)
     assert [h for _, h in reference] == held and sum(held) == held_steps
     for step in range(len(reference)):
         assert betas[step] == pytest.approx(math.exp(-reference[step - 1][0]) if step else 1.0, rel=1e-5)
-    assert float(vae.geco_log_multiplier) == pytest.approx(reference[-1][0], rel=1e-5, abs=1e-7)
-    assert float(vae.beta_in_force()) == pytest.approx(math.exp(-reference[-1][0]), rel=1e-5)
+    assert float(vae.geco.log_multiplier) == pytest.approx(reference[-1][0], rel=1e-5, abs=1e-7)
+    assert float(vae.geco.beta()) == pytest.approx(math.exp(-reference[-1][0]), rel=1e-5)
     assert reference[-1][0] != 0  # Released by the end: the multiplier moved.
 
 
@@ -87,9 +89,9 @@ def test_a_geco_model_saved_before_the_hold_loads_released_with_its_multiplier()
     fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
     reference = np.load(os.path.join(fixtures, "v3_geco_reference.npz"))
     vae = keras.saving.load_model(os.path.join(fixtures, "v3_geco.keras"), safe_mode=True)
-    assert float(vae.geco_log_multiplier) == pytest.approx(float(reference["log_multiplier"]), rel=1e-7)
-    assert float(vae.geco_constraint) == pytest.approx(float(reference["constraint"]), rel=1e-7)
-    assert float(vae.geco_held) == 0  # It was integrating: it goes on doing so.
+    assert float(vae.geco.log_multiplier) == pytest.approx(float(reference["log_multiplier"]), rel=1e-7)
+    assert float(vae.geco.constraint) == pytest.approx(float(reference["constraint"]), rel=1e-7)
+    assert float(vae.geco.held) == 0  # It was integrating: it goes on doing so.
     assert vae.objective.chooses_beta and vae.objective.geco_patience == 500  # The new key takes its default.
     np.testing.assert_allclose(np.asarray(vae(reference["x"])), reference["recon"], rtol=1e-5, atol=1e-6)
 
@@ -101,8 +103,8 @@ def test_a_geco_model_saved_before_its_variables_were_named_loads_its_whole_stat
     reference = np.load(os.path.join(fixtures, "v4_geco_reference.npz"))
     vae = keras.saving.load_model(os.path.join(fixtures, "v4_geco.keras"), safe_mode=True)
     for name in ("log_multiplier", "constraint", "held", "best", "stalled"):
-        assert float(getattr(vae, f"geco_{name}")) == pytest.approx(float(reference[name]), rel=1e-7), name
-    assert float(vae.geco_stalled) == 2 and float(vae.geco_held) == 0
+        assert float(getattr(vae.geco, name)) == pytest.approx(float(reference[name]), rel=1e-7), name
+    assert float(vae.geco.stalled) == 2 and float(vae.geco.held) == 0
     np.testing.assert_allclose(np.asarray(vae(reference["x"])), reference["recon"], rtol=1e-5, atol=1e-6)
 
 
@@ -125,15 +127,15 @@ def test_a_model_whose_own_variables_this_version_does_not_know_is_refused(tmp_p
 
 def test_the_loss_weights_the_kl_by_the_chosen_beta():
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0, loss__reconstruction_reduction="mean")
-    vae.geco_log_multiplier.assign(math.log(4.0))  # β = 1/4.
+    vae.geco.log_multiplier.assign(math.log(4.0))  # β = 1/4.
     terms = {k: float(v) for k, v in vae.test_step(X).items()}
     assert terms["loss"] == pytest.approx((terms["reconstruction"] + 0.25 * terms["kl"]) / 784, rel=1e-5)
-    assert float(vae.kl_weight_in_force()) == pytest.approx(0.25 / 784, rel=1e-5)  # The λ of that β.
+    assert float(geco.kl_weight_in_force(vae)) == pytest.approx(0.25 / 784, rel=1e-5)  # The λ of that β.
 
 
 class BetaAtStart(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
-        self.beta = float(self.model.beta_in_force())
+        self.beta = float(self.model.geco.beta())
 
 
 def test_a_geco_run_reports_its_beta_saves_it_and_resumes_with_it(tmp_path):
@@ -151,7 +153,7 @@ def test_a_geco_run_reports_its_beta_saves_it_and_resumes_with_it(tmp_path):
     assert summary["status"] == "complete" and geco["target_distortion"] == 150
     assert 0 < geco["final_beta"] < float(first["beta"]) and geco["final_kl_weight"] == pytest.approx(geco["final_beta"])
     clone = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
-    assert float(clone.beta_in_force()) == pytest.approx(geco["final_beta"], rel=1e-6)
+    assert float(clone.geco.beta()) == pytest.approx(geco["final_beta"], rel=1e-6)
     assert clone.objective.target_distortion == 150 and clone.objective.chooses_beta
 
 
@@ -198,10 +200,10 @@ def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
 ])
 def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_betas, reached, held, words):
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=100.0)
-    vae.geco_log_multiplier.assign(-math.log(epoch_betas[-1]))
-    vae.geco_held.assign(float(held))
+    vae.geco.log_multiplier.assign(-math.log(epoch_betas[-1]))
+    vae.geco.held.assign(float(held))
     history = [{"epoch": i + 1, "beta": beta, "reconstruction": reached} for i, beta in enumerate(epoch_betas)]
-    result = train.geco_result(vae, history, {"reconstruction_nats": reached})
+    result = targets.geco_result(vae, history, {"reconstruction_nats": reached})
     assert result["final_beta"] == pytest.approx(epoch_betas[-1], rel=1e-4)
     assert (result.get("note") is None) if words is None else words in result["note"]
     assert result["held_to_the_end"] is held

@@ -9,10 +9,12 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
 import losses
+import model
 import train
 from conftest import build_vae, quick_config
+from vae_kl.evaluation import information
+from vae_kl.runs import saved
 from vae_kl.spec import config
 
 X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
@@ -59,8 +61,8 @@ def test_the_estimate_on_a_large_batch_is_near_the_known_total_correlation(corre
     assert true_tc == pytest.approx(-0.5 * math.log((1 - rho) ** 2 * (1 + 2 * rho)), abs=1e-9)
     assert keras_tc(z, mean, log_var) == pytest.approx(true_tc, abs=0.06)
     # The evaluation's estimate from the same posteriors (its own noise draws) agrees as well.
-    totals, per_unit = evaluate.information_draws(mean, log_var)
-    assert evaluate.kl_parts(totals, per_unit, 0.0, True)["total_correlation_nats"] == pytest.approx(true_tc, abs=0.06)
+    totals, per_unit = information.information_draws(mean, log_var)
+    assert information.kl_parts(totals, per_unit, 0.0, True)["total_correlation_nats"] == pytest.approx(true_tc, abs=0.06)
 
 
 def test_the_documented_bias_the_estimate_reads_high_when_the_code_carries_more_than_log_batch():
@@ -104,11 +106,11 @@ def test_tc_settings_are_validated(settings, message):
 
 def test_the_three_parts_add_up_to_the_kl():
     _, mean, log_var, _ = gaussian_codes(500, 0.5, 0.2, latent_dim=2)
-    totals, per_unit = evaluate.information_draws(mean, log_var)
-    parts = evaluate.kl_parts(totals, per_unit, 3.0, True)
+    totals, per_unit = information.information_draws(mean, log_var)
+    parts = information.kl_parts(totals, per_unit, 3.0, True)
     total = float(totals.mean()) + parts["total_correlation_nats"] + parts["dimension_wise_kl_nats"]
     assert total == pytest.approx(3.0, abs=1e-9)
-    assert evaluate.kl_parts(totals, per_unit, 3.0, False)["dimension_wise_kl_nats"] is None
+    assert information.kl_parts(totals, per_unit, 3.0, False)["dimension_wise_kl_nats"] is None
 
 
 def test_a_tc_run_logs_reports_saves_and_reloads_its_weight(tmp_path):
@@ -122,5 +124,5 @@ def test_a_tc_run_logs_reports_saves_and_reloads_its_weight(tmp_path):
     with open(os.path.join(tmp_path, "tc", "metrics.csv"), newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert math.isfinite(float(row["tc"])) and math.isfinite(float(row["val_tc"]))
-    _, _, vae = evaluate.load_run(os.path.join(tmp_path, "tc"))
+    _, _, vae = saved.load_run(os.path.join(tmp_path, "tc"), model.VAE)
     assert vae.objective.tc_weight == 4 and "tc" in vae.terms_tracker.names

@@ -14,7 +14,10 @@ import evaluate
 import train
 from conftest import quick_overrides, quick_sets, run_cli
 from vae_kl.data import sources
+from vae_kl.evaluation import metrics
+from vae_kl.evaluation import verdict as verdicts
 from vae_kl.spec import config
+from vae_kl.training import machine
 
 # In-process runs: TensorFlow has started, so batch slices would run without their own threads.
 COLLAPSE_SETTINGS = ["data.source=mnist_embedded", "train.epochs=4", "train.batch_size=32", "evaluation.iwae_k=5",
@@ -147,10 +150,10 @@ def test_a_code_rescaled_by_005_or_20_keeps_its_verdict_and_information(collapse
 
     vae = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
     x = sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:500]
-    before, _ = evaluate.compute_metrics(vae, x, 5)
+    before, _ = metrics.compute_metrics(vae, x, 5)
     context = {"effective_beta": 1.0, "kl_weight": 1.0, "reconstruction_reduction": "sum", "likelihood": "bernoulli",
                "gaussian_sigma": None, "steps": 500}
-    state = evaluate.diagnose(before, context)["state"]
+    state = verdicts.diagnose(before, context)["state"]
     for factor in (0.05, 20.0):
         scaled = keras.saving.load_model(os.path.join(collapse_runs["sum"], "model.keras"), safe_mode=True)
         mean_kernel, mean_bias = scaled.encoder.get_layer("z_mean").get_weights()
@@ -160,10 +163,10 @@ def test_a_code_rescaled_by_005_or_20_keeps_its_verdict_and_information(collapse
         first = scaled.decoder.layers[1]
         kernel, bias = first.get_weights()
         first.set_weights([kernel / factor, bias])
-        after, _ = evaluate.compute_metrics(scaled, x, 5)
+        after, _ = metrics.compute_metrics(scaled, x, 5)
         np.testing.assert_allclose(np.asarray(scaled(x[:8])), np.asarray(vae(x[:8])), atol=1e-4)
         assert after["mutual_information_nats"] == pytest.approx(before["mutual_information_nats"], rel=1e-3)
-        assert evaluate.diagnose(after, context)["state"] == state != "collapsed"
+        assert verdicts.diagnose(after, context)["state"] == state != "collapsed"
     assert before["active_units"] >= 1
 
 
@@ -250,7 +253,7 @@ def test_iwae_bound_is_at_least_the_elbo_and_tightens_with_k(collapse_runs):
     x = sources.load_digits(config.DataConfig(source="mnist_embedded"), seed=1337).x_val[:300]
     bounds = {}
     for k in (1, 10, 100):
-        validation, _ = evaluate.compute_metrics(vae, x, k)
+        validation, _ = metrics.compute_metrics(vae, x, k)
         bounds[k] = validation["iwae_nll_nats"]
         assert validation["iwae_nll_nats"] <= validation["neg_elbo_nats"] + 0.05
     assert bounds[100] <= bounds[10] <= bounds[1]
@@ -313,14 +316,14 @@ def test_every_option_trains_without_nan(tmp_path, extra):
 def test_batch_shards_resolve_and_threads_are_left_alone_once_tensorflow_runs(monkeypatch):
     import tensorflow as tf
 
-    assert train.resolve_batch_shards(3) == 3
-    assert 1 <= train.resolve_batch_shards(0) <= train.MAX_AUTO_SHARDS
+    assert machine.resolve_batch_shards(3) == 3
+    assert 1 <= machine.resolve_batch_shards(0) <= machine.MAX_AUTO_SHARDS
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # A sweep worker's share of one core: no shards.
-    assert train.resolve_batch_shards(0) == 1
-    assert train.configure_threads(1) is None
+    assert machine.resolve_batch_shards(0) == 1
+    assert machine.configure_threads(1) is None
     float(tf.constant(1.0) + 1.0)  # TensorFlow's runtime has started: its thread pools are fixed now.
     before = tf.config.threading.get_intra_op_parallelism_threads()
-    note = train.configure_threads(2)
+    note = machine.configure_threads(2)
     assert note and "same results" in note
     assert tf.config.threading.get_intra_op_parallelism_threads() == before
 

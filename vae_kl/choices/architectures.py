@@ -1,71 +1,94 @@
-"""The keras.io example's encoder and decoder, as functional models, and its sampling layer.
+"""The encoder and decoder, one class per architecture (model.architecture): the keras.io example's
+convolutional networks, the default, layer for layer.
 
-Layer for layer the tutorial's networks (for any image H×W×C with H and W divisible by 4; MNIST
-keeps its exact parameter count), with one change: the decoder's last layer outputs logits, not
-sigmoid probabilities, so the losses are computed stably (losses.py) and the likelihood
-(likelihoods.py) turns them into the image it stands for.
+Each builds two functional models, as the keras.io file does: an encoder, images (batch, H, W, C) ->
+[z_mean, z_log_var, z] with a Sampling layer named "z", and a decoder, z (batch, latent_dim) -> logits
+(batch, H, W, C). The one change from the tutorial: the decoder's last layer outputs logits, not sigmoid
+probabilities, so the losses are computed stably (losses.py) and the likelihood turns them into the image
+it stands for. Like the other families, the classes carry their traits (name, settings) without loading
+TensorFlow; the layers are made when a model is built. To add an architecture: a class here with
+`@FAMILY.register`; model.architecture then accepts its name and the model section its settings.
 """
 
-import keras
-from keras import layers, ops
+from vae_kl.choices import registry
+from vae_kl.choices.registry import Setting
 
-from vae_kl.choices.fast_layers import TapMatmulConv2DTranspose
+keras, layers = registry.Deferred("keras"), registry.Deferred("keras.layers")  # Keras only when a model is built.
+sampling, fast_layers = registry.Deferred("vae_kl.choices.sampling"), registry.Deferred("vae_kl.choices.fast_layers")
 
+FAMILY = registry.Family("model.architecture")
 IMAGE_SHAPE = (28, 28, 1)
 
-
-def reparameterize(z_mean, z_log_var, epsilon):
-    """z = μ + σ·ε, with σ = exp(½ log σ²). All (batch, latent_dim)."""
-    return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+FAST_LAYERS = Setting.of("fast_layers", bool, True, "Compute the decoder's last layer with faster CPU arithmetic: "
+                         "the same function and weights (docs/performance.md); false: plain Keras.")
 
 
-@keras.saving.register_keras_serializable(package="vae_kl")
-class Sampling(layers.Layer):
-    """Draws z = μ + σ·ε with ε ~ N(0, I), the reparameterisation trick."""
+class Architecture:
+    """Base class: the traits of an encoder-decoder pair and the two builders.
 
-    def __init__(self, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+    Args (the constructor's, from `options`): the settings in `settings`, by name.
+    """
 
-    def call(self, inputs):
-        z_mean, z_log_var = inputs  # (batch, latent_dim) each
-        return reparameterize(z_mean, z_log_var, self.draw(ops.shape(z_mean)))
+    name_in_config = None  # The config name (model.architecture).
+    summary = ""  # A few words for help texts.
+    settings = ()  # Model settings only this architecture reads (config refuses them with another).
 
-    def draw(self, shape):
-        """ε ~ N(0, I) of the given shape, from this layer's generator (advancing it)."""
-        return keras.random.normal(shape, seed=self.seed_generator)
+    @classmethod
+    def options(cls, model_cfg) -> dict:
+        """Constructor arguments from the config's model section (the settings it reads)."""
+        return {setting.name: getattr(model_cfg, setting.name) for setting in cls.settings}
 
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
+    def __init__(self, **options):
+        self.options = options
+
+    def encoder(self, latent_dim: int, image_shape: tuple, seed=None):
+        """The encoder as a functional keras.Model named "encoder"."""
+        raise NotImplementedError
+
+    def decoder(self, latent_dim: int, image_shape: tuple):
+        """The decoder as a functional keras.Model named "decoder", ending in logits."""
+        raise NotImplementedError
 
 
-def build_encoder(latent_dim, seed=None, image_shape=IMAGE_SHAPE):
-    """Image (batch, H, W, C) -> [z_mean, z_log_var, z], each (batch, latent_dim)."""
-    inputs = keras.Input(shape=tuple(image_shape))
-    x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, H/2, W/2, 32)
-    x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/4, W/4, 64)
-    x = layers.Flatten()(x)
-    x = layers.Dense(16, activation="relu")(x)
+def encoder_head(x, inputs, latent_dim: int, seed):
+    """The encoder's end, from its features x: z_mean and z_log_var (batch, latent_dim) and the Sampling layer."""
     z_mean = layers.Dense(latent_dim, name="z_mean")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
-    z = Sampling(seed=seed, name="z", dtype="float32")([z_mean, z_log_var])  # Noise in float32 under any policy.
+    z = sampling.Sampling(seed=seed, name="z", dtype="float32")([z_mean, z_log_var])  # Noise in float32 always.
     return keras.Model(inputs, [z_mean, z_log_var, z], name="encoder")
 
 
-def build_decoder(latent_dim, fast_layers=False, image_shape=IMAGE_SHAPE):
-    """Latent code (batch, latent_dim) -> logits (batch, H, W, C).
+@FAMILY.register
+class Conv(Architecture):
+    """The keras.io example's networks, for any H×W×C with H and W divisible by 4 (MNIST keeps the tutorial's
+    exact parameter count): two stride-2 convolutions and a Dense layer of 16 up, their mirror image down."""
 
-    fast_layers computes the last layer with TapMatmulConv2DTranspose: the same
-    function and weights, about 1.5x faster forward+backward on a CPU (docs/performance.md).
-    """
-    height, width, channels = image_shape
-    inputs = keras.Input(shape=(latent_dim,))
-    x = layers.Dense(height // 4 * width // 4 * 64, activation="relu")(inputs)
-    x = layers.Reshape((height // 4, width // 4, 64))(x)
-    x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/2, W/2, 64)
-    x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H, W, 32)
-    last = TapMatmulConv2DTranspose if fast_layers else layers.Conv2DTranspose
-    logits = last(channels, 3, padding="same", name="logits")(x)  # (batch, H, W, C)
-    return keras.Model(inputs, logits, name="decoder")
+    name_in_config, summary, settings = "conv", "the keras.io tutorial's convolutional networks", (FAST_LAYERS,)
 
+    def encoder(self, latent_dim, image_shape=IMAGE_SHAPE, seed=None):
+        inputs = keras.Input(shape=tuple(image_shape))
+        x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(inputs)  # (batch, H/2, W/2, 32)
+        x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/4, W/4, 64)
+        x = layers.Flatten()(x)
+        x = layers.Dense(16, activation="relu")(x)
+        return encoder_head(x, inputs, latent_dim, seed)
+
+    def decoder(self, latent_dim, image_shape=IMAGE_SHAPE):
+        """fast_layers computes the last layer with TapMatmulConv2DTranspose: the same function and weights,
+        about 1.5x faster forward+backward on a CPU (docs/performance.md)."""
+        height, width, channels = image_shape
+        inputs = keras.Input(shape=(latent_dim,))
+        x = layers.Dense(height // 4 * width // 4 * 64, activation="relu")(inputs)
+        x = layers.Reshape((height // 4, width // 4, 64))(x)
+        x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H/2, W/2, 64)
+        x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)  # (batch, H, W, 32)
+        last = fast_layers.TapMatmulConv2DTranspose if self.options.get("fast_layers") else layers.Conv2DTranspose
+        logits = last(channels, 3, padding="same", name="logits")(x)  # (batch, H, W, C)
+        return keras.Model(inputs, logits, name="decoder")
+
+
+def build(model_cfg, image_shape: tuple = IMAGE_SHAPE, seed=None) -> tuple:
+    """(encoder, decoder) of the architecture a config's model section names, for images of image_shape."""
+    cls = FAMILY.get(model_cfg.architecture)
+    chosen = cls(**cls.options(model_cfg))
+    return chosen.encoder(model_cfg.latent_dim, image_shape, seed), chosen.decoder(model_cfg.latent_dim, image_shape)

@@ -16,11 +16,18 @@ import math
 import numpy as np
 
 from vae_kl.choices import registry
+from vae_kl.choices.registry import Setting
 
 # Keras only when the math runs.
 keras, ops, losses = registry.Deferred("keras"), registry.Deferred("keras.ops"), registry.Deferred("losses")
 
 FAMILY = registry.Family("model.prior", layers=True)
+
+# Bounded on both sides: the closed-form KL multiplies μ² by 1/s², which overflows for tiny s.
+SCALE = Setting.of("prior_scale", float, 1.0, "s of N(0, s²I): a reparametrisation of z, not a regulariser "
+                   "(docs/kl_weighting.md).", ge=1e-3, le=1000)
+COMPONENTS = Setting.of("prior_components", int, 10, "Gaussians K of the mixture, or pseudo-inputs of the VampPrior.",
+                        ge=1, le=500)
 
 
 def diagonal_normal_log_prob(z, mean, log_var):
@@ -39,9 +46,10 @@ class Prior:
 
     family, __new__ = FAMILY, registry.new_layer
     name_in_config = None  # The config name (model.prior); `name` is Keras's layer name.
+    summary = ""  # A few words for help texts.
     closed_form_kl = False  # Whether kl is exact; else the one-sample estimate below.
     kl_per_dimension = False  # Whether kl is (batch, latent_dim), which free bits need, or (batch, 1).
-    settings_read = ()  # Model-section keys only this prior reads (config refuses them with another prior).
+    settings = ()  # Model settings only this prior reads (config refuses them with another prior).
 
     @classmethod
     def options(cls, model_cfg, image_shape):
@@ -80,7 +88,8 @@ class Normal(Prior):
     """N(0, s²I). Rescaling z by s maps it onto N(0, I) with the same KL, so with a learnable
     encoder and decoder its scale is a reparametrisation, not a regulariser (docs/kl_weighting.md)."""
 
-    name_in_config, closed_form_kl, kl_per_dimension, settings_read = "normal", True, True, ("prior_scale",)
+    name_in_config, summary, closed_form_kl, kl_per_dimension = "normal", "N(0, s²I)", True, True
+    settings = (SCALE,)
 
     @classmethod
     def options(cls, model_cfg, image_shape):
@@ -113,7 +122,7 @@ class Normal(Prior):
 class StandardNormal(Normal):
     """N(0, I): the tutorial's prior."""
 
-    name_in_config, settings_read = "standard_normal", ()
+    name_in_config, summary, settings = "standard_normal", "the tutorial's N(0, I)", ()
 
     @classmethod
     def options(cls, model_cfg, image_shape):
@@ -134,7 +143,7 @@ class StandardNormal(Normal):
 class Mixture(Prior):
     """A learnable mixture of K diagonal Gaussians: p(z) = Σ_k π_k N(z; m_k, diag s_k²)."""
 
-    name_in_config, settings_read = "mixture", ("prior_components",)
+    name_in_config, summary, settings = "mixture", "learned Gaussians", (COMPONENTS,)
 
     @classmethod
     def options(cls, model_cfg, image_shape):
@@ -175,7 +184,7 @@ class Vamp(Prior):
     random grey-level images near the mean brightness of MNIST.
     """
 
-    name_in_config, settings_read = "vamp", ("prior_components",)
+    name_in_config, summary, settings = "vamp", "the VampPrior", (COMPONENTS,)
 
     @classmethod
     def options(cls, model_cfg, image_shape):

@@ -39,7 +39,8 @@ def raise_if_interrupted():
 
 def stop_like_ctrl_c():
     """Make Ctrl-C and SIGTERM stop training (status interrupted, resumable, exit 130), and stop this
-    process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL."""
+    process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL. Call it inside
+    exits.guard: when that parent is gone already, it raises KeyboardInterrupt at once."""
     def interrupt(signum, frame):
         # Once: a second signal must not interrupt the handler that is saving the interrupted state.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -56,7 +57,7 @@ def stop_like_ctrl_c():
     if not _ask_kernel_for_sigterm_on_parent_death():
         threading.Thread(target=_watch_parent, args=(int(parent),), daemon=True).start()
     if os.getppid() != int(parent):  # The parent died before we asked to be told: nothing started yet.
-        raise SystemExit(130)  # The exit status of an interrupted run.
+        raise KeyboardInterrupt  # Stopped like Ctrl-C, before anything started (exits.guard: status 130).
 
 
 def _ask_kernel_for_sigterm_on_parent_death():

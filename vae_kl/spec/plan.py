@@ -10,7 +10,8 @@ import dataclasses
 import math
 import sys
 
-from vae_kl.spec import objective
+from vae_kl.choices import likelihoods
+from vae_kl.spec import config, meaning, objective
 
 MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at.
 
@@ -42,19 +43,18 @@ class Plan:
         steps_per_epoch = math.ceil(train_examples / train.batch_size)
         total_steps = steps_per_epoch * train.epochs
         goal = objective.Objective.from_config(loss, latent_dim, num_pixels, steps_per_epoch, train.epochs)
-        sigma = loss.gaussian_sigma if isinstance(loss.gaussian_sigma, float) else None
-        description = objective.describe(loss.reconstruction_reduction, loss.kl_reduction, goal.kl_weight, latent_dim,
-                                         num_pixels, loss.likelihood, sigma)
-        description = objective.with_goal(description, goal, loss.likelihood)
-        notes = objective.teaching_warnings(loss, cfg.data.binarize, latent_dim, num_pixels, total_steps,
-                                            goal.warmup_steps)
+        options = likelihoods.FAMILY.get(loss.likelihood).options(loss)
+        description = meaning.describe(loss.reconstruction_reduction, loss.kl_reduction, goal.kl_weight, latent_dim,
+                                       num_pixels, loss.likelihood, options)
+        description = meaning.with_goal(description, goal, loss.likelihood)
+        notes = meaning.teaching_warnings(loss, goal, latent_dim, num_pixels)
         if train.precision != "float32":
             notes.append(f"NOTE: the encoder and decoder compute in {train.precision} (weights, the losses, the "
                          f"evaluation and model.keras stay float32).")
         per_execution, note = steps_per_execution(train, steps_per_epoch)
         return cls(cfg, tuple(image_shape), int(train_examples), steps_per_epoch, total_steps, per_execution, goal,
-                   description, objective.statement(description, latent_dim, num_pixels),
-                   objective.expectation(description, loss.likelihood, loss.gaussian_sigma), notes, note)
+                   description, meaning.statement(description, latent_dim, num_pixels, loss.likelihood),
+                   meaning.expectation(description, loss.likelihood, options), notes, note)
 
 
 def steps_per_execution(train, steps_per_epoch):
@@ -66,8 +66,9 @@ def steps_per_execution(train, steps_per_epoch):
     even for one Dense layer: "You must feed a value for placeholder tensor ... while/cond").
     """
     if train.distribute != "none":
-        return 1, None if train.steps_per_execution == 1 else (f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's multi-step "
-                   f"loop fails under tf.distribute); same math, a little slower.")
+        return 1, None if train.steps_per_execution == 1 else (
+            f"NOTE: train.distribute {train.distribute} runs 1 step per execution (Keras's multi-step loop fails "
+            f"under tf.distribute); same math, a little slower.")
     limit = min(train.steps_per_execution, steps_per_epoch)
     bound = f"train.steps_per_execution {train.steps_per_execution}"
     terminal_limit = max(1, steps_per_epoch // MIN_EXECUTIONS_IN_A_TERMINAL)
@@ -92,5 +93,6 @@ def explain(plan, data_shape, command):
              f"steps per epoch, {plan.total_steps} in all."]
     if data_shape.note:
         lines.append(f"NOTE: {data_shape.note}")
+    lines.append(f"Choices: {config.choices_text(plan.cfg)}.")
     lines += [plan.statement, *plan.notes, plan.expectation, f"To train it: {command}"]
     return lines

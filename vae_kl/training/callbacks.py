@@ -7,7 +7,8 @@ import time
 import keras
 import numpy as np
 
-import evaluate
+from vae_kl.evaluation import codes, information, verdict
+from vae_kl.parts.geco import kl_weight_in_force
 from vae_kl.process import atomic, signals
 from vae_kl.reports import plots
 from vae_kl.runs import records
@@ -40,7 +41,7 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
         os.path.join(run_dir, tensorboard_log.RUN_SUBFOLDER), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
-        images_fn=lambda: tensorboard_log.image_grid([x, model.reconstruct(x)]), extra_fn=recorder.extra_logs)]
+        images_fn=lambda: tensorboard_log.image_grid([x, codes.reconstruct(model, x)]), extra_fn=recorder.extra_logs)]
 
 
 def log_evaluation(cfg, run_dir, validation, verdict, epochs):
@@ -113,7 +114,7 @@ class CodeWatch(keras.callbacks.Callback):
     """After every epoch, the information the code carries (the verdict's estimator, evaluate.information)
     on the first validation digits, put into the epoch's logs as val_information: so it is on the epoch's
     console line, in metrics.csv and in TensorBoard. Says in one line when the code collapses (less than
-    evaluate.COLLAPSED_BELOW_NATS) and when it recovers. `per_unit` holds the last epoch's I(x; z_j).
+    verdict.COLLAPSED_BELOW_NATS) and when it recovers. `per_unit` holds the last epoch's I(x; z_j).
 
     x: the validation digits to encode, (n, H, W, C); a few hundred keep it to a fraction of an epoch.
     """
@@ -125,14 +126,14 @@ class CodeWatch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not all(math.isfinite(float(v)) for v in logs.values()):
             return  # A diverged epoch: the recorder stops the run; its codes say nothing.
-        z_mean, z_log_var = evaluate.encode(self.model, self.x)
-        total, self.per_unit = evaluate.information(z_mean, z_log_var, draws=WATCH_DRAWS)
+        z_mean, z_log_var = codes.encode(self.model, self.x)
+        total, self.per_unit = information.information(z_mean, z_log_var, draws=WATCH_DRAWS)
         logs["val_information"] = total
-        collapsed = total < evaluate.COLLAPSED_BELOW_NATS
+        collapsed = total < verdict.COLLAPSED_BELOW_NATS
         if collapsed and self.collapsed_since is None:
             self.collapsed_since = epoch + 1
             self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats about the digit: collapsed "
-                            f"(below {evaluate.COLLAPSED_BELOW_NATS:g} nats; the decoder learns nothing from z).")
+                            f"(below {verdict.COLLAPSED_BELOW_NATS:g} nats; the decoder learns nothing from z).")
         elif not collapsed and self.collapsed_since is not None:
             self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats again: recovered from the "
                             f"collapse of epoch {self.collapsed_since}.")
@@ -169,7 +170,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         signals.raise_if_interrupted()
-        self.model.reseed(epoch)
+        self.model.encoder.get_layer("z").reseed(epoch)
         self.started, self.ended = time.time(), None
 
     def on_test_end(self, logs=None):  # The epoch's validation pass: its seconds end here, as PhaseClock's do.
@@ -187,10 +188,10 @@ class RunRecorder(keras.callbacks.Callback):
             self.diverged_at = self.diverged_at or (epoch + 1, self.setup.steps_per_epoch)
             self.model.stop_training = True
             return
-        row = {"epoch": epoch + 1, **values, "kl_weight": float(self.model.kl_weight_in_force()),
+        row = {"epoch": epoch + 1, **values, "kl_weight": float(kl_weight_in_force(self.model)),
                "seconds": (self.ended or time.time()) - self.started}
         if self.model.objective.chooses_beta:  # GECO's β after the epoch's last step.
-            row["beta"] = float(self.model.beta_in_force())
+            row["beta"] = float(self.model.geco.beta())
         if self.model.objective.target_rate is not None:  # The capacity C in force after it.
             row["target_rate"] = float(self.model.objective.rate_at(self.model.optimizer.iterations))
         if self.watch is not None and self.watch.per_unit is not None:  # I(x; z_j) per unit, for the figure.
@@ -198,7 +199,7 @@ class RunRecorder(keras.callbacks.Callback):
         if self.setup.cfg.output.per_epoch_images:
             digits = self.setup.digits
             x, labels = digits.x_val[self.grid_index], digits.y_val[self.grid_index]
-            plots.reconstructions(x, self.model.reconstruct(x), labels,
+            plots.reconstructions(x, codes.reconstruct(self.model, x), labels,
                                   os.path.join(self.run_dir, "epochs", f"reconstructions_epoch_{epoch + 1:03d}.png"),
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
         # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it. The row
@@ -212,13 +213,13 @@ class RunRecorder(keras.callbacks.Callback):
         """For the TensorBoard logger (extra_fn): the KL weight in force, and per latent unit on the first
         validation digits the closed-form KL (where the prior has one) and I(x; z_j), as lists it writes as
         kl_per_unit/j and information_per_unit/j."""
-        logs = {"kl_weight": float(self.model.kl_weight_in_force())}
+        logs = {"kl_weight": float(kl_weight_in_force(self.model))}
         if self.model.objective.chooses_beta:
-            logs["beta"] = float(self.model.beta_in_force())
+            logs["beta"] = float(self.model.geco.beta())
         if self.watch is not None and self.watch.per_unit is not None:  # Computed this epoch by the watch.
             logs["information_per_unit"] = self.watch.per_unit.tolist()
         if self.model.prior.closed_form_kl:
-            z_mean, z_log_var = evaluate.encode(self.model, self.setup.digits.x_val[:UNIT_LOG_EXAMPLES])
+            z_mean, z_log_var = codes.encode(self.model, self.setup.digits.x_val[:UNIT_LOG_EXAMPLES])
             kl = np.asarray(self.model.prior.kl(z_mean, z_log_var, None)).mean(axis=0)
             logs["kl_per_unit"] = kl.tolist()
         return logs
