@@ -37,8 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
-import train  # noqa: E402
 from tutorial_vae import build_tutorial_vae  # noqa: E402
+
+import train  # noqa: E402
 from vae_kl.training import machine  # noqa: E402
 
 BATCH = 128
@@ -445,7 +446,9 @@ def main(argv=None):
 def start_workers(args, bf16):
     """One worker process per model (the tutorial's, ours, ours in bfloat16 where the CPU has it, the variants),
     each warmed up by one untimed epoch: one after another, or all at once with --start-together."""
-    specs = [("tutorial", []), ("ours", [])] + ([("mixed_bfloat16", ["train.precision=mixed_bfloat16"])] if bf16 else [])
+    specs = [("tutorial", []), ("ours", [])]
+    if bf16:
+        specs.append(("mixed_bfloat16", ["train.precision=mixed_bfloat16"]))
     for spec in args.variant:
         label, _, overrides = spec.partition(":")
         specs.append((label, [o for o in overrides.split(",") if o]))

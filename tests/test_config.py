@@ -15,7 +15,8 @@ from vae_kl.spec import config
 def test_defaults_reproduce_the_tutorial():
     cfg = config.Config()
     assert (cfg.model.latent_dim, cfg.train.batch_size, cfg.train.epochs, cfg.train.learning_rate) == (2, 128, 30, 1e-3)
-    assert (cfg.loss.likelihood, cfg.loss.reconstruction_reduction, cfg.loss.kl_reduction) == ("bernoulli", "sum", "sum")
+    assert (cfg.loss.likelihood, cfg.loss.reconstruction_reduction, cfg.loss.kl_reduction) == \
+        ("bernoulli", "sum", "sum")
     assert cfg.loss.kl_weight == 1.0 and cfg.loss.free_bits == 0 and cfg.loss.kl_schedule == "constant"
 
 

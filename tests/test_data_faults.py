@@ -235,7 +235,8 @@ def test_huge_images_are_refused_from_their_header_without_decoding_or_warnings(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     cfg = config.from_dict({"data": {"source": "folder", "path": str(root)}}).data
-    line = refused((lambda: files.load_folder(str(root), seed=0)) if how == "load" else lambda: sources.peek(cfg), capsys)
+    action = (lambda: files.load_folder(str(root), seed=0)) if how == "load" else (lambda: sources.peek(cfg))
+    line = refused(action, capsys)
     expected = {"huge": "1.png' is 12000×12000 (H×W), but H and W must be from 4 to 4096",
                 "bomb": f"1.png' has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; data.source folder takes images up "
                         f"to 4096×4096",

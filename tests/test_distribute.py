@@ -146,7 +146,8 @@ def free_port():
 def test_multi_worker_trains_on_a_one_worker_cluster(tmp_path, single_run):
     # One worker is a whole cluster: MultiWorkerMirroredStrategy starts (before any other TensorFlow op),
     # builds the model in its scope and trains the single-device numbers.
-    tf_config = json.dumps({"cluster": {"worker": [f"localhost:{free_port()}"]}, "task": {"type": "worker", "index": 0}})
+    tf_config = json.dumps({"cluster": {"worker": [f"localhost:{free_port()}"]},
+                            "task": {"type": "worker", "index": 0}})
     result = run([sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "config.yaml"),
                   *sets(tmp_path, "worker", "train.distribute=multi_worker")], env={"TF_CONFIG": tf_config})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -118,7 +118,8 @@ def test_a_new_schedules_own_setting_is_validated_explained_and_named_where_it_i
                in note for note in notes)
     never = config.from_dict({"loss": {"kl_schedule": "step_test", "kl_step_fraction_test": 1.0}})
     notes = plan.Plan.from_config(never, (28, 28, 1), 640).notes  # Its own trait: never reaches full weight.
-    assert any("never reaches its final weight" in note and "lower loss.kl_step_fraction_test" in note for note in notes)
+    assert any("never reaches its final weight" in note and "lower loss.kl_step_fraction_test" in note
+               for note in notes)
 
 
 def test_a_new_schedule_trains_with_its_multiplier_saves_and_reloads(tmp_path):

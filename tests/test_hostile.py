@@ -176,7 +176,8 @@ def test_a_refused_output_folder_leaves_nothing_behind(tmp_path, monkeypatch):
 
 def hold_lock(run_dir):
     """Another process holding run_dir's lock until its stdin closes."""
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from vae_kl.runs import locks; lock = locks.lock_run_dir({str(run_dir)!r}); " \
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from vae_kl.runs import locks; " \
+           f"lock = locks.lock_run_dir({str(run_dir)!r}); " \
            "print('locked', flush=True); sys.stdin.read()"
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
@@ -302,7 +303,8 @@ def test_a_child_stops_like_ctrl_c_when_its_parent_is_killed(tmp_path, kernel):
               f"child = subprocess.Popen([sys.executable, '-c', {child!r}], env=env, stdout=subprocess.PIPE,"
               " text=True)\n"
               "child.stdout.readline(); print(child.pid, flush=True); sys.stdin.read()\n")
-    parent_process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    parent_process = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
     pid = int(parent_process.stdout.readline())
     parent_process.kill()
     parent_process.wait()

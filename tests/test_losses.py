@@ -17,8 +17,8 @@ def np_bce(x, p):
     return -(x * np.log(p) + (1 - x) * np.log(1 - p))
 
 
-def sigmoid(l):
-    return 1.0 / (1.0 + np.exp(-l))
+def sigmoid(logit):
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def test_bernoulli_nll_matches_the_bce_formula():
@@ -54,7 +54,8 @@ def test_summed_reconstruction_is_784_times_the_mean():
 def test_objective_weights_kl_by_lambda_and_latent_reduction():
     rec = np.full((4,), 50.0, "float32")
     kl = np.tile(np.array([[1.0, 3.0]], "float32"), (4, 1))
-    assert math.isclose(float(losses.training_objective(rec, kl, 784, 2, "sum", "sum", 0.5)), 50 + 0.5 * 4, rel_tol=1e-6)
+    assert math.isclose(float(losses.training_objective(rec, kl, 784, 2, "sum", "sum", 0.5)), 50 + 0.5 * 4,
+                        rel_tol=1e-6)
     assert math.isclose(float(losses.training_objective(rec, kl, 784, 2, "sum", "mean", 1.0)), 50 + 2.0, rel_tol=1e-6)
 
 
@@ -124,10 +125,10 @@ def test_continuous_bernoulli_log_norm_matches_the_closed_form():
 @pytest.mark.parametrize("logit", [0.0, 4e-6, -4e-6, 0.00999, 0.01001, 0.3])
 def test_continuous_bernoulli_gradients_are_finite_and_correct_near_one_half(logit):
     x = tf.constant([0.3], "float64")
-    l = tf.Variable([logit], dtype="float64")
+    variable = tf.Variable([logit], dtype="float64")
     with tf.GradientTape() as tape:
-        nll = losses.continuous_bernoulli_nll(x, l)
-    grad = float(tape.gradient(nll, l)[0])
+        nll = losses.continuous_bernoulli_nll(x, variable)
+    grad = float(tape.gradient(nll, variable)[0])
     h = 1e-5
     numeric = (float(losses.continuous_bernoulli_nll(x, tf.constant([logit + h], "float64"))[0])
                - float(losses.continuous_bernoulli_nll(x, tf.constant([logit - h], "float64"))[0])) / (2 * h)

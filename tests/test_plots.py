@@ -17,7 +17,8 @@ def history(beta_one, epochs=6):
         value = 180 + 300 * np.exp(-3 * e)
         rows.append({"epoch": e, "neg_elbo": value, "val_neg_elbo": value + 1, "reconstruction": value - 5,
                      "val_reconstruction": value - 4, "kl": 5.0, "val_kl": 5.0,
-                     "loss": value if beta_one else value / 784, "val_loss": value + 1 if beta_one else (value + 1) / 784})
+                     "loss": value if beta_one else value / 784,
+                     "val_loss": value + 1 if beta_one else (value + 1) / 784})
     return rows
 
 

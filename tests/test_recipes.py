@@ -81,7 +81,7 @@ def beta_by_the_formula(loss, latent_dim):
     return weight * kl_scale / rec_scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _objective_is_tensorflow_free():
     """Whether importing vae_kl.spec.objective loads neither TensorFlow nor Keras (asked of a fresh interpreter)."""
     probe = ("import sys; from vae_kl.spec import objective; "
@@ -93,7 +93,7 @@ def _objective_is_tensorflow_free():
     return done.returncode == 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _explain_available():
     """Whether train.py offers --explain (another change adds it)."""
     try:

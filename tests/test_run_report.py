@@ -193,5 +193,6 @@ def test_a_page_that_cannot_be_written_is_one_warning_and_the_block_still_prints
 
 
 def test_the_module_loads_without_tensorflow():
-    code = "import sys; from vae_kl.reports import run_page; sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)"
+    code = ("import sys; from vae_kl.reports import run_page; "
+            "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0

@@ -157,7 +157,8 @@ def test_report_html_reads_at_a_glance(finished):
     assert not [text for text in cells if text in ("True", "False")]
     for label in SEEDED_LABELS:
         assert f"{label}/" in parser.hrefs and f"logs/{label}.log" in parser.hrefs
-        assert os.path.isdir(os.path.join(folder, label)) and os.path.isfile(os.path.join(folder, "logs", f"{label}.log"))
+        assert os.path.isdir(os.path.join(folder, label))
+        assert os.path.isfile(os.path.join(folder, "logs", f"{label}.log"))
     assert any(text.startswith(("COLLAPSED", "HEALTHY", "PARTIAL")) and "of 2" in text for text in cells)
 
 
@@ -286,7 +287,8 @@ def test_workers_share_the_cores():
 def make_row(setting, beta, seed, neg_elbo, state="healthy", status="complete", kl=1.0):
     done = status == "complete"
     return {"run": f"{setting}_seed-{seed}", "setting": setting, "seed": seed, "effective_beta": beta,
-            "status": status, "neg_elbo_nats": neg_elbo if done else None, "iwae_nll_nats": neg_elbo - 1 if done else None,
+            "status": status, "neg_elbo_nats": neg_elbo if done else None,
+            "iwae_nll_nats": neg_elbo - 1 if done else None,
             "kl_nats": kl if done else None, "reconstruction_nats": neg_elbo - kl if done else None,
             "active_units": 2 if done else None, "collapse_state": state if done else None,
             "collapsed": state == "collapsed" if done else None, "log": f"logs/{setting}_seed-{seed}.log"}
@@ -406,13 +408,13 @@ def test_a_sigkilled_sweep_leaves_no_ray_process_behind():
     pytest.importorskip("ray")
     # The "sweep": a process that starts the local instance, connects to it as sweep.py does, says where its
     # processes are, and waits to be killed.
-    script = ("import os, sys; sys.path.insert(0, {root!r}); import secrets\n"
+    script = (f"import os, sys; sys.path.insert(0, {ROOT!r}); import secrets\n"
               "os.environ.update(RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(32))\n"
               "import ray\n"
               "from vae_kl.sweeps import executors\n"
               "head = executors.LocalRayHead(1)\n"
               "ray.init(address=head.address, include_dashboard=False, log_to_driver=False)\n"
-              "print(os.getpgid(head.keeper.pid), flush=True); sys.stdin.read()\n").format(root=ROOT)
+              "print(os.getpgid(head.keeper.pid), flush=True); sys.stdin.read()\n")
     driver = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=dict(os.environ, RAY_KEEPER_GRACE="2"))
     pgid = None

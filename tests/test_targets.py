@@ -70,7 +70,7 @@ def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint(kapp
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=kappa, loss__geco_rate=rate,
                     loss__geco_smoothing=smoothing, loss__geco_patience=patience)
     reconstructions, betas, held = [], [], []
-    for step in range(6):
+    for _ in range(6):
         betas.append(float(vae.geco.beta()))  # The β the step trains with.
         reconstructions.append(float(vae.train_step(X)["reconstruction"]))
         vae.terms_tracker.reset_state()  # So the next step reports its own batch, not a running mean.
@@ -121,7 +121,7 @@ def test_a_model_whose_own_variables_this_version_does_not_know_is_refused(tmp_p
     with zipfile.ZipFile(path, "w") as archive:
         for name, content in files.items():
             archive.writestr(name, content)
-    with pytest.raises(ValueError, match="stores the VAE's own variables as 'geco-9', which this version does not know"):
+    with pytest.raises(ValueError, match="own variables as 'geco-9', which this version does not know"):
         keras.saving.load_model(path, safe_mode=True)
 
 
@@ -151,7 +151,8 @@ def test_a_geco_run_reports_its_beta_saves_it_and_resumes_with_it(tmp_path):
     assert start.beta == float(first["beta"])  # The checkpoint held the multiplier.
     geco = summary["geco"]
     assert summary["status"] == "complete" and geco["target_distortion"] == 150
-    assert 0 < geco["final_beta"] < float(first["beta"]) and geco["final_kl_weight"] == pytest.approx(geco["final_beta"])
+    assert 0 < geco["final_beta"] < float(first["beta"])
+    assert geco["final_kl_weight"] == pytest.approx(geco["final_beta"])
     clone = keras.saving.load_model(os.path.join(run_dir, "model.keras"), safe_mode=True)
     assert float(clone.geco.beta()) == pytest.approx(geco["final_beta"], rel=1e-6)
     assert clone.objective.target_distortion == 150 and clone.objective.chooses_beta
@@ -189,7 +190,8 @@ def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
     with open(os.path.join(tmp_path, "capacity", "metrics.csv"), newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["target_rate"]) == 4.0  # Constant schedule: C from the first step.
-    assert "rate_weight·|KL" not in summary["objective"]["formula"] and "1000·|KL − C|" in summary["objective"]["formula"]
+    formula = summary["objective"]["formula"]
+    assert "rate_weight·|KL" not in formula and "1000·|KL − C|" in formula
 
 
 @pytest.mark.parametrize("epoch_betas, reached, held, words", [

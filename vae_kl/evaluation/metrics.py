@@ -49,8 +49,9 @@ def compute_metrics(vae, x, k, seed=bounds.EVAL_SEED):
     }
     if log_sigma is not None:
         validation["gaussian_sigma"] = math.exp(log_sigma)
-    arrays = {"z_mean": z_mean, "active": np.asarray(validation["posterior_mean_variance"]) > information.ACTIVE_UNIT_THRESHOLD,
-              "kl_per_dim": kl_per_dim, "information": np.asarray(validation["information_per_unit_nats"])}
+    active = np.asarray(validation["posterior_mean_variance"]) > information.ACTIVE_UNIT_THRESHOLD
+    arrays = {"z_mean": z_mean, "active": active, "kl_per_dim": kl_per_dim,
+              "information": np.asarray(validation["information_per_unit_nats"])}
     return validation, arrays
 
 

@@ -44,7 +44,8 @@ def diagnose(validation, context):
     ignored = total >= COLLAPSED_BELOW_NATS and use is not None and use < DECODER_USE_BELOW_NATS
     numbers = (f"I(x; z) = {nats_text(total)} nats (this estimate shows at most log N = "
                f"{validation['mutual_information_cap_nats']:.2f}); {informative}/{latent_dim} units carry at "
-               f"least {information.INFORMATIVE_UNIT_NATS:g} nats; KL {nats_text(validation['kl_nats'])} nats = {nats_text(total)} of "
+               f"least {information.INFORMATIVE_UNIT_NATS:g} nats; KL {nats_text(validation['kl_nats'])} nats = "
+               f"{nats_text(total)} of "
                f"information + {nats_text(validation['marginal_kl_nats'])} of mismatch between the codes' overall "
                f"distribution and the prior; reconstructions vary {spread:.1%} as much as the inputs"
                + ("" if use is None else f"; a digit's own code saves {nats_text(use)} nats of reconstruction over "
@@ -110,9 +111,9 @@ def advice(state, informative, latent_dim, context, decoder_ignores=False):
     if state == "collapsed":
         return ("Try KL annealing (loss.kl_schedule: linear, loss.kl_warmup: 10) or free bits (loss.free_bits: 0.5): "
                 "both let the encoder start using z before the KL's cost bites.")
-    return (f"Nothing is needed if {informative} unit(s) are enough for you. To make all {latent_dim} carry information, "
-            f"try free bits (loss.free_bits: 0.5, nats per unit) or KL annealing (loss.kl_schedule: linear, "
-            f"loss.kl_warmup: 10).")
+    return (f"Nothing is needed if {informative} unit(s) are enough for you. To make all {latent_dim} carry "
+            f"information, try free bits (loss.free_bits: 0.5, nats per unit) or KL annealing (loss.kl_schedule: "
+            f"linear, loss.kl_warmup: 10).")
 
 
 def verdict_context(vae, steps):

@@ -194,7 +194,8 @@ def loss_curves(history, path, title=None, skip_epochs=None):
         skip_epochs = 0 if len(epochs) < 4 else 1 if len(epochs) < 10 else 2
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        series = [np.array([row[key] for row in history], float), np.array([row[f"val_{key}"] for row in history], float)]
+        series = [np.array([row[key] for row in history], float),
+                  np.array([row[f"val_{key}"] for row in history], float)]
         ax.plot(epochs, series[0], marker="o", markersize=3, label="train")
         ax.plot(epochs, series[1], marker="o", markersize=3, label="validation")
         note = _robust_ylim(ax, epochs, series, skip_epochs) if skip_epochs else ""
@@ -265,7 +266,8 @@ def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None,
                 va="center", fontsize=13, bbox={"facecolor": "white", "edgecolor": "0.7"})
         default = f"KL weight: constant λ = {value} (no schedule)"
     else:
-        default = f"KL weight schedule{f': {schedule}' if schedule else ''}, from {weights.min():.4g} to {weights.max():.4g}"
+        named = f": {schedule}" if schedule else ""
+        default = f"KL weight schedule{named}, from {weights.min():.4g} to {weights.max():.4g}"
     ax.set_title(_wrap(title or default, 7, 11), fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
@@ -293,10 +295,12 @@ def kl_per_dimension(kl_per_dim, active, path, information=None, states=None, ti
         x = units + (i - (len(series) - 1) / 2) * width
         faces = [STATE_COLOURS.get(str(s).lower(), "C1") for s in states] if i == 0 else ["C2"] * len(values)
         shown = np.maximum(values, 0.015 * top)  # A sliver for a zero, so the bar does not vanish.
-        ax.bar(x, shown, width=width * 0.95, color=faces, edgecolor="0.3", linewidth=0.6, hatch=None if i == 0 else "..")
+        ax.bar(x, shown, width=width * 0.95, color=faces, edgecolor="0.3", linewidth=0.6,
+               hatch=None if i == 0 else "..")
         for xi, value in zip(x, values):
-            ax.annotate(f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1g}", (xi, max(value, 0.015 * top)), textcoords="offset points", xytext=(0, 2),
-                        ha="center", fontsize=7)
+            text = f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1g}"
+            ax.annotate(text, (xi, max(value, 0.015 * top)), textcoords="offset points", xytext=(0, 2), ha="center",
+                        fontsize=7)
     ax.set_ylim(0, top * 1.15)
     ax.set_xticks(units)
     ax.set_xticklabels([f"{j}\n{s}" for j, s in zip(units, states)], fontsize=8)
@@ -368,7 +372,8 @@ def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=
     if seeds:
         s = np.array([seed[:2] for seed in seeds], float)
         bad = np.array([len(seed) > 2 and bool(seed[2]) for seed in seeds])
-        for mask, marker, colour, label in ((~bad, "o", "C0", "single seed"), (bad, "x", "C3", "single seed, collapsed")):
+        kinds = ((~bad, "o", "C0", "single seed"), (bad, "x", "C3", "single seed, collapsed"))
+        for mask, marker, colour, label in kinds:
             if mask.any():
                 ax.scatter(s[mask, 0], s[mask, 1], color=colour, marker=marker, alpha=0.3, s=18, label=label)
     if xerr is not None or yerr is not None:

@@ -33,7 +33,8 @@ def history_figures(vae, run_dir, history, steps_per_epoch):
     plots.information_curves(history, os.path.join(run_dir, "information.png"), verdict.COLLAPSED_BELOW_NATS,
                              information.INFORMATIVE_UNIT_NATS, "Information the code carries, per epoch")
     goal, total = vae.objective, vae.objective.total_steps
-    epoch_steps, epoch_weights = [row["epoch"] * steps_per_epoch for row in history], [row["kl_weight"] for row in history]
+    epoch_steps = [row["epoch"] * steps_per_epoch for row in history]
+    epoch_weights = [row["kl_weight"] for row in history]
     label = "KL weight λ"
     if goal.chooses_beta:  # GECO's weight is known where it was logged: from its start (β = 1), epoch by epoch.
         steps, weights = [0, *epoch_steps], [goal.kl_weight, *epoch_weights]
@@ -68,7 +69,8 @@ def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epo
                               extent=latent_extent(z_mean, prior_samples),
                               title="Digits decoded across the latent space (1st to 99th percentiles of the "
                                     "codes and the prior)")
-    states = ["informative" if value >= information.INFORMATIVE_UNIT_NATS else "unused" for value in arrays["information"]]
+    states = ["informative" if value >= information.INFORMATIVE_UNIT_NATS else "unused"
+              for value in arrays["information"]]
     plots.kl_per_dimension(arrays["kl_per_dim"] if arrays["kl_per_dim"] is not None else arrays["information"],
                            active, os.path.join(run_dir, "kl_per_dim.png"), information=arrays["information"],
                            states=states, title=f"KL and information I(x; z_j) per latent unit: {title}")

@@ -163,11 +163,12 @@ def console_lines(summary, run_dir, page=None):
                      (f"; {geco['note']}." if geco.get("note") else "."))
     rate = summary.get("capacity") if isinstance(summary.get("capacity"), dict) else None
     if rate and isinstance(rate.get("validation_kl_nats"), (int, float)):
-        lines.append(f"  Capacity: KL {value_text(rate['validation_kl_nats'])} nats on the validation digits for a target "
-                     f"of C = {rate['target_rate']:g}" + (f"; {rate['note']}." if rate.get("note") else "."))
+        lines.append(f"  Capacity: KL {value_text(rate['validation_kl_nats'])} nats on the validation digits for a "
+                     f"target of C = {rate['target_rate']:g}" + (f"; {rate['note']}." if rate.get("note") else "."))
     if "tc_weight" in part(summary, "objective") and "total_correlation_nats" in validation:
-        lines.append(f"  The KL in three parts (Chen et al. 2018): information {short(validation['mutual_information_nats'])}"
-                     f" + total correlation {short(validation['total_correlation_nats'])} + dimension-wise KL "
+        lines.append(f"  The KL in three parts (Chen et al. 2018): information "
+                     f"{short(validation['mutual_information_nats'])} + total correlation "
+                     f"{short(validation['total_correlation_nats'])} + dimension-wise KL "
                      f"{short(validation.get('dimension_wise_kl_nats'))} nats.")
     lines.append(f"  {sentence}")
     if advice:

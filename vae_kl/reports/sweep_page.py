@@ -24,8 +24,9 @@ FIGURES = (("comparison.png", "Validation digits (top row) and each setting's re
 METRICS = (("neg_elbo_nats", "−ELBO (nats)"), ("iwae_nll_nats", "IWAE bound (nats)"), ("kl_nats", "KL (nats)"),
            ("reconstruction_nats", "Reconstruction (nats)"), ("active_units", "Active units"))
 NOISE_SE = 2  # A difference counts when it exceeds this many standard errors of the difference.
-FIELD_NAMES = {"kl_weight": "λ (KL weight)", "kl_weight_norm": "β_norm", "reconstruction_reduction": "Reconstruction reduction",
-               "kl_reduction": "KL reduction", "latent_dim": "Latent size"}
+FIELD_NAMES = {"kl_weight": "λ (KL weight)", "kl_weight_norm": "β_norm",
+               "reconstruction_reduction": "Reconstruction reduction", "kl_reduction": "KL reduction",
+               "latent_dim": "Latent size"}
 
 
 def yaml_text(value):
@@ -209,7 +210,8 @@ def collapse_words(measured):
     words = ["Collapse follows effective β: " + ", ".join(parts) + "."] if parts else []
     if some:  # With no setting always or never collapsed, there is no "in between".
         words.append(("In between, collapse" if parts else "Collapse") + " depends on the seed: " + "; ".join(
-            f"{s['setting']} (β = {beta_text(s['beta'])}) collapsed in {s['collapsed']} of {s['n']}" for s in some) + ".")
+            f"{s['setting']} (β = {beta_text(s['beta'])}) collapsed in {s['collapsed']} of {s['n']}"
+            for s in some) + ".")
     return words
 
 
@@ -226,10 +228,11 @@ def best_words(measured):
     if any(s["neg_elbo_nats"][1] is None for s in scored):
         gap = others[0]["neg_elbo_nats"][0] - best["neg_elbo_nats"][0]
         return words + [f"The next best, {others[0]['setting']}, is {gap:.2f} nats worse; with one seed there is no "
-                        f"estimate of the seed noise, so run with --seeds 3 before trusting a difference of a few nats."]
+                        f"estimate of the seed noise, so run with --seeds 3 before trusting a difference of a few "
+                        f"nats."]
     se_best = best["neg_elbo_nats"][1]
-    within = [s for s in others
-              if s["neg_elbo_nats"][0] - best["neg_elbo_nats"][0] <= NOISE_SE * math.hypot(se_best, s["neg_elbo_nats"][1])]
+    within = [s for s in others if s["neg_elbo_nats"][0] - best["neg_elbo_nats"][0]
+              <= NOISE_SE * math.hypot(se_best, s["neg_elbo_nats"][1])]
     if within:
         named = [f"{s['setting']} ({plus_minus(s['neg_elbo_nats'])})" for s in within[:4]]  # The closest four.
         more = f"; and {len(within) - 4} more" if len(within) > 4 else ""
@@ -237,8 +240,9 @@ def best_words(measured):
                         "apart): " + "; ".join(named) + more + "."]
     nxt = others[0]
     gap = nxt["neg_elbo_nats"][0] - best["neg_elbo_nats"][0]
-    return words + [f"It beats the next best, {nxt['setting']} ({plus_minus(nxt['neg_elbo_nats'])}), by {gap:.2f} nats, "
-                    f"{gap / math.hypot(se_best, nxt['neg_elbo_nats'][1]):.1f} standard errors: more than seed noise."]
+    return words + [f"It beats the next best, {nxt['setting']} ({plus_minus(nxt['neg_elbo_nats'])}), by {gap:.2f} "
+                    f"nats, {gap / math.hypot(se_best, nxt['neg_elbo_nats'][1]):.1f} standard errors: more than seed "
+                    f"noise."]
 
 
 def findings(rows):

@@ -470,18 +470,20 @@ def _check_capacity(loss):
     for key in ("kl_weight", "kl_weight_norm", "kl_reduction", "free_bits"):
         if getattr(loss, key) != getattr(defaults, key):
             raise ConfigError(f"loss.target_rate replaces the KL term by rate_weight·|KL - C| with the summed KL, so "
-                              f"loss.{key} has no meaning beside it; leave it at its default {getattr(defaults, key)!r}.")
+                              f"loss.{key} has no meaning beside it; leave it at its default "
+                              f"{getattr(defaults, key)!r}.")
 
 
 def _check_total_correlation(loss, train):
     if loss.tc_weight is None:
         return
-    others = {"kl_weight: auto (GECO)": loss.kl_weight == "auto", "target_rate (capacity)": loss.target_rate is not None,
-              "free_bits": loss.free_bits > 0}
+    others = {"kl_weight: auto (GECO)": loss.kl_weight == "auto",
+              "target_rate (capacity)": loss.target_rate is not None, "free_bits": loss.free_bits > 0}
     for name, clash in others.items():
         if clash:
             raise ConfigError(f"loss.tc_weight weights the KL's total correlation beside a fixed β, and loss.{name} "
-                              f"replaces that β·KL term; use one of them (set tc_weight: null or drop {name.split()[0]}).")
+                              f"replaces that β·KL term; use one of them (set tc_weight: null or drop "
+                              f"{name.split()[0]}).")
     if train.distribute != "none":
         raise ConfigError(f"loss.tc_weight estimates the total correlation over the whole batch, which is not built "
                           f"for train.distribute {train.distribute}; use train.distribute: none.")
@@ -547,8 +549,8 @@ def read_yaml(path):
         with open(path, "rb") as handle:
             data = handle.read(safe_yaml.MAX_YAML_BYTES + 1)
         if len(data) > safe_yaml.MAX_YAML_BYTES:
-            raise ConfigError(f"Config file '{path}' is larger than {safe_yaml.MAX_YAML_BYTES // 1024} KiB; a config is a "
-                              f"few hundred bytes, so pass the right file to --config.")
+            raise ConfigError(f"Config file '{path}' is larger than {safe_yaml.MAX_YAML_BYTES // 1024} KiB; a config "
+                              f"is a few hundred bytes, so pass the right file to --config.")
         return safe_yaml.load_yaml_text(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"Config file '{path}' does not exist; pass an existing YAML file to --config.")

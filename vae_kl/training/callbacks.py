@@ -40,8 +40,9 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
 
     x = setup.digits.x_val[recorder.grid_index]
     return [tensorboard_log.TensorBoardLogger(
-        os.path.join(run_dir, tensorboard_log.RUN_SUBFOLDER), trial_id=os.path.basename(run_dir), settings=setup.cfg.to_dict(),
-        images_fn=lambda: tensorboard_log.image_grid([x, codes.reconstruct(model, x)]), extra_fn=recorder.extra_logs)]
+        os.path.join(run_dir, tensorboard_log.RUN_SUBFOLDER), trial_id=os.path.basename(run_dir),
+        settings=setup.cfg.to_dict(), images_fn=lambda: tensorboard_log.image_grid([x, codes.reconstruct(model, x)]),
+        extra_fn=recorder.extra_logs)]
 
 
 def log_evaluation(cfg, run_dir, validation, verdict, epochs):
@@ -204,7 +205,8 @@ class RunRecorder(keras.callbacks.Callback):
                                   f"Epoch {epoch + 1}: -ELBO {row['val_neg_elbo']:.1f}, KL {row['val_kl']:.3f} nats")
         # The checkpoint is the commit point: a kill before it redoes this epoch, after it skips it. The row
         # joins the history once the checkpoint holds it, so a failed checkpoint leaves the history as saved.
-        records.save_checkpoint(self.run_dir, self.model, {"epochs_completed": epoch + 1, "history": [*self.history, row]})
+        records.save_checkpoint(self.run_dir, self.model,
+                                {"epochs_completed": epoch + 1, "history": [*self.history, row]})
         self.history.append(row)
         atomic.write_csv(os.path.join(self.run_dir, "metrics.csv"), self.history)
         records.update_summary(self.run_dir, epochs_completed=epoch + 1)
