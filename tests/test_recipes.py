@@ -44,6 +44,9 @@ HAND = {
     "mse_plus_lambda_kl": dict(beta=1.0, J=2, sse=1.0),
     # Σ Gaussian NLL (σ from the data) + Σ KL: the ELBO.
     "sigma_vae": dict(beta=1.0, J=20, sse=None),
+    # The VAE k = 1 trains on log p(x|z) - KL, both summed (iwae.py's log weights, num_samples 1): the ELBO.
+    "burda2015_vae": dict(beta=1.0, J=50, sse=None),
+    "burda2015_vae_short": dict(beta=1.0, J=50, sse=None),
 }
 
 EFFECTIVE_BETA = re.compile(r"Effective β = ([0-9.e+-]+)")

@@ -1,5 +1,5 @@
 """The encoder and decoder, one class per architecture (model.architecture): the keras.io example's
-convolutional networks, the default, layer for layer.
+convolutional networks, the default, layer for layer, and Burda et al. (2015)'s dense networks.
 
 Each builds two functional models, as the keras.io file does: an encoder, images (batch, H, W, C) ->
 [z_mean, z_log_var, z] with a Sampling layer named "z", and a decoder, z (batch, latent_dim) -> logits
@@ -9,6 +9,9 @@ it stands for. Like the other families, the classes carry their traits (name, se
 TensorFlow; the layers are made when a model is built. To add an architecture: a class here with
 `@FAMILY.register`; model.architecture then accepts its name and the model section its settings.
 """
+
+import math
+from typing import Literal
 
 from vae_kl.choices import registry
 from vae_kl.choices.registry import Setting
@@ -85,6 +88,38 @@ class Conv(Architecture):
         last = fast_layers.TapMatmulConv2DTranspose if self.options.get("fast_layers") else layers.Conv2DTranspose
         logits = last(channels, 3, padding="same", name="logits")(x)  # (batch, H, W, C)
         return keras.Model(inputs, logits, name="decoder")
+
+
+UNITS = Setting.of("mlp_hidden_units", int, 200, "Units of each deterministic (dense) layer.", ge=1, le=8192)
+LAYERS = Setting.of("mlp_hidden_layers", int, 2, "Deterministic layers in the encoder, and as many in the decoder.",
+                    ge=1, le=16)
+ACTIVATION = Setting.of("mlp_activation", Literal["tanh", "relu", "softplus", "elu"], "tanh",
+                        "The deterministic layers' nonlinearity: tanh | relu | softplus | elu.")
+
+
+@FAMILY.register
+class MLP(Architecture):
+    """Burda, Grosse & Salakhutdinov (2015)'s VAE with one stochastic layer: the flattened image through
+    mlp_hidden_layers dense layers of mlp_hidden_units to z, and the mirror image back to one logit per pixel
+    value (their MNIST models: two layers of 200 tanh units, 50 latent units). Glorot-uniform weights, Keras's
+    default, are the initialisation the paper names (Glorot & Bengio 2010)."""
+
+    name_in_config, summary = "mlp", "dense layers, Burda et al. 2015's VAE"
+    settings = (UNITS, LAYERS, ACTIVATION)
+
+    def hidden(self, x):
+        for _ in range(self.options["mlp_hidden_layers"]):
+            x = layers.Dense(self.options["mlp_hidden_units"], activation=self.options["mlp_activation"])(x)
+        return x
+
+    def encoder(self, latent_dim, image_shape=IMAGE_SHAPE, seed=None):
+        inputs = keras.Input(shape=tuple(image_shape))
+        return encoder_head(self.hidden(layers.Flatten()(inputs)), inputs, latent_dim, seed)
+
+    def decoder(self, latent_dim, image_shape=IMAGE_SHAPE):
+        inputs = keras.Input(shape=(latent_dim,))
+        flat = layers.Dense(math.prod(image_shape))(self.hidden(inputs))  # (batch, H·W·C) logits
+        return keras.Model(inputs, layers.Reshape(tuple(image_shape), name="logits")(flat), name="decoder")
 
 
 def build(model_cfg, image_shape: tuple = IMAGE_SHAPE, seed=None) -> tuple:

@@ -107,12 +107,33 @@ def load_digits(data_cfg, seed=0):
     Args:
         data_cfg: config.DataConfig: source (auto, mnist, fashion_mnist, cifar10, mnist_embedded, npz
             or folder), path (the .npz for npz, the folder for folder), limit (keep the first `limit`
-            training digits), train_on
-            ("train" validates on the held-out split; "all" also trains on it), binarize ("none",
-            "static": sampled once, "dynamic": validation sampled once here, training digits
-            resampled in every batch by train_batches).
-        seed: fixes the embedded and folder splits and the static binarization.
+            training digits), train_on ("train" validates on the held-out split; "all" also trains on it),
+            binarize ("none", "static": sampled once, "dynamic": validation sampled once here, training digits
+            resampled in every batch by batches.train_batches) and binarize_seed (the validation digits'
+            binarization; None: from `seed`, as the static training digits always are).
+        seed: train.seed; fixes the embedded and folder splits and the static binarization.
     """
+    train, test, name, notes, label_names = load_source(data_cfg, seed)
+    (x_train, y_train), (x_val, y_val) = train, test
+    if data_cfg.train_on == "all":
+        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+        notes.append("NOTE: train_on is 'all', so the validation digits were also trained on.")
+    limit = data_cfg.limit
+    if limit is not None:
+        if limit > len(x_train):
+            notes.append(f"NOTE: data.limit {limit} exceeds the {len(x_train)} training digits; using all.")
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    rng = np.random.default_rng(seed + 12345)
+    if data_cfg.binarize in ("static", "dynamic"):  # One draw of binary pixels per digit, for good.
+        fixed = data_cfg.binarize_seed is not None
+        x_val = _binarize(x_val, np.random.default_rng(data_cfg.binarize_seed) if fixed else rng)
+    if data_cfg.binarize == "static":
+        x_train = _binarize(x_train, rng)
+    return Digits(x_train, y_train, x_val, y_val, name, notes, label_names)
+
+
+def load_source(data_cfg, seed):
+    """(train, test, name, notes, label names) of the source data_cfg names, before any split or subset."""
     source, notes, label_names = data_cfg.source, [], None
     if source == "auto":
         try:
@@ -140,21 +161,7 @@ def load_digits(data_cfg, seed=0):
         train, test = load_keras_dataset(source)
         name = source
         label_names = list(CIFAR10_LABELS) if source == "cifar10" else None
-    (x_train, y_train), (x_val, y_val) = train, test
-    if data_cfg.train_on == "all":
-        x_train, y_train = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-        notes.append("NOTE: train_on is 'all', so the validation digits were also trained on.")
-    limit = data_cfg.limit
-    if limit is not None:
-        if limit > len(x_train):
-            notes.append(f"NOTE: data.limit {limit} exceeds the {len(x_train)} training digits; using all.")
-        x_train, y_train = x_train[:limit], y_train[:limit]
-    rng = np.random.default_rng(seed + 12345)
-    if data_cfg.binarize in ("static", "dynamic"):
-        x_val = _binarize(x_val, rng)
-    if data_cfg.binarize == "static":
-        x_train = _binarize(x_train, rng)
-    return Digits(x_train, y_train, x_val, y_val, name, notes, label_names)
+    return train, test, name, notes, label_names
 
 
 def source_of(dataset_name):

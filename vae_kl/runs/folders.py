@@ -30,6 +30,12 @@ MIN_FREE_BYTES = 50 * 1024 * 1024
 MAX_RUN_NAME = 100  # Characters.
 MAX_RUN_NAME_BYTES = 200  # In UTF-8: with a '-N' suffix and temporary-file prefixes it fits a 255-byte file name.
 UNLEARNED_TRAIN_KEYS = ("distribute",)  # Left out of config_fingerprint.
+# Keys added after run folders were first named by a hash of their settings (in version 5: the MLP, the learning-rate
+# schedule, Adam's settings, the fixed binarization of the test digits), left out of config_fingerprint while they
+# hold their defaults: a run an earlier version started keeps its folder's name, and resumes.
+LATER_KEYS = {"model": ("architecture", "mlp_hidden_units", "mlp_hidden_layers", "mlp_activation"),
+              "train": ("lr_schedule", "lr_passes_scale", "adam_beta_1", "adam_beta_2", "adam_epsilon"),
+              "data": ("binarize_seed",)}
 
 
 class RunFolderError(exits.UserError):
@@ -40,11 +46,16 @@ def config_fingerprint(cfg_dict):
     """A short hash of the settings that change what is learned (not where outputs go).
 
     train.distribute is left out: replicas compute the single-device objective and gradient
-    (shards.GlobalBatch), so a run started on several devices may resume on one, and the names of
-    run folders made before the key existed stay the same."""
+    (slicing.GlobalBatch), so a run started on several devices may resume on one, and the names of
+    run folders made before the key existed stay the same; so are LATER_KEYS at their defaults."""
     relevant = {k: v for k, v in cfg_dict.items() if k != "output"}
     if isinstance(relevant.get("train"), dict):
         relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in UNLEARNED_TRAIN_KEYS}
+    for section, keys in LATER_KEYS.items():
+        if isinstance(relevant.get(section), dict):
+            defaults = config.SECTIONS[section].settings()
+            relevant[section] = {k: v for k, v in relevant[section].items()
+                                 if not (k in keys and k in defaults and v == defaults[k].default)}
     text = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 

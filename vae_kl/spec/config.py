@@ -20,7 +20,7 @@ from typing import Literal, Optional, Union
 
 import yaml
 
-from vae_kl.choices import architectures, likelihoods, priors, schedules
+from vae_kl.choices import architectures, learning_rates, likelihoods, priors, schedules
 from vae_kl.choices.registry import Setting
 from vae_kl.process import exits
 from vae_kl.process.exits import QUOTE_LIMIT, quote
@@ -149,7 +149,10 @@ class DataConfig(Section):
         S("train_on", Literal["train", "all"], "train",
           "train: validate on the test split; all: train on both, as the tutorial does."),
         S("binarize", Literal["none", "static", "dynamic"], "none",
-          "Binarize pixels once (static), every batch (dynamic) or not at all."))
+          "Binarize pixels once (static), every batch (dynamic) or not at all."),
+        S("binarize_seed", Optional[int], None,
+          "Seed of the validation digits' binarization (static, dynamic): null follows train.seed; a number gives "
+          "every run the same binary test digits.", ge=0, lt=2**32))
 
 
 class TrainConfig(Section):
@@ -157,7 +160,12 @@ class TrainConfig(Section):
     own = (
         S("epochs", int, 30, "Passes over the training digits.", ge=1, le=100000),
         S("batch_size", int, 128, "Digits per gradient step.", ge=1, le=65536),
-        S("learning_rate", float, 1e-3, "Adam's learning rate.", gt=0, le=10),
+        S("learning_rate", float, 1e-3, "Adam's learning rate (under a schedule, its first).", gt=0, le=10),
+        S("lr_schedule", str, "constant", "How Adam's learning rate moves during training:",
+          family=learning_rates.FAMILY),
+        S("adam_beta_1", float, 0.9, "Adam's β₁ (Keras's default).", ge=0, lt=1),
+        S("adam_beta_2", float, 0.999, "Adam's β₂ (Keras's default).", ge=0, lt=1),
+        S("adam_epsilon", float, 1e-7, "Adam's ε (Keras's default 1e-7; Burda et al. 2015 use 1e-4).", gt=0, le=1),
         S("seed", int, 1337, "Seed for weights, data order, sampling and the validation split.", ge=0, lt=2**32),
         S("deterministic", bool, False, "TensorFlow op determinism: bit-identical reruns, a little slower."),
         S("steps_per_execution", int, 32,
@@ -429,10 +437,14 @@ def unread_settings(cfg):
                    for key in ("target_distortion", "geco_rate", "geco_smoothing", "geco_patience")]
     if loss.target_rate is None:
         unread.append(("loss", "rate_weight", "with loss.target_rate (capacity), which is null", "loss.target_rate"))
+    if data.binarize == "none":
+        unread.append(("data", "binarize_seed", "when data.binarize is static or dynamic, not 'none'",
+                       "data.binarize: dynamic"))
     if data.source not in PATH_SOURCES:
         unread.append(("data", "path", f"when data.source is {' or '.join(PATH_SOURCES)}, not {data.source!r}",
                        f"data.source: {PATH_SOURCES[0]}"))
-    for family in (likelihoods.FAMILY, architectures.FAMILY, priors.FAMILY):  # A schedule's are noted, not refused.
+    # A KL schedule's are noted, not refused.
+    for family in (likelihoods.FAMILY, architectures.FAMILY, priors.FAMILY, learning_rates.FAMILY):
         section, key = family.key.split(".")
         chosen = getattr(getattr(cfg, section), key)
         unread += [(section, name, f"by {section}.{key} {' or '.join(family.readers(name))}, not {chosen!r}",

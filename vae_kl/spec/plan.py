@@ -10,7 +10,7 @@ import dataclasses
 import math
 import sys
 
-from vae_kl.choices import likelihoods
+from vae_kl.choices import learning_rates, likelihoods
 from vae_kl.spec import config, meaning, objective
 
 MIN_EXECUTIONS_IN_A_TERMINAL = 10  # Progress-bar updates per epoch a terminal run aims at.
@@ -48,6 +48,7 @@ class Plan:
                                        num_pixels, loss.likelihood, options)
         description = meaning.with_goal(description, goal, loss.likelihood)
         notes = meaning.teaching_warnings(loss, goal, latent_dim, num_pixels)
+        notes += learning_rates.FAMILY.get(train.lr_schedule).notes(train)
         if train.precision != "float32":
             notes.append(f"NOTE: the encoder and decoder compute in {train.precision} (weights, the losses, the "
                          f"evaluation and model.keras stay float32).")

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 
+from vae_kl.choices import learning_rates
 from vae_kl.process import exits, signals
 from vae_kl.spec import config, plan
 
@@ -174,10 +175,14 @@ class Setup:
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
 
     def optimizer(self, precision=None):
-        """The run's optimizer: Adam at train.learning_rate, with a dynamic loss scale under mixed_float16."""
+        """The run's optimizer: Adam with train's β₁, β₂ and ε at the rate of train.lr_schedule (a Keras schedule
+        of the step, so a resumed run goes on where it was), with a dynamic loss scale under mixed_float16."""
         import keras  # Only a training makes one (see the module docstring).
 
-        optimizer = keras.optimizers.Adam(self.cfg.train.learning_rate)
+        train = self.cfg.train
+        rate = learning_rates.FAMILY.get(train.lr_schedule).rate(train, self.steps_per_epoch)
+        optimizer = keras.optimizers.Adam(rate, beta_1=train.adam_beta_1, beta_2=train.adam_beta_2,
+                                          epsilon=train.adam_epsilon)
         if (precision or self.cfg.train.precision) == "mixed_float16":  # float16 gradients underflow unscaled.
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         return optimizer
