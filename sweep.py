@@ -24,6 +24,7 @@ from vae_kl.process import exits
 from vae_kl.reports import frontier
 from vae_kl.reports.sweep_page import LOG_DIR, result_rows, write_outputs
 from vae_kl.sweeps import executors, grid, runner
+from vae_kl.tracking import mlflow_log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TensorFlow here (the report) and in the children.
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -85,9 +86,15 @@ def main(argv=None):
 def sweep(args):
     """Plan, train and report the sweep; returns its exit status."""
     plan = grid.make_plan(args)  # Every run's config validated: a bad one is refused before anything is made.
-    executor, lock = executors.make_executor(args), None
+    tracked = plan.base.output.tracking == "mlflow"
+    if tracked:
+        mlflow_log.check(plan.base.output.dir)
+    executor, lock, parent = executors.make_executor(args), None, None
     try:
         lock = grid.prepare_folder(plan)
+        if tracked:  # The parent run first: the store is created once, before the children write to it.
+            environment, parent = mlflow_log.start_sweep(plan.folder, plan.base.output.dir, plan.spec)
+            executor.overrides.update(environment)
         where = (f"{plan.workers} worker(s)" if executor.name == "local" else
                  f"Ray tasks of {executor.cpus:g} CPU(s)" + (f" and {executor.gpus:g} GPU(s)" if executor.gpus else ""))
         print(f"Sweep of {len(plan.runs)} run(s) in {plan.folder} with {where}.", flush=True)
@@ -95,8 +102,13 @@ def sweep(args):
             statuses, walls = runner.run_all(plan, executor, TRAIN_SCRIPT)
         except KeyboardInterrupt:
             print("\nInterrupted. Run the same command again to resume.", file=sys.stderr)
+            if parent is not None:
+                parent.end({"status": "interrupted"}, plan.folder)
             return exits.EXIT_INTERRUPTED
-        return report(plan, statuses, walls)
+        status = report(plan, statuses, walls)
+        if parent is not None:
+            mlflow_log.end_sweep(parent, plan.folder, status == 0)
+        return status
     finally:
         executor.close()
         if lock is not None:

@@ -28,7 +28,7 @@ def train(cfg, callbacks=(), quiet_console=False):
     """Train one configured run end to end. Returns (exit status, run folder).
 
     quiet_console: import TensorFlow with its C++ start-up lines kept out of the console and written
-    into <run>/tensorflow_startup.log (vae_kl/process/quiet.py); the command line does, a notebook need not.
+    into <run>/tensorflow_startup.log (vae_kl/process/quiet.py), as the command line and train.run do.
     """
     started = time.perf_counter()
     session.check_before_tensorflow(cfg)  # Every check of the input that needs no TensorFlow, first.
@@ -44,7 +44,7 @@ def train(cfg, callbacks=(), quiet_console=False):
     vae = build_vae(setup)
     with run.held(vae, quiet_console) as history:  # The folder, locked; a Ctrl-C or a full disk is recorded.
         phases = {"startup": time.perf_counter() - started}
-        recorder, clock = fit(setup, vae, run.dir, history, callbacks)
+        recorder, clock = fit(setup, vae, run.dir, history, callbacks, run.tracker)
         if recorder.diverged_at:
             return run.diverged(recorder.diverged_at, history), run.dir
         phases.update(clock.totals())
@@ -73,14 +73,14 @@ def build_vae(setup, precision=None):
     return vae
 
 
-def fit(setup, vae, run_dir, history, callbacks=()):
+def fit(setup, vae, run_dir, history, callbacks=(), tracker=None):
     """The tutorial's `vae.fit`, from the first epoch the run has not finished, with the run's callbacks (metrics.csv,
-    the grids, the checkpoint, TensorBoard); returns the recorder (it knows whether training diverged) and the
-    phase clock (where the epochs' time went)."""
+    the grids, the checkpoint, TensorBoard, MLflow when tracker is given); returns the recorder (it knows whether
+    training diverged) and the phase clock (where the epochs' time went)."""
     from vae_kl.training.callbacks import run_callbacks  # TensorFlow: see above.
 
     cfg, first_epoch = setup.cfg, len(history)
-    recorder, clock, run_list = run_callbacks(setup, vae, run_dir, history)
+    recorder, clock, run_list = run_callbacks(setup, vae, run_dir, history, tracker)
     if first_epoch < cfg.train.epochs:
         vae.fit(batches.train_batches(setup.digits.x_train, cfg.train.batch_size, cfg.train.seed, first_epoch,
                                       cfg.train.epochs, cfg.data.binarize == "dynamic"),
@@ -91,7 +91,7 @@ def fit(setup, vae, run_dir, history, callbacks=()):
 
 
 def run(config_or_path=None, overrides=(), callbacks=()):
-    """Train one configured run from Python and return its summary.json as a dict.
+    """Train one configured run from Python and return its summary.json as a dict, with "run_dir" added: its folder.
 
     Args:
         config_or_path: a YAML file's path, a config.Config, a dict shaped like config.yaml, or None
@@ -108,8 +108,8 @@ def run(config_or_path=None, overrides=(), callbacks=()):
         if not callable(getattr(callback, "set_model", None)):
             raise config.ConfigError(f"callbacks must hold keras.callbacks.Callback objects, received a "
                                      f"{type(callback).__name__}.")
-    _, run_dir = train(cfg, callbacks)
-    return atomic.read_json(os.path.join(run_dir, "summary.json"))
+    _, run_dir = train(cfg, callbacks, quiet_console=True)  # A notebook shows no C++ start-up lines either.
+    return {**atomic.read_json(os.path.join(run_dir, "summary.json")), "run_dir": run_dir}
 
 
 EPILOG = """examples:

@@ -107,7 +107,7 @@ def test_bad_input_to_train_is_refused_before_tensorflow(no_tensorflow, tmp_path
 
 
 @pytest.mark.parametrize("args, words", [(["--run", "no/such/run"], "holds no finished run"),
-                                         (["--run", ".", "--iwae-k", "0"], "--iwae-k must be from 1"),
+                                         (["--run", ".", "--iwae-k", "0"], "--iwae-k expects an integer from 1 to"),
                                          (["--run", ".", "--iwae-k", "many"], "--iwae-k expects an integer")])
 def test_bad_input_to_evaluate_is_refused_before_tensorflow(no_tensorflow, args, words):
     result = no_tensorflow("evaluate.py", *args)
@@ -131,3 +131,43 @@ def test_train_run_refuses_what_is_not_a_config(value, words):
 def test_train_run_refuses_bad_overrides_and_callbacks(kwargs, words):
     with pytest.raises(config.ConfigError, match=re.escape(words)):
         train.run(None, **kwargs)
+
+
+@pytest.mark.parametrize("reductions", [("mean", "sum"), ("sum", "mean"), ("mean", "mean")])
+def test_the_advised_elbo_weight_applied_is_the_elbo_and_needs_no_warning(reductions, capsys):
+    sets = ["--set", f"loss.reconstruction_reduction={reductions[0]}", "--set", f"loss.kl_reduction={reductions[1]}"]
+    assert train.main([*sets, "--set", "loss.kl_weight=0.5", "--explain"]) == 0
+    before = capsys.readouterr().out
+    assert effective_beta(before) != 1
+    (advice,) = [line for line in before.splitlines() if "β = 1, the ELBO, is loss.kl_weight:" in line]  # Once.
+    weight = re.search(r"β = 1, the ELBO, is loss.kl_weight: ([0-9.e+-]+)", advice).group(1)
+    assert train.main([*sets, "--set", f"loss.kl_weight={weight}", "--explain"]) == 0
+    after = capsys.readouterr().out
+    assert "i.e. the negative ELBO (β = 1). Effective β = 1," in after
+    assert "WARNING" not in after and "the ELBO, is loss.kl_weight" not in after
+    assert "Expect: the ELBO's own balance" in after
+
+
+def test_every_beta_other_than_one_says_which_weight_is_the_elbos(capsys):
+    assert train.main(["--config", os.path.join(ROOT, "recipes", "keras_io_2020.yaml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert effective_beta(out) == 0.5
+    assert "β = 1, the ELBO, is loss.kl_weight: 2 with these reductions" in out
+
+
+def test_a_keras_dataset_that_cannot_be_downloaded_is_refused_before_tensorflow(tmp_path):
+    from vae_kl.data import downloads
+
+    home = tmp_path / "keras-home"
+    (home / "datasets").mkdir(parents=True)
+    (home / "datasets" / downloads.DOWNLOAD_FAILED_MEMO).write_text("a failure a minute ago\n")  # Offline.
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("tensorflow imported")\n')
+    env = {**os.environ, "KERAS_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), ROOT])}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--set", "data.source=mnist", "--set",
+                             f"output.dir={tmp_path / 'out'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: Could not load mnist from keras.datasets (a download from this machine")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -77,3 +77,61 @@ def test_kl_per_dimension_and_schedule_keywords(tmp_path):
     with open(tmp_path / "thumb.png", "wb") as handle:
         handle.write(thumb)
     assert plt.imread(tmp_path / "thumb.png").shape[1] <= 100
+
+
+def drawn_texts(fig):
+    """(label, bounding box in pixels) of every visible, non-empty text of a drawn figure: titles, the suptitle,
+    tick labels and the axes' power-of-ten (offset) texts."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.get_offset_text(), ax.yaxis.get_offset_text()]
+        for axis in (ax.xaxis, ax.yaxis):  # The ticks drawn: those inside the axis's view.
+            low, high = sorted(axis.get_view_interval())
+            texts += [label for label, at in zip(axis.get_ticklabels(), axis.get_ticklocs()) if low <= at <= high]
+    return [(text.get_text(), text.get_window_extent(renderer)) for text in texts
+            if text.get_visible() and text.get_text().strip()]
+
+
+def overlapping(fig):
+    found = drawn_texts(fig)
+    return [(a, b) for i, (a, box_a) in enumerate(found) for b, box_b in found[i + 1:] if box_a.overlaps(box_b)]
+
+
+def keep_open(monkeypatch):
+    """plots._save without closing: the test reads the figure's drawn texts."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_a_collapsed_codes_ticks_do_not_run_together_and_the_title_says_how_near(tmp_path, monkeypatch):
+    figures = keep_open(monkeypatch)
+    rng = np.random.default_rng(0)
+    z = np.stack([-0.003 + 0.0035 * rng.random(1000), 0.003 - 0.0035 * rng.random(1000)], axis=1)  # A collapse.
+    plots.latent_clusters(z.astype("float32"), rng.integers(0, 10, 1000), tmp_path / "clusters.png")
+    (fig,) = figures
+    assert overlapping(fig) == []
+    assert "every mean within 0.003 of the origin" in fig.axes[0].get_title()
+    assert not any("0.00" in label.get_text() for label in fig.axes[0].get_xticklabels())  # "−2.4", not "−0.0024".
+
+
+def test_loss_curves_titles_clear_the_suptitle_and_a_power_of_ten(tmp_path, monkeypatch):
+    figures = keep_open(monkeypatch)
+    rows = history(False, epochs=10)
+    for i, row in enumerate(rows):  # A collapsed run's KL: a few 1e-5 nats, so the axis writes ×10⁻⁵.
+        row["kl"], row["val_kl"] = 1e-5 / (i + 1), 0.8e-5 / (i + 1)
+    plots.loss_curves(rows, tmp_path / "loss.png", title="Loss per epoch: loss = 1/784·[Σ BCE + 784·KL] "
+                                                        "(effective β = 784)")
+    (fig,) = figures
+    fig.canvas.draw()
+    assert any("10" in ax.yaxis.get_offset_text().get_text() for ax in fig.axes)  # The case is drawn.
+    assert overlapping(fig) == []
+
+
+def test_a_constant_kl_weight_is_a_strip_not_a_figure(tmp_path):
+    plots.kl_schedule(np.linspace(0, 14070, 2001), np.ones(2001), [469, 938], [1.0, 1.0], tmp_path / "constant.png")
+    plots.kl_schedule(np.arange(11), np.minimum(1, np.arange(11) / 5), [5, 10], [1, 1], tmp_path / "ramp.png")
+    strip, ramp = plt.imread(tmp_path / "constant.png"), plt.imread(tmp_path / "ramp.png")
+    assert strip.shape[0] < ramp.shape[0] / 3

@@ -127,6 +127,17 @@ def test_monte_carlo_kl_of_a_mixture_averages_to_the_standard_normals_when_it_is
     assert math.isclose(estimate.mean(), closed, rel_tol=0.02)
 
 
+def test_a_one_component_mixture_samples_without_a_warning():
+    import warnings
+
+    prior = priors.Mixture(2, components=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras's "softmax over an axis of size 1" UserWarning would raise here.
+        samples = prior.sample(2000, seed=0)
+    assert samples.shape == (2000, 2)
+    assert np.allclose(samples.mean(axis=0), np.asarray(prior.means)[0], atol=0.1)
+
+
 @pytest.mark.parametrize("settings, message", [
     (["model.prior_scale=2"], "only read by model.prior normal"),
     (["model.prior_components=3"], "only read by model.prior mixture or vamp"),

@@ -196,3 +196,31 @@ def test_the_module_loads_without_tensorflow():
     code = ("import sys; from vae_kl.reports import run_page; "
             "sys.exit(1 if 'tensorflow' in sys.modules or 'keras' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_an_estimate_within_its_noise_reads_as_zero_not_as_a_negative_number(tmp_path):
+    summary = copy.deepcopy(SUMMARY)
+    summary["validation"].update(mutual_information_nats=-1.527e-07, mutual_information_se_nats=3.1e-05,
+                                 information_per_unit_nats=[2.3, -0.004], information_per_unit_se_nats=[0.05, 0.01],
+                                 decoder_use_nats=-0.045, decoder_use_se_nats=0.031)
+    page = run_page.html_page(summary, fake_run(tmp_path, summary))
+    assert "0 within 2 standard errors (-1.5e-07, s.e. 3.1e-05)" in page
+    assert "2.3, 0 within 2 standard errors (-0.004, s.e. 0.01)" in page
+    assert "0 within 2 standard errors (-0.045, s.e. 0.031)" in page
+    assert "-1.527e-07" not in page
+    summary["validation"].update(decoder_use_nats=-0.2, decoder_use_se_nats=0.031)  # Outside the noise: as it is.
+    (tmp_path / "b").mkdir()
+    assert "-0.2" in run_page.html_page(summary, fake_run(tmp_path / "b", summary))
+
+
+@pytest.mark.parametrize("settings", [{}, {"loss__likelihood": "gaussian", "loss__gaussian_sigma": "optimal"}])
+def test_every_number_the_evaluation_writes_is_named_in_words(settings):
+    import numpy as np
+
+    from conftest import build_vae
+    from vae_kl.evaluation import metrics
+
+    x = np.random.default_rng(0).uniform(size=(20, 28, 28, 1)).astype("float32")
+    validation, _ = metrics.compute_metrics(build_vae(**settings), x, k=2)
+    written = {*validation, "available_examples"}  # evaluate_run adds how many digits the data holds.
+    assert written - set(dict(run_page.VALIDATION_LABELS)) == set()

@@ -272,6 +272,16 @@ def test_ray_backend_without_ray_is_one_error_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_more_gpus_than_the_local_ray_instance_has_is_one_line_and_nothing_else(tmp_path):
+    pytest.importorskip("ray")
+    command = sweep_command(tmp_path / "out", *TWO_SETTINGS, "--backend", "ray", "--gpus-per-run", "1")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""  # Ray's "INFO worker.py ... Connecting to existing Ray cluster" lines included.
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --gpus-per-run 1 asks for more GPUs")
+    assert not (tmp_path / "out").exists()
+
+
 def test_ray_only_options_are_refused_with_the_local_backend(tmp_path):
     result = run_sweep(tmp_path, *TWO_SETTINGS, "--address", "auto")
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "--backend ray only" in result.stderr

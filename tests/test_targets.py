@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import zipfile
 
 import keras
@@ -17,7 +18,7 @@ import model
 import train
 from conftest import build_vae, interrupting_callback, quick_config
 from vae_kl.parts import geco
-from vae_kl.spec import config
+from vae_kl.spec import config, plan
 from vae_kl.training import targets
 
 X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
@@ -32,7 +33,7 @@ X = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype("float32")
     ({"kl_weight": "auto", "target_distortion": 100, "kl_schedule": "linear", "kl_warmup": 2},
      "kl_schedule must be constant"),
     ({"kl_weight": "auto", "target_distortion": 100, "kl_weight_norm": 1}, "both set"),
-    ({"kl_weight": "auto", "target_distortion": 0}, "target_distortion must be > 0"),
+    ({"kl_weight": "auto", "target_distortion": -2e7}, "must be >= -10000000.0, received -20000000.0"),
 ])
 def test_geco_settings_are_validated(loss, message):
     with pytest.raises(config.ConfigError, match=message):
@@ -41,13 +42,43 @@ def test_geco_settings_are_validated(loss, message):
         config.from_dict({"loss": {"kl_weight": "auto", "target_distortion": 100}, "train": {"distribute": "mirrored"}})
 
 
-def geco_reference(reconstructions, kappa, rate, smoothing, patience):
-    """GECO's update in plain Python: the moving average of c = reconstruction/κ - 1, the hold (log λ keeps 0
+@pytest.mark.parametrize("loss, refused", [
+    ({"target_distortion": 0.0}, "not above 0, the least the bernoulli likelihood's reconstruction"),
+    ({"target_distortion": -5.0}, "a sum of −log probabilities, never below 0"),
+    ({"target_distortion": 0.5}, None),
+    ({"likelihood": "gaussian", "gaussian_sigma": 0.1, "target_distortion": -1100.0},  # The floor is -1084.8.
+     f"not above {784 * math.log(0.1 * math.sqrt(2 * math.pi)):.6g}, the least the gaussian"),
+    ({"likelihood": "gaussian", "gaussian_sigma": 0.1, "target_distortion": -1000.0}, None),
+    ({"likelihood": "gaussian", "gaussian_sigma": "optimal", "target_distortion": -1e5}, None),  # No floor.
+    ({"likelihood": "continuous_bernoulli", "target_distortion": -1500.0}, None),
+    ({"likelihood": "continuous_bernoulli", "target_distortion": 0.0}, None),
+])
+def test_kappa_is_refused_only_below_what_the_likelihood_can_reach(loss, refused):
+    cfg = config.from_dict({"loss": {"kl_weight": "auto", **loss}})
+    if refused is None:
+        plan.check_target_distortion(cfg.loss, 784)
+        goal = plan.Plan.from_config(cfg, (28, 28, 1), 4000).objective
+        assert goal.target_distortion == loss["target_distortion"]
+        assert goal.geco_unit == max(abs(loss["target_distortion"]), 78.4)
+        return
+    with pytest.raises(config.ConfigError, match=re.escape(refused)):
+        plan.check_target_distortion(cfg.loss, 784)
+
+
+def test_a_kappa_below_the_floor_is_one_error_line(capsys):
+    assert train.main(["--set", "loss.kl_weight=auto", "--set", "loss.target_distortion=-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: loss.target_distortion κ = -5 nats is not above 0")
+
+
+def geco_reference(reconstructions, kappa, rate, smoothing, patience, pixels=784):
+    """GECO's update in plain Python: the moving average of c = (reconstruction - κ)/s with s = |κ|, at least
+    0.1 nat per pixel (so c = reconstruction/κ - 1 for κ >= 78.4 on MNIST), the hold (log λ keeps 0
     until the average reaches 0 or has not fallen by 1e-3 for `patience` steps), then log λ += rate·average,
     clipped to ±13.8. Returns log λ and whether it was held, after each step."""
     log_multiplier, average, best, stalled, held, after = 0.0, None, None, 0, True, []
     for reconstruction in reconstructions:
-        c = reconstruction / kappa - 1
+        c = (reconstruction - kappa) / max(abs(kappa), 0.1 * pixels)
         average = c if average is None else smoothing * average + (1 - smoothing) * c
         if best is None or average < best - 1e-3:
             best, stalled = average, 0
@@ -60,15 +91,18 @@ def geco_reference(reconstructions, kappa, rate, smoothing, patience):
     return after
 
 
-@pytest.mark.parametrize("kappa, patience, held_steps", [
-    (300.0, 0, 0),    # No hold: Rezende & Viola's update from the first step.
-    (300.0, 3, 3),    # κ out of reach and the constraint's average barely moving: released after 3 stalled steps.
-    (800.0, 500, 0),  # κ reached at once (the reconstruction of these images is about 545 nats).
+@pytest.mark.parametrize("likelihood, kappa, patience, held_steps", [
+    ("bernoulli", 300.0, 0, 0),    # No hold: Rezende & Viola's update from the first step.
+    ("bernoulli", 300.0, 3, 3),    # κ out of reach, the constraint's average barely moving: released after 3 steps.
+    ("bernoulli", 800.0, 500, 0),  # κ reached at once (the reconstruction of these images is about 545 nats).
+    ("bernoulli", 40.0, 0, 0),     # |κ| below 0.1 nat per pixel: the unit is 78.4 nats, not κ.
+    ("continuous_bernoulli", 0.0, 0, 0),       # A density: κ = 0 is allowed, and the constraint defined.
+    ("continuous_bernoulli", -1500.0, 0, 0),   # And a negative κ: c > 0 while the NLL is above it.
 ])
-def test_the_multiplier_follows_a_moving_average_of_the_relative_constraint(kappa, patience, held_steps):
+def test_the_multiplier_follows_a_moving_average_of_the_constraint(likelihood, kappa, patience, held_steps):
     rate, smoothing = 0.05, 0.9
     vae = build_vae(loss__kl_weight="auto", loss__target_distortion=kappa, loss__geco_rate=rate,
-                    loss__geco_smoothing=smoothing, loss__geco_patience=patience)
+                    loss__geco_smoothing=smoothing, loss__geco_patience=patience, loss__likelihood=likelihood)
     reconstructions, betas, held = [], [], []
     for _ in range(6):
         betas.append(float(vae.geco.beta()))  # The β the step trains with.
@@ -196,8 +230,11 @@ def test_a_capacity_run_reports_the_rate_it_reached(tmp_path):
 
 @pytest.mark.parametrize("epoch_betas, reached, held, words", [
     ([1.0, 1.0], 120.0, True, "GECO held β at its start for the whole run"),
-    ([0.5, 1e-6, 2e-6], 100.0, False, "β reached its bound (1e-06 or 1e+06) in epoch 2"),  # Wound up, eased off.
-    ([0.5, 0.4], 110.0, False, "is +10.0 % from κ: GECO had not settled"),
+    ([0.5, 1e-6, 2e-6], 100.0, False, "β reached its lower bound (1e-06) in epoch 2: the reconstruction stayed "
+                                       "above κ"),  # Wound up, eased off.
+    ([2.0, 1e6], 60.0, False, "β reached its upper bound (1e+06) in epoch 2: the reconstruction stayed below κ"),
+    ([0.5, 0.4], 110.0, False, "is +10.0 % from κ (above it): GECO had not settled"),
+    ([0.5, 0.4], 95.0, False, "is -5.0 % from κ (below it)"),
     ([0.5, 0.4], 101.0, False, None),  # Within 2 % of κ and never at the bound: settled, no note.
 ])
 def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_betas, reached, held, words):
@@ -209,3 +246,21 @@ def test_the_geco_summary_says_when_its_beta_is_not_the_weight_for_kappa(epoch_b
     assert result["final_beta"] == pytest.approx(epoch_betas[-1], rel=1e-4)
     assert (result.get("note") is None) if words is None else words in result["note"]
     assert result["held_to_the_end"] is held
+
+
+# GECO for densities: a κ at or below 0 for the continuous Bernoulli (its NLL is negative within an epoch on
+# MNIST), and a κ near 0 for a Gaussian with the optimal σ, both reached within a few per cent of the
+# constraint's unit in 8 short epochs (2,000 embedded digits, batch 32, geco_rate 0.5).
+DENSITY_RUN = ["data.limit=2000", "train.batch_size=32", "train.epochs=8", "loss.kl_weight=auto", "loss.geco_rate=0.5"]
+
+
+@pytest.mark.parametrize("likelihood, kappa", [
+    (["loss.likelihood=continuous_bernoulli"], -2500.0),
+    (["loss.likelihood=gaussian", "loss.gaussian_sigma=optimal"], 40.0),
+])
+def test_geco_reaches_its_kappa_with_a_density(tmp_path, likelihood, kappa):
+    summary = train.run(quick_config(tmp_path, *DENSITY_RUN, *likelihood, f"loss.target_distortion={kappa}"))
+    result = summary["geco"]
+    assert summary["status"] == "complete" and result["target_distortion"] == kappa
+    assert abs(result["training_gap_percent"]) < 5, result  # Of s = max(|κ|, 78.4): the constraint itself.
+    assert 1 < result["final_beta"] < 1e5 and "bound" not in result.get("note", ""), result

@@ -1,6 +1,7 @@
 """tensorboard_log: what the event files hold, read back with TensorBoard's own readers."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -198,9 +199,68 @@ def test_a_kill_between_an_epochs_events_and_its_checkpoint_leaves_each_epoch_on
     assert [round(v, 3) for _, v in scalars(board / "train", "loss")] == [round(float(r["loss"]), 3) for r in rows]
 
 
-def test_events_that_cannot_be_written_are_an_os_error(tmp_path):
+def test_a_folder_that_cannot_take_events_gives_one_warning_and_no_error(tmp_path, capsys):
     folder = tmp_path / "tensorboard"
     folder.write_text("a file where the folder should be")
-    logger = TensorBoardLogger(str(folder), settings=SETTINGS)
-    with pytest.raises(OSError, match="TensorBoard events cannot be written"):
-        drive(logger, 1)
+    drive(TensorBoardLogger(str(folder), settings=SETTINGS), 3)
+    assert not tensorboard_log.write_final_metrics(str(folder), {"kl_nats": 1.0}, step=3)  # Given up: skipped.
+    warnings = capsys.readouterr().out.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: TensorBoard events stopped before the first epoch")
+    assert folder.read_text() == "a file where the folder should be"
+
+
+def replacing_the_folder(board, after):
+    """A callback that, after epoch `after`, puts a file where the run's tensorboard/ folder was (a user's
+    mistake, a sync tool)."""
+    import shutil
+
+    import keras
+
+    class ReplaceTheFolder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == after:
+                shutil.rmtree(board)
+                board.write_text("not a folder")
+
+    return ReplaceTheFolder()
+
+
+def test_the_folder_replaced_by_a_file_mid_run_warns_once_and_the_run_completes(tmp_path, capsys):
+    import train
+    from conftest import quick_config
+
+    cfg = quick_config(tmp_path, "train.epochs=3", "output.tensorboard=true", "output.run_name=tb")
+    board = tmp_path / "tb" / "tensorboard"
+    status, run_dir = train.train(cfg, callbacks=[replacing_the_folder(board, after=1)])
+    out = capsys.readouterr().out
+    assert status == 0
+    warnings = [line for line in out.splitlines() if "TensorBoard" in line and line.startswith("WARNING")]
+    assert len(warnings) == 1 and "stopped in epoch 2" in warnings[0] and "is no longer a folder" in warnings[0]
+    summary = json.loads((tmp_path / "tb" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 3
+    assert (tmp_path / "tb" / "model.keras").is_file() and board.read_text() == "not a folder"
+    assert len((tmp_path / "tb" / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+def test_a_kill_as_the_evaluation_events_land_leaves_them_once(tmp_path, monkeypatch):
+    import train
+    from conftest import quick_config
+
+    cfg = quick_config(tmp_path, "train.epochs=1", "output.tensorboard=true", "output.run_name=tb")
+    write = tensorboard_log.write_run_evaluation
+
+    def killed_after_the_events(*args):
+        write(*args)
+        raise Killed  # The evaluation's event file is in place; summary.json does not say complete yet.
+
+    monkeypatch.setattr(tensorboard_log, "write_run_evaluation", killed_after_the_events)
+    with pytest.raises(Killed):
+        train.train(cfg)
+    monkeypatch.setattr(tensorboard_log, "write_run_evaluation", write)
+    assert json.loads((tmp_path / "tb" / "summary.json").read_text())["status"] == "running"
+    status, _ = train.train(cfg)  # The same command again: nothing to train, the evaluation again.
+    assert status == 0
+    events = raw_events(tmp_path / "tb" / "tensorboard" / "evaluation")
+    tags = [tag for tag, _ in events]
+    assert sorted(tags) == sorted(set(tags)) and "neg_elbo_nats" in tags and {step for _, step in events} == {1}
+    assert not glob.glob(str(tmp_path / "tb" / ".evaluation-events-*"))  # The scratch folder is gone.

@@ -192,7 +192,7 @@ def test_a_short_beta_1_run_is_collapsed_and_told_to_train_longer(tmp_path, caps
         rows = list(csv.DictReader(handle))
     assert all(0 <= float(row["val_information"]) < 7 and "val_information_unit_1" in row for row in rows)
     assert console.count("- val_information: ") == 3
-    assert re.search(r"Epoch \d: the code carries [0-9.e-]+ nats about the digit: collapsed", console)
+    assert re.search(r"Epoch \d: so far the code carries [0-9.e-]+ nats about the digit: collapsed for now", console)
     assert block[1].startswith(f"  −ELBO {summary['validation']['neg_elbo_nats']:.1f} nats per digit")
     assert block[-1] == f"  Figures: {os.path.join(run_dir, 'report.html')} (and the PNGs beside it)"
 

@@ -11,7 +11,7 @@ TensorFlow; the layers are made when a model is built. To add an architecture: a
 """
 
 import math
-from typing import Literal
+from typing import Any, Literal, Optional
 
 from vae_kl.choices import registry
 from vae_kl.choices.registry import Setting
@@ -53,7 +53,8 @@ class Architecture:
         raise NotImplementedError
 
 
-def encoder_head(x, inputs, latent_dim: int, seed):
+def encoder_head(x: "keras.KerasTensor", inputs: "keras.KerasTensor", latent_dim: int,
+                 seed: Optional[int]) -> "keras.Model":
     """The encoder's end, from its features x: z_mean and z_log_var (batch, latent_dim) and the Sampling layer."""
     z_mean = layers.Dense(latent_dim, name="z_mean")(x)
     z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
@@ -122,7 +123,7 @@ class MLP(Architecture):
         return keras.Model(inputs, layers.Reshape(tuple(image_shape), name="logits")(flat), name="decoder")
 
 
-def build(model_cfg, image_shape: tuple = IMAGE_SHAPE, seed=None) -> tuple:
+def build(model_cfg: Any, image_shape: tuple = IMAGE_SHAPE, seed: Optional[int] = None) -> tuple:
     """(encoder, decoder) of the architecture a config's model section names, for images of image_shape."""
     cls = FAMILY.get(model_cfg.architecture)
     chosen = cls(**cls.options(model_cfg))

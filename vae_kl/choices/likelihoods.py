@@ -8,7 +8,7 @@ name (registry.py says how a plain class becomes a Keras layer without loading T
 """
 
 import math
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from vae_kl.choices import registry
 from vae_kl.choices.registry import Setting
@@ -65,6 +65,12 @@ class Likelihood:
         """What to change when a code collapsed because of this likelihood's settings, or None."""
         return None
 
+    @classmethod
+    def reconstruction_floor(cls, options: dict, num_pixels: int):
+        """(least value, why) of the summed NLL per example, which bounds GECO's κ from below; None for a
+        density on continuous data, whose negative log-likelihood can be any number (below 0 as it sharpens)."""
+        return None
+
     def config_options(self) -> dict:
         """The options this layer was built with (what `options` read from the config)."""
         return {}
@@ -92,6 +98,10 @@ class Bernoulli(Likelihood):
     """Binary cross-entropy from logits: the tutorial's reconstruction loss."""
 
     name_in_config, summary, formula = "bernoulli", "the tutorial's BCE", "Σ BCE"
+
+    @classmethod
+    def reconstruction_floor(cls, options, num_pixels):
+        return 0.0, "a sum of −log probabilities, never below 0"
 
     def nll(self, x, logits, log_sigma=None):
         return losses.bernoulli_nll(x, logits)
@@ -161,6 +171,14 @@ class Gaussian(Likelihood):
         return f"Expect: a code in use; σ = {sigma:.3g} is the noise the decoder assumes, so smaller is sharper."
 
     @classmethod
+    def reconstruction_floor(cls, options, num_pixels):
+        sigma = options.get("sigma")
+        if not isinstance(sigma, (int, float)):
+            return None  # A learned or optimal σ shrinks as the fit improves: the NLL has no floor.
+        floor = num_pixels * math.log(sigma * math.sqrt(2 * math.pi))  # SSE/(2σ²) + D·log(σ√(2π)) at SSE = 0.
+        return floor, f"with a fixed σ = {sigma:g} the NLL is SSE/(2σ²) + D·log(σ√(2π)), at least the constant"
+
+    @classmethod
     def divergence_advice(cls, options):
         return "a gaussian σ near 0 makes the loss explode; set loss.gaussian_sigma to a larger number or 'optimal'."
 
@@ -208,7 +226,7 @@ class Gaussian(Likelihood):
         return {**super().get_config(), "sigma": self.sigma}
 
 
-def build(loss_cfg):
+def build(loss_cfg: Any) -> Likelihood:
     """The likelihood layer named by a config's loss section (loss.likelihood and the settings it reads)."""
     cls = FAMILY.get(loss_cfg.likelihood)
     return cls(**cls.options(loss_cfg), name="likelihood")

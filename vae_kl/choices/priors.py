@@ -12,6 +12,7 @@ Keras layer without loading TensorFlow at import).
 """
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +31,12 @@ COMPONENTS = Setting.of("prior_components", int, 10, "Gaussians K of the mixture
                         ge=1, le=500)
 
 
-def diagonal_normal_log_prob(z, mean, log_var):
+def diagonal_normal_log_prob(z: Any, mean: Any, log_var: Any) -> Any:
     """log N(z; μ, diag σ²) summed over the last axis; z, mean and log_var broadcast. (...,)"""
     return ops.sum(losses.gaussian_log_density(z, mean, log_var), axis=-1)
 
 
-def log_mean_exp(values, axis):
+def log_mean_exp(values: Any, axis: int) -> Any:
     """log (1/K) Σ_k exp(values_k) along axis, stably."""
     return ops.logsumexp(values, axis=axis) - math.log(values.shape[axis])
 
@@ -164,7 +165,8 @@ class Mixture(Prior):
 
     def sample(self, n, seed, encode=None):
         rng = np.random.default_rng(seed)
-        weights = np.asarray(ops.softmax(self.logits), dtype="float64")
+        logits = np.asarray(self.logits, dtype="float64")  # The softmax in numpy: Keras's warns when K = 1.
+        weights = np.exp(logits - logits.max())
         k = rng.choice(self.components, size=n, p=weights / weights.sum())
         means, log_vars = np.asarray(self.means)[k], np.asarray(self.log_vars)[k]
         return (means + np.exp(0.5 * log_vars) * rng.standard_normal(means.shape)).astype("float32")
@@ -225,7 +227,7 @@ class Vamp(Prior):
         return {**super().get_config(), "components": self.components, "image_shape": list(self.image_shape)}
 
 
-def build(model_cfg, image_shape):
+def build(model_cfg: Any, image_shape: tuple) -> Prior:
     """The prior layer named by a config's model section (model.prior and the settings it reads)."""
     cls = FAMILY.get(model_cfg.prior)
     return cls(model_cfg.latent_dim, **cls.options(model_cfg, image_shape), name="prior")

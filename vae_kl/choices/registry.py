@@ -17,6 +17,7 @@ time one is made (`new_layer`): `priors.Normal(2)` returns a Keras layer that is
 import dataclasses
 import importlib
 import sys
+from typing import Any
 
 
 class Deferred:
@@ -144,7 +145,7 @@ class Family:
             self.layer_class(cls)
 
 
-def new_layer(cls, *args, **kwargs):
+def new_layer(cls: type, *args, **kwargs) -> Any:
     """`__new__` of a layer family's base class (which names its Family as `family`): calling a plain choice
     class makes an instance of its Keras layer class instead, and Python then runs `__init__` on that."""
     import keras  # As in Family.layer_class.

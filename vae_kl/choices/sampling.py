@@ -1,11 +1,13 @@
 """The reparameterisation trick as the encoder's last layer: z = μ + σ·ε, ε ~ N(0, I) from a seeded generator."""
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import layers, ops
 
 
-def reparameterize(z_mean, z_log_var, epsilon):
+def reparameterize(z_mean: Any, z_log_var: Any, epsilon: Any) -> Any:
     """z = μ + σ·ε, with σ = exp(½ log σ²). All (batch, latent_dim)."""
     return z_mean + ops.exp(0.5 * z_log_var) * epsilon
 

@@ -76,20 +76,32 @@ def remember_download_failure():
         pass
 
 
+def refusal(name, reason):
+    """The one-line DataError of a keras.datasets source that cannot be loaded."""
+    return DataError(f"Could not load {name} from keras.datasets ({reason}). "
+                     f"Without internet, use data.source: mnist_embedded.")
+
+
+def needs_download(name):
+    return not glob.glob(os.path.join(keras_datasets_dir(), KERAS_CACHE_GLOBS[name]))
+
+
+def check_download(name):
+    """Before TensorFlow: refuse a keras.datasets source that is not cached and cannot be downloaded now
+    (download_blocked: a remembered failure, or the host silent for DOWNLOAD_PROBE_SECONDS)."""
+    blocked = download_blocked() if needs_download(name) else None
+    if blocked:
+        raise refusal(name, blocked)
+
+
 def load_keras_dataset(name):
     """keras.datasets MNIST, Fashion-MNIST or CIFAR-10; downloads once, then reads the cache offline. A download
     fails, and is remembered, once a socket waits DOWNLOAD_STALL_SECONDS for anything (a stalled proxy or host)."""
     import keras
 
-    def refuse(reason):
-        return DataError(f"Could not load {name} from keras.datasets ({reason}). "
-                         f"Without internet, use data.source: mnist_embedded.")
-
-    downloading = not glob.glob(os.path.join(keras_datasets_dir(), KERAS_CACHE_GLOBS[name]))
+    downloading = needs_download(name)
     if downloading:
-        blocked = download_blocked()
-        if blocked:
-            raise refuse(blocked)
+        check_download(name)
     module = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
               "cifar10": keras.datasets.cifar10}[name]
     try:
@@ -98,7 +110,7 @@ def load_keras_dataset(name):
     except Exception as error:
         if downloading:
             remember_download_failure()
-        raise refuse(_download_failure(error))
+        raise refusal(name, _download_failure(error))
     # CIFAR-10's labels are (N, 1); MNIST's (N,).
     return ((to_images(x_train, name), y_train.reshape(-1).astype("int64")),
             (to_images(x_test, name), y_test.reshape(-1).astype("int64")))

@@ -3,6 +3,7 @@ importance-weighted bound of Burda et al. (2016), and how much the decoder uses 
 """
 
 import math
+import time
 
 import numpy as np
 
@@ -21,7 +22,25 @@ def evaluation_log_sigma(vae, x, z_mean):
     return float(vae.likelihood.log_sigma(x[:codes.DECODE_BATCH], logits))
 
 
-def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED):
+def chunks(k: int) -> tuple:
+    """(digits per chunk, samples per decoder call) of importance_bounds for k samples (see it)."""
+    per_chunk = max(1, codes.DECODE_BATCH // k)
+    return per_chunk, min(k, max(1, codes.DECODE_BATCH // per_chunk))
+
+
+def seconds_per_code(vae, x, z_mean, z_log_var, k, log_sigma) -> tuple:
+    """(seconds, codes): what one decoder call of importance_bounds' size takes per decoded code, timed after an
+    untimed call that traces it, and that call's number of codes. The estimate of a whole evaluation."""
+    per_chunk, samples = chunks(k)
+    xs, mu, log_var = x[:per_chunk], z_mean[:per_chunk], z_log_var[:per_chunk]
+    eps = np.zeros((samples, len(xs), z_mean.shape[1]), "float32")
+    sample_terms(vae, xs, mu, log_var, eps, log_sigma, vae.encode)
+    started = time.perf_counter()
+    sample_terms(vae, xs, mu, log_var, eps, log_sigma, vae.encode)
+    return (time.perf_counter() - started) / eps[..., 0].size, eps[..., 0].size
+
+
+def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED, progress=None):
     """Per-digit ELBO terms and the IWAE bound with k samples, computed in chunks.
 
     Returns (reconstruction, iwae_log_likelihood, kl_estimate), each (n,): the Monte Carlo mean
@@ -33,12 +52,12 @@ def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED):
     digits at a time, and above k = DECODE_BATCH one digit's samples DECODE_BATCH at a time, the
     log-sum-exp of the weights and the means accumulated chunk by chunk, so memory does not grow
     with k. The noise is drawn in the same order whatever the chunks (one (k, digits, J) block
-    per group of digits), so the numbers are those of a single call per group.
+    per group of digits), so the numbers are those of a single call per group. progress: called
+    with the number of codes each call decoded (clock.Clock.advance), or None.
     """
     rng = np.random.default_rng(seed)
     n, latent_dim = z_mean.shape
-    per_chunk = max(1, codes.DECODE_BATCH // k)
-    samples_per_call = min(k, max(1, codes.DECODE_BATCH // per_chunk))
+    per_chunk, samples_per_call = chunks(k)
     reconstruction, iwae, kl = np.zeros(n), np.zeros(n), np.zeros(n)
     encode_prior = vae.encode
     for start in range(0, n, per_chunk):
@@ -51,6 +70,8 @@ def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED):
             top, total = _streaming_log_sum_exp(top, total, log_px_z + log_pz - log_qz)
             reconstruction_sum = reconstruction_sum - log_px_z.sum(axis=0)
             kl_sum = kl_sum + (log_qz - log_pz).sum(axis=0)
+            if progress is not None:
+                progress(eps[..., 0].size)
         iwae[part] = top + np.log(total) - math.log(k)
         reconstruction[part], kl[part] = reconstruction_sum / k, kl_sum / k
     return reconstruction, iwae, kl
@@ -85,7 +106,7 @@ def _streaming_log_sum_exp(top, total, values):
     return new_top, carried + np.exp(values - new_top).sum(axis=0)
 
 
-def decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed=EVAL_SEED):
+def decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed=EVAL_SEED, progress=None):
     """How much the decoder uses the code: E[-log p(x|z')] - E[-log p(x|z)], in nats per digit.
 
     z ~ q(z|x) is the digit's own code (one draw) and z' the same draw for another digit (a random
@@ -110,5 +131,7 @@ def decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed=EVAL_SEED):
         logits = codes.decode_logits(vae, z[part])
         own[part] = _nll_per_digit(vae, x[part], logits, log_sigma)
         other[receiver[part]] = _nll_per_digit(vae, x[receiver[part]], logits, log_sigma)
+        if progress is not None:
+            progress(len(part))
     gain = other - own
     return float(gain.mean()), float(gain.std(ddof=1) / math.sqrt(n))

@@ -18,23 +18,30 @@ def describe_objective(vae) -> dict:
                             vae.num_pixels, vae.likelihood.name_in_config, vae.likelihood.config_options())
 
 
-def compute_metrics(vae, x, k, seed=bounds.EVAL_SEED):
+def compute_metrics(vae, x, k, seed=bounds.EVAL_SEED, clock=None):
     """Every validation number summary.json reports, plus arrays the figures need.
 
     Besides the ELBO's terms, the IWAE bound and code_use's numbers: `decoder_use_nats`, how many nats of
     reconstruction a digit's own code saves over another digit's (decoder_use; about 0 when the decoder ignores
     z, whatever the code carries), and `decoder_use_se_nats`, its standard error over the digits (both None for
-    a single digit)."""
+    a single digit). clock: a clock.Clock to say how long it will take and how far it is, or None."""
     z_mean, z_log_var = codes.encode(vae, x)
     log_sigma = bounds.evaluation_log_sigma(vae, x, z_mean)
-    reconstruction, iwae, kl_estimate = bounds.importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed)
+    if clock is not None:
+        seconds, measured = bounds.seconds_per_code(vae, x, z_mean, z_log_var, k, log_sigma)
+        clock.calibrate(seconds, f"timed on {measured:,} codes")
+    progress = None if clock is None else clock.advance
+    reconstruction, iwae, kl_estimate = bounds.importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed,
+                                                                 progress)
     if vae.prior.closed_form_kl:
         kl_per_dim = np.asarray(vae.prior.kl(z_mean.astype("float64"), z_log_var.astype("float64"), None)).mean(axis=0)
         kl, kl_estimator = float(kl_per_dim.sum()), "closed form"
     else:
         kl_per_dim, kl, kl_estimator = None, float(kl_estimate.mean()), f"Monte Carlo, mean over k = {k} samples"
     recons = vae.decode(z_mean[:codes.DECODE_BATCH]).numpy()
-    use, use_se = bounds.decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed)
+    use, use_se = bounds.decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed, progress)
+    if clock is not None:
+        clock.finish()
     neg_elbo = float(reconstruction.mean()) + kl
     pixels = int(np.prod(x.shape[1:]))
     validation = {

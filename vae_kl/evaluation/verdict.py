@@ -4,6 +4,7 @@
 
 from vae_kl.choices import likelihoods
 from vae_kl.evaluation import information, metrics
+from vae_kl.evaluation.noise import estimate_text, nats_text
 from vae_kl.spec import meaning
 
 COLLAPSED_BELOW_NATS = 0.2  # A code with less information than this tells the decoder almost nothing.
@@ -42,14 +43,15 @@ def diagnose(validation, context):
     informative = int(sum(value >= information.INFORMATIVE_UNIT_NATS for value in per_unit))
     spread, use = validation["reconstruction_spread"], validation.get("decoder_use_nats")
     ignored = total >= COLLAPSED_BELOW_NATS and use is not None and use < DECODER_USE_BELOW_NATS
-    numbers = (f"I(x; z) = {nats_text(total)} nats (this estimate shows at most log N = "
+    total_se, use_se = validation.get("mutual_information_se_nats"), validation.get("decoder_use_se_nats")
+    numbers = (f"I(x; z) = {estimate_text(total, total_se)} nats (this estimate shows at most log N = "
                f"{validation['mutual_information_cap_nats']:.2f}); {informative}/{latent_dim} units carry at "
                f"least {information.INFORMATIVE_UNIT_NATS:g} nats; KL {nats_text(validation['kl_nats'])} nats = "
                f"{nats_text(total)} of "
                f"information + {nats_text(validation['marginal_kl_nats'])} of mismatch between the codes' overall "
                f"distribution and the prior; reconstructions vary {spread:.1%} as much as the inputs"
-               + ("" if use is None else f"; a digit's own code saves {nats_text(use)} nats of reconstruction over "
-                                         f"another digit's"))
+               + ("" if use is None else f"; a digit's own code saves {estimate_text(use, use_se)} nats of "
+                                         f"reconstruction over another digit's"))
     if total < COLLAPSED_BELOW_NATS:
         state = "collapsed"
         consequence = ("every reconstruction is nearly the same image" if spread < 0.1 else
@@ -74,9 +76,6 @@ def diagnose(validation, context):
             "advice": advice(state, informative, latent_dim, context, decoder_ignores=ignored)}
 
 
-def nats_text(value):
-    """Nats to 3 decimals, with estimates that round to zero printed as 0.000 rather than -0.000."""
-    return f"{0.0 if abs(value) < 5e-4 else value:.3f}"
 
 
 def advice(state, informative, latent_dim, context, decoder_ignores=False):
@@ -99,6 +98,11 @@ def advice(state, informative, latent_dim, context, decoder_ignores=False):
     own = likelihoods.FAMILY.get(context["likelihood"]).collapse_advice(context.get("likelihood_options", {}), beta)
     if state == "collapsed" and own:
         return own
+    if state == "collapsed" and (context.get("geco_beta") or 0) > 1:
+        return (f"Lower κ (loss.target_distortion, now {context['target_distortion']:g}): GECO raised β to "
+                f"{context['geco_beta']:.3g} because the reconstruction stayed below κ, and a code that carries "
+                f"nothing met it: κ asks for no more than the decoder reaches without the code. A β = 1 run's "
+                f"validation reconstruction_nats is a κ the code has to work for.")
     if state == "collapsed" and context["steps"] < FEW_STEPS:
         return (f"Train longer: only {context['steps']} gradient steps so far (the tutorial takes about 16,400). "
                 f"Raise train.epochs or use more digits.")
@@ -123,5 +127,7 @@ def verdict_context(vae, steps):
             "reconstruction_reduction": vae.objective.reconstruction_reduction,
             "kl_reduction": vae.objective.kl_reduction, "num_pixels": vae.num_pixels,
             "likelihood": vae.likelihood.name_in_config, "steps": int(steps),
-            "target_rate": vae.objective.target_rate, "kl_schedule": vae.objective.kl_schedule,
+            "target_rate": vae.objective.target_rate, "target_distortion": vae.objective.target_distortion,
+            "geco_beta": float(vae.geco.beta()) if vae.objective.chooses_beta else None,
+            "kl_schedule": vae.objective.kl_schedule,
             "likelihood_options": vae.likelihood.config_options()}

@@ -16,7 +16,7 @@ GECO_PROGRESS = 1e-3  # While GECO holds its multiplier, a fall of the constrain
 class GECO(keras.layers.Layer):
     """GECO's multiplier and its anti-windup hold: five scalars, updated after every step of a GECO run.
 
-    log_multiplier is log λ, with β = 1/λ; constraint, the moving average of reconstruction/κ - 1; held, 1 while
+    log_multiplier is log λ, with β = 1/λ; constraint, the moving average of (reconstruction - κ)/s; held, 1 while
     the multiplier holds its start; best, the lowest average while held; stalled, the steps since that lowest
     last fell by GECO_PROGRESS. Every VAE holds one (unused unless the objective chooses β), so every model.keras
     has the same layout.
@@ -35,16 +35,17 @@ class GECO(keras.layers.Layer):
         return ops.exp(-self.log_multiplier)
 
     def update(self, reconstruction, first_step, goal):
-        """The multiplier's update after a step: the constraint c = reconstruction/κ - 1 (the batch's mean summed
-        NLL, relative to κ = goal.target_distortion) enters a moving average, started at the first step's c,
-        and log λ moves by rate·average: λ grows (β falls) while the reconstruction is above κ.
+        """The multiplier's update after a step: the constraint c = (reconstruction - κ)/s (the batch's mean summed
+        NLL against κ = goal.target_distortion, in units s = goal.geco_unit: |κ|, at least 0.1 nat per pixel
+        value) enters a moving average, started at the first step's c, and log λ moves by rate·average: λ grows
+        (β falls) while the reconstruction is above κ, and shrinks (β grows) while it is below.
 
         Anti-windup: early on the reconstruction is far above any κ the network can reach yet, whatever β is,
         and integrating that drives λ to its bound, from which it takes thousands of steps to return. So log λ
         holds its start until the average first reaches 0 (κ reached) or has not fallen by GECO_PROGRESS for
         goal.geco_patience steps (κ out of reach at this β: then β must fall). Released, it stays so.
         """
-        c = ops.stop_gradient(reconstruction) / goal.target_distortion - 1.0
+        c = (ops.stop_gradient(reconstruction) - goal.target_distortion) / goal.geco_unit
         average = ops.where(first_step, c, goal.geco_smoothing * self.constraint + (1 - goal.geco_smoothing) * c)
         self.constraint.assign(average)
         progress = ops.logical_or(first_step, average < self.best - GECO_PROGRESS)

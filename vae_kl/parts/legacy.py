@@ -31,6 +31,8 @@ def objective_from_saved(saved: dict) -> Objective:
     if "schedule_options" not in saved:
         fields = SCHEDULE_FIELDS.get(saved.get("kl_schedule", "constant"), {})
         saved["schedule_options"] = {option: old[field] for field, option in fields.items() if field in old}
+    if saved.get("target_distortion") is not None and saved.get("geco_unit") is None:
+        saved["geco_unit"] = abs(saved["target_distortion"])  # Its constraint was reconstruction/κ - 1, κ > 0.
     known = {f.name for f in dataclasses.fields(Objective)}
     return Objective(**{key: value for key, value in saved.items() if key in known})
 

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from vae_kl.process import signals
 
@@ -19,7 +21,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.basename(path))
@@ -36,15 +38,15 @@ def atomic_write_bytes(path, data):
         raise
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj):
+def atomic_write_json(path: str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def atomic_save(path, save_fn):
+def atomic_save(path: str, save_fn: Callable[[str], Any]) -> None:
     """Call save_fn(tmp_path) for a file whose writer insists on its own name, then rename."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
@@ -56,7 +58,7 @@ def atomic_save(path, save_fn):
             os.remove(tmp)
 
 
-def write_csv(path, rows):
+def write_csv(path: str, rows: list) -> None:
     """Write a list of dicts as CSV atomically (the full history each time, so no epoch repeats)."""
     buffer = io.StringIO()
     if rows:
@@ -67,7 +69,7 @@ def write_csv(path, rows):
     atomic_write_text(path, buffer.getvalue())
 
 
-def read_json(path):
+def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -75,7 +77,7 @@ def read_json(path):
         return None
 
 
-def remove_stale_temp_files(run_dir):
+def remove_stale_temp_files(run_dir: str) -> None:
     """Delete .tmp-<pid>-* files in the run folder whose writing process is gone (killed mid-write)."""
     for folder, _, names in os.walk(run_dir):
         for name in names:

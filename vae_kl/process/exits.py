@@ -12,6 +12,8 @@ import os
 import re
 import reprlib
 import sys
+from collections.abc import Callable
+from typing import Optional
 
 # The exit statuses, one set for every entry point (docs/reliability.md lists them). 1 is sweep.py's "a run failed".
 EXIT_SWEEP_RUN_FAILED, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
@@ -45,7 +47,7 @@ class EnvironmentFault(Exception):
     missing optional requirement), said in one line with its fix: exit status 4."""
 
 
-def first_line(error, limit=200):
+def first_line(error: object, limit: int = 200) -> str:
     """The first line of an exception's message, at most `limit` characters, for one-line errors."""
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -54,7 +56,7 @@ def first_line(error, limit=200):
 HANDLED = (UserError, EnvironmentFault, KeyboardInterrupt, ImportError, OSError)  # What `report` has words for.
 
 
-def guard(action) -> int:
+def guard(action: Callable[[], Optional[int]]) -> int:
     """Run an entry point's action(); an error it raises becomes `report`'s one line and exit status.
     Returns the exit status (action's own, or 0)."""
     try:
@@ -93,7 +95,7 @@ def fail_now(error: BaseException) -> None:
     exit_now(report(error))
 
 
-def exit_now(status):
+def exit_now(status: int) -> None:
     """Flush and end the process with `status`, skipping the interpreter's teardown: after a failed write,
     h5py's objects print tracebacks and can crash (SIGSEGV) while they are destroyed, which would turn one
     `error:` line and exit status 4 into a screen of text and 139. Everything a run keeps is written already."""
@@ -102,7 +104,7 @@ def exit_now(status):
     os._exit(status)
 
 
-def os_error_text(error):
+def os_error_text(error: OSError) -> str:
     """An OSError in a few words on one line: 'No space left on device (path)' also when a library (h5py)
     wraps errno 28 in a message of several lines."""
     text = str(error.strerror or error)
@@ -119,7 +121,7 @@ _REPR.maxstring = _REPR.maxother = QUOTE_LIMIT
 _REPR.maxlevel = 3
 
 
-def quote(value):
+def quote(value: object) -> str:
     """repr(value), cut to QUOTE_LIMIT characters, so an error message never formats a huge value."""
     if isinstance(value, int) and value.bit_length() > 128:  # str() of a 5,000-digit int raises.
         return f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"

@@ -18,6 +18,8 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from typing import Any, Optional
 
 # Start-up lines that say nothing is wrong. Matched anywhere in a line (glog prefix "I0000 00:00:... file.cc:N]"
 # or not). Kept narrow: a line that matches none of these is shown.
@@ -39,7 +41,7 @@ CHATTER_PATTERNS = tuple(re.compile(p) for p in (
 _captured = []  # Chatter dropped so far in this process, for save_chatter().
 
 
-def is_chatter(line):
+def is_chatter(line: str) -> bool:
     """True when `line` is known start-up chatter (see CHATTER_PATTERNS); blank lines count as chatter."""
     return not line.strip() or any(p.search(line) for p in CHATTER_PATTERNS)
 
@@ -51,7 +53,7 @@ def _append(path, lines):
 
 
 @contextlib.contextmanager
-def quiet_stderr(log_path=None):
+def quiet_stderr(log_path: Optional[str] = None) -> Iterator[None]:
     """Redirect fd 2 (C++ and Python writes alike) to a temporary file inside the block. On exit, even
     by an exception: restore fd 2, write the non-chatter lines to stderr, append the chatter to log_path
     when given, and keep it for save_chatter()."""
@@ -76,7 +78,7 @@ def quiet_stderr(log_path=None):
                 sys.stderr.flush()
 
 
-def import_tensorflow(log_path=None, probe_devices=True):
+def import_tensorflow(log_path: Optional[str] = None, probe_devices: bool = True) -> tuple[Any, Any]:
     """Import tensorflow and keras quietly; returns (tf, keras).
 
     Sets TF_CPP_MIN_LOG_LEVEL to 2 unless it is set (TensorFlow's C++ warnings and infos stay off
@@ -95,7 +97,7 @@ def import_tensorflow(log_path=None, probe_devices=True):
     return tf, keras
 
 
-def save_chatter(path):
+def save_chatter(path: str) -> int:
     """Append the chatter dropped so far to `path` (e.g. <run_dir>/tensorflow_startup.log, once the run
     folder exists, which is after TensorFlow was imported). Returns the number of lines written."""
     _append(path, _captured)

@@ -10,12 +10,12 @@ import threading
 PARENT_PID_VARIABLE = "VAE_TRAIN_PARENT_PID"  # Set by sweep.py: train.py stops when that process dies.
 
 
-def available_cores():
+def available_cores() -> int:
     """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     if pid <= 0:  # os.kill(0, ...) would signal our own process group.
         return False
     try:
@@ -30,14 +30,14 @@ def pid_alive(pid):
 _interrupt_requested = threading.Event()
 
 
-def raise_if_interrupted():
+def raise_if_interrupted() -> None:
     """Raise KeyboardInterrupt if Ctrl-C or SIGTERM arrived. Training calls this between steps because a
     KeyboardInterrupt raised while TensorFlow runs C++ code can be lost there; the flag is not."""
     if _interrupt_requested.is_set():
         raise KeyboardInterrupt
 
 
-def stop_like_ctrl_c():
+def stop_like_ctrl_c() -> None:
     """Make Ctrl-C and SIGTERM stop training (status interrupted, resumable, exit 130), and stop this
     process when the parent named in $VAE_TRAIN_PARENT_PID (a sweep) dies, even by SIGKILL. Call it inside
     exits.guard: when that parent is gone already, it raises KeyboardInterrupt at once."""

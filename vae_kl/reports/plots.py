@@ -7,20 +7,24 @@ light (`gray_r`), as printed digits are; colour images (C = 3) as they are. Imag
 """
 
 import io
+import sys
 import textwrap
 
 import matplotlib
 
-matplotlib.use("Agg")  # No display on servers and CI.
+if "ipykernel" not in sys.modules:  # A notebook keeps its inline backend (every figure here is closed once saved).
+    matplotlib.use("Agg")  # No display on servers and CI, and no window per figure on a desktop.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from vae_kl.process.atomic import atomic_save  # noqa: E402
 
 DPI = 150
+TITLE_PAD = 16  # Points between an axis and its title: room for the power of ten of its ticks.
+TINY_CODE = 0.05  # Posterior means all within this of the origin (the prior's σ is 1): a collapsed code's speck.
 DIGIT_CMAP = "gray_r"  # Dark ink on light paper, for every figure that shows digits.
 STATE_COLOURS = {"active": "C0", "healthy": "C0", "informative": "C0", "used": "C0",
                  "partial": "#e69f00", "weak": "#e69f00",
@@ -135,9 +139,21 @@ def latent_manifold(decode, path, n=20, scale=1.0, extent=None, title=None):
     _save(fig, path)
 
 
+def _plain_ticks(ax, bins=6):
+    """At most `bins` ticks a side, written short: a tiny range (a collapsed code's 1e-3) as 2 ×10⁻³ labels with
+    the power beside the axis, not as 0.0020000 labels that run into each other."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=bins))
+        formatter = ScalarFormatter(useMathText=True)
+        formatter.set_powerlimits((-2, 4))
+        axis.set_major_formatter(formatter)
+
+
 def latent_clusters(z_mean, labels, path, dims=(0, 1)):
-    """Posterior means of validation digits, coloured by class, on two latent dimensions."""
-    fig, ax = plt.subplots(figsize=(7, 6))
+    """Posterior means of validation digits, coloured by class, on two latent dimensions; a collapsed code (every
+    mean near the origin) says how near in the title, since autoscaling makes its speck look like a spread."""
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    _plain_ticks(ax)
     cmap = "tab10" if len(np.unique(labels)) <= 10 else "tab20"  # Distinct colours for up to 20 folder labels.
     if z_mean.shape[1] == 1:
         points = ax.scatter(z_mean[:, 0], np.zeros(len(z_mean)), c=labels, cmap=cmap, s=4)
@@ -146,7 +162,9 @@ def latent_clusters(z_mean, labels, path, dims=(0, 1)):
         ax.set_ylabel(f"z_mean[{dims[1]}]")
     fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(f"z_mean[{dims[0]}]")
-    ax.set_title("Validation digits in the latent space (posterior means)")
+    reach = float(np.max(np.abs(z_mean))) if len(z_mean) else 0.0
+    near = f"\nevery mean within {reach:.2g} of the origin: mind the axes" if reach < TINY_CODE else ""
+    ax.set_title(f"Validation digits in the latent space (posterior means){near}")
     _save(fig, path)
 
 
@@ -192,14 +210,15 @@ def loss_curves(history, path, title=None, skip_epochs=None):
         panels.insert(0, ("loss", "training objective"))
     if skip_epochs is None:
         skip_epochs = 0 if len(epochs) < 4 else 1 if len(epochs) < 10 else 2
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False, layout="constrained")
     for ax, (key, label) in zip(axes[0], panels):
         series = [np.array([row[key] for row in history], float),
                   np.array([row[f"val_{key}"] for row in history], float)]
         ax.plot(epochs, series[0], marker="o", markersize=3, label="train")
         ax.plot(epochs, series[1], marker="o", markersize=3, label="validation")
         note = _robust_ylim(ax, epochs, series, skip_epochs) if skip_epochs else ""
-        ax.set_title(label, fontsize=10)
+        ax.yaxis.set_major_formatter(ScalarFormatter(useMathText=True))
+        ax.set_title(label, fontsize=10, pad=TITLE_PAD)  # Above a ×10⁻⁵ the axis may put at its top left.
         if note:  # Under the axis label, where it cannot cover a curve.
             ax.text(0.5, -0.2, _wrap(note, 3.6, 7), transform=ax.transAxes, ha="center", va="top", fontsize=7)
         ax.set_xlabel("epoch")
@@ -249,25 +268,24 @@ def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None,
     """The KL weight in force at every step (or what the schedule moves: ylabel), with the value logged
     at the end of each epoch.
 
-    A constant weight gets a plain statement ("constant weight λ = ...") instead of a flat line
-    that looks like a plot of something; `schedule` names the schedule in the title.
+    A constant weight gets a strip with a plain statement ("KL weight λ: constant, 1 at every one of ...") instead of a
+    figure of a flat line; `schedule` names the schedule in the title.
     """
     weights = np.asarray(weights, float)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    if len(weights) and np.ptp(weights) <= 1e-12 * max(1.0, abs(weights[0])):
+        fig = plt.figure(figsize=(7, 0.9))
+        total = f" of the {int(steps[-1]):,}" if len(steps) and steps[-1] > 0 else ""
+        fig.text(0.5, 0.5, _wrap(title or f"{ylabel}: constant, {weights[0]:.4g} at every one{total} training "
+                                 f"steps (no schedule)", 7, 12), ha="center", va="center", fontsize=12)
+        _save(fig, path)
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
     ax.plot(steps, weights, label="weight in force")
     ax.scatter(epoch_steps, epoch_weights, color="C3", zorder=3, label="logged per epoch")
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    constant = len(weights) and np.ptp(weights) <= 1e-12 * max(1.0, abs(weights[0]))
-    if constant:
-        value = f"{weights[0]:.4g}"
-        ax.set_ylim(0, 2 * weights[0] if weights[0] > 0 else 1)  # The line mid-height, the statement above it.
-        ax.text(0.5, 0.8, f"constant weight λ = {value} at every step", transform=ax.transAxes, ha="center",
-                va="center", fontsize=13, bbox={"facecolor": "white", "edgecolor": "0.7"})
-        default = f"KL weight: constant λ = {value} (no schedule)"
-    else:
-        named = f": {schedule}" if schedule else ""
-        default = f"KL weight schedule{named}, from {weights.min():.4g} to {weights.max():.4g}"
+    named = f": {schedule}" if schedule else ""
+    default = f"KL weight schedule{named}, from {weights.min():.4g} to {weights.max():.4g}"
     ax.set_title(_wrap(title or default, 7, 11), fontsize=11)
     ax.legend(fontsize=8, loc="lower right")
     _save(fig, path)
@@ -433,7 +451,8 @@ def frontier(points, path, title, seeds=None, placed=()):
         faint = ax.scatter(*np.array(seeds, float).T, color="C0", alpha=0.3, s=18, label="single seed")
     bars = ax.errorbar(rate, distortion, xerr=errors[0], yerr=errors[1], fmt="none", ecolor="0.4", elinewidth=1,
                        capsize=3, zorder=2, label="± standard error") if any(e.any() for e in errors) else None
-    line, = ax.plot(rate, distortion, marker="o", color="C0", zorder=3, label="fixed β, mean over seeds")
+    line, = ax.plot(rate, distortion, marker="o", color="C0", zorder=3,
+                    label="fixed β, mean over seeds" if seeds else "fixed β")
     marks = [ax.scatter([x], [y], marker=PLACED_MARKERS[i % len(PLACED_MARKERS)], color=f"C{1 + i % 9}", s=70,
                         zorder=4, edgecolors="black", linewidths=0.6, label=label)
              for i, (label, x, y) in enumerate(placed)]

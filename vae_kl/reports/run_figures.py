@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from vae_kl.evaluation import bounds, codes, information, metrics, verdict
+from vae_kl.evaluation import bounds, codes, information, metrics, noise, verdict
 from vae_kl.reports import plots
 
 PATH_POINTS = 1000  # Epochs drawn on the rate-distortion path at most (100,000 took a minute to draw, 1,000 a second).
@@ -84,14 +84,19 @@ def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epo
                               f"Rate-distortion path per epoch (validation{shown})")
 
 
-def evaluate_run(vae, run_dir, x_val, y_val, k, max_examples, history, steps):
-    """Compute the validation numbers, the verdict and the figures of a run; returns (validation, verdict)."""
+def evaluate_run(vae, run_dir, x_val, y_val, k, max_examples, history, steps, clock=None):
+    """Compute the validation numbers, the verdict and the figures of a run; returns (validation, verdict).
+
+    max_examples: evaluate the first this many validation digits (None: all; validation records both counts).
+    clock: an evaluation.clock.Clock for the estimate and the progress, or None."""
+    available = len(x_val)
     if max_examples is not None:
         x_val, y_val = x_val[:max_examples], y_val[:max_examples]
-    validation, arrays = metrics.compute_metrics(vae, x_val, k)
+    validation, arrays = metrics.compute_metrics(vae, x_val, k, clock=clock)
+    validation["available_examples"] = int(available)
     judged = verdict.diagnose(validation, verdict.verdict_context(vae, steps))
     title = (f"β = {metrics.describe_objective(vae)['effective_beta']:g}: −ELBO {validation['neg_elbo_nats']:.1f} "
-             f"nats, I(x; z) {verdict.nats_text(validation['mutual_information_nats'])} nats: "
+             f"nats, I(x; z) {noise.nats_text(validation['mutual_information_nats'])} nats: "
              f"{judged['state'].upper()}")
     write_figures(vae, run_dir, x_val, y_val, arrays, history, title, steps // max(1, len(history)))
     return validation, judged

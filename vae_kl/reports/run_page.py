@@ -11,6 +11,7 @@ import math
 import os
 import sys
 
+from vae_kl.evaluation import noise
 from vae_kl.process import atomic, exits
 from vae_kl.reports.sweep_page import collapse_state, data_uri, html_table
 from vae_kl.runs import folders
@@ -37,24 +38,30 @@ FIGURES = (
 )
 # validation.* keys in the order and words of the page's table; keys not named here follow under their own name.
 VALIDATION_LABELS = (
-    ("examples", "Validation digits evaluated"),
+    ("examples", "Validation digits evaluated"), ("available_examples", "Validation digits the data holds"),
     ("neg_elbo_nats", "−ELBO (nats per digit, β = 1)"), ("neg_elbo_bits_per_dim", "−ELBO (bits per pixel value)"),
     ("reconstruction_nats", "Reconstruction E_q[−log p(x|z)] (nats)"), ("kl_nats", "KL(q(z|x) ‖ p(z)) (nats)"),
     ("kl_estimator", "KL computed by"), ("kl_per_dim_nats", "KL per latent unit (nats)"),
     ("iwae_nll_nats", "IWAE bound on −log p(x) (nats)"),
     ("iwae_nll_bits_per_dim", "IWAE bound (bits per pixel value)"),
     ("iwae_k", "IWAE importance samples k"), ("mutual_information_nats", "Information I(x; z) (nats)"),
+    ("mutual_information_se_nats", "Standard error of I(x; z) over the noise draws (nats)"),
+    ("information_draws", "Noise draws averaged in the information estimates"),
     ("mutual_information_cap_nats", "Most I(x; z) this estimate can show, log N (nats)"),
     ("mutual_information_examples", "Digits N in the I(x; z) estimate"),
     ("information_per_unit_nats", "Information per unit I(x; z_j) (nats)"),
+    ("information_per_unit_se_nats", "Standard error of I(x; z_j) per unit (nats)"),
     ("informative_units", "Informative units"), ("latent_dim", "Latent units"),
     ("signal_to_noise_per_unit", "Signal-to-noise ratio per unit"),
     ("marginal_kl_nats", "KL − I(x; z): the codes' distribution against the prior (nats)"),
     ("total_correlation_nats", "Total correlation KL(q(z) ‖ Π q(z_j)) (nats)"),
+    ("total_correlation_se_nats", "Standard error of the total correlation (nats)"),
     ("dimension_wise_kl_nats", "Dimension-wise KL Σ_j KL(q(z_j) ‖ p(z_j)) (nats)"),
     ("active_units", "Active units (Burda et al.; depends on the scale of z)"),
     ("posterior_mean_variance", "Variance of the posterior means per unit"),
     ("reconstruction_spread", "Spread of the reconstructions (their variance over the inputs')"),
+    ("decoder_use_nats", "Reconstruction a digit's own code saves over another digit's (nats)"),
+    ("decoder_use_se_nats", "Standard error of that saving (nats)"),
     ("gaussian_sigma", "Gaussian σ used in the evaluation"), ("prior", "Prior"),
 )
 STYLE = ("body{font-family:sans-serif;margin:1em auto;padding:0 1em;max-width:1200px;box-sizing:border-box;"
@@ -130,7 +137,13 @@ def heading(summary, validation):
     beta = part(summary, "objective").get("effective_beta")
     trained = "" if not isinstance(beta, (int, float)) or math.isclose(beta, 1.0) else \
         f"; trained with effective β = {beta:g}"
-    return f"Result on {validation.get('examples', '?')} validation digits (β = 1, the true ELBO{trained}):"
+    return f"Result on {digits_text(validation)} validation digits (β = 1, the true ELBO{trained}):"
+
+
+def digits_text(validation):
+    """'1000', or '5 of 1000' when the evaluation took only the first digits (evaluate.py --digits)."""
+    examples, available = validation.get("examples", "?"), validation.get("available_examples")
+    return f"{examples} of {available}" if isinstance(available, int) and available != examples else f"{examples}"
 
 
 def number_lines(validation):
@@ -192,6 +205,18 @@ def value_text(value):
     return "" if value is None else str(value)
 
 
+def estimate_value_text(validation, key):
+    """value_text, except that an estimate whose standard error summary.json records (key_se_nats beside key_nats)
+    and which lies within its noise of 0 says so (noise.estimate_text), per unit for lists."""
+    value, se = validation[key], validation.get(key.replace("_nats", "_se_nats")) if key.endswith("_nats") else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and noise.within_noise(value, se):
+        return noise.estimate_text(value, se)
+    if isinstance(value, list) and isinstance(se, list) and len(se) == len(value):
+        return ", ".join(noise.estimate_text(v, e) if noise.within_noise(v, e) else value_text(v)
+                         for v, e in zip(value, se))
+    return value_text(value)
+
+
 def pairs_table(rows):
     """(name, value) pairs as a two-column table with the names as row headers, dropping unknown values."""
     body = "".join(f'<tr><th class="name">{html.escape(name)}</th><td>{html.escape(value_text(value))}</td></tr>'
@@ -206,7 +231,7 @@ def validation_table(validation):
         [key for key in validation if key not in labels]
     if not keys:
         return "<p>No validation numbers in summary.json.</p>"
-    rows = [(labels.get(key, key), value_text(validation[key]), f"validation.{key}") for key in keys]
+    rows = [(labels.get(key, key), estimate_value_text(validation, key), f"validation.{key}") for key in keys]
     return html_table(rows, [("Quantity", lambda r: r[0]), ("Value", lambda r: r[1]), ("summary.json", lambda r: r[2])],
                       {"summary.json": lambda r: f"<code>{html.escape(r[2])}</code>"})
 
@@ -230,7 +255,7 @@ def data_html(summary):
     described = part(summary, "objective")
     rows = [("Dataset", summary.get("dataset")), ("Training digits", summary.get("train_examples")),
             ("Validation digits", summary.get("validation_examples")),
-            ("Evaluated on", validation.get("examples")),
+            ("Evaluated on", digits_text(validation) if validation else None),
             ("Pixel values per image D", described.get("num_pixels")), ("Latent units J", described.get("latent_dim")),
             ("Epochs", f"{summary.get('epochs_completed', '?')} of {summary.get('epochs_planned', '?')}"
              if "epochs_planned" in summary else summary.get("epochs_completed")),

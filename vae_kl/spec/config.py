@@ -120,9 +120,10 @@ class LossConfig(Section):
         S("free_bits", float, 0.0, "Free bits τ in nats per latent dimension (Kingma et al. 2016).", ge=0, le=100),
         S("target_distortion", Optional[float], None,
           "κ for kl_weight: auto, in nats of reconstruction per example (the likelihood's summed NLL): GECO "
-          "(Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ.", gt=0, le=1e7),
+          "(Rezende & Viola 2018) minimises the KL subject to reconstruction <= κ. A density's (continuous "
+          "Bernoulli, Gaussian with learned or optimal σ) can be below 0.", ge=-1e7, le=1e7),
         S("geco_rate", float, 0.2, "How fast GECO's multiplier follows the constraint, per step (log λ moves by "
-                                   "rate·(average reconstruction/κ - 1)).", gt=0, le=1),
+                                   "rate·(average of (reconstruction - κ)/max(|κ|, 0.1·D))).", gt=0, le=1),
         S("geco_smoothing", float, 0.95, "Smoothing of GECO's moving average of the constraint.", ge=0, lt=1),
         S("geco_patience", int, 500, "GECO holds β at its start until the reconstruction reaches κ, or until it has "
                                      "gained less than 0.1 % of κ in this many steps (anti-windup); 0: no hold, the "
@@ -195,7 +196,10 @@ class OutputConfig(Section):
            S("run_name", Optional[str], None, "Name of this run's folder; null derives one from the settings."),
            S("per_epoch_images", bool, True, "Save a reconstruction grid after every epoch."),
            S("tensorboard", bool, True, "Write TensorBoard event files into <run>/tensorboard (scalars, grids, "
-                                        "HParams)."))
+                                        "HParams)."),
+           S("tracking", Literal["none", "mlflow"], "none",
+             "Also log the run to an experiment tracker: none | mlflow ($MLFLOW_TRACKING_URI, else "
+             "<output.dir>/mlflow.db; pip install -r requirements-tracking.txt)."))
 
 
 @dataclass

@@ -13,6 +13,17 @@ def _fraction(scale):
     return "1" if scale == 1 else f"1/{round(1 / scale)}"
 
 
+def is_elbo_weight(beta) -> bool:
+    """Whether an effective β is 1 to float precision (a λ of 1/784 written out in full gives 1 ± 2e-16)."""
+    return math.isclose(beta, 1.0, rel_tol=1e-9)
+
+
+def beta_text(beta) -> str:
+    """β as the lines print it: 4, 784, 0.5; one that is not 1 but prints as 1 at 6 digits gets more of them."""
+    text = f"{beta:g}"
+    return f"{beta:.10g}" if text == "1" and not is_elbo_weight(beta) else text
+
+
 def describe(reconstruction_reduction: str, kl_reduction: str, kl_weight: float, latent_dim: int, num_pixels: int,
              likelihood: str = "bernoulli", likelihood_options: dict = None) -> dict:
     """The objective as a multiple of a β-VAE objective. Returns a dict written to summary.json.
@@ -25,13 +36,13 @@ def describe(reconstruction_reduction: str, kl_reduction: str, kl_weight: float,
     rec_scale, kl_scale = objective.scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
     beta = kl_weight * kl_scale / rec_scale
     chosen = likelihoods.FAMILY.get(likelihood)
-    formula = f"loss = {_fraction(rec_scale)}·[{chosen.formula} + {beta:g}·KL]"
-    if math.isclose(beta, 1.0):
+    formula = f"loss = {_fraction(rec_scale)}·[{chosen.formula} + {beta_text(beta)}·KL]"
+    if is_elbo_weight(beta):
         meaning = "the negative ELBO (β = 1)"
     elif beta > 1:
-        meaning = f"a β-VAE objective that weights the KL {beta:g}× more than the ELBO does"
+        meaning = f"a β-VAE objective that weights the KL {beta_text(beta)}× more than the ELBO does"
     else:
-        meaning = f"a β-VAE objective that weights the KL at {beta:g}× the ELBO's weight"
+        meaning = f"a β-VAE objective that weights the KL at {beta_text(beta)}× the ELBO's weight"
     # D = H·W·C pixel values (784 for MNIST, 3,072 for 32×32 RGB) and J: the sizes β_norm = β·J/D uses.
     result = {"formula": formula, "meaning": meaning, "effective_beta": beta,
               "beta_norm": beta * latent_dim / num_pixels, "loss_scale": rec_scale, "kl_weight": kl_weight,
@@ -75,8 +86,8 @@ def statement(description: dict, latent_dim: int, num_pixels: int, likelihood: s
         return (f"Objective: {description['formula']}, i.e. {description['meaning']} (Burgess et al. 2018); the "
                 f"run reports the rate it reached and the information the code carries.")
     line = (f"Objective: {description['formula']}, i.e. {description['meaning']}. "
-            f"Effective β = {description['effective_beta']:g}, β_norm = β·J/D = "
-            f"{description['effective_beta']:g}·{latent_dim}/{num_pixels} = {description['beta_norm']:.4g}.")
+            f"Effective β = {beta_text(description['effective_beta'])}, β_norm = β·J/D = "
+            f"{beta_text(description['effective_beta'])}·{latent_dim}/{num_pixels} = {description['beta_norm']:.4g}.")
     return line + likelihoods.FAMILY.get(likelihood).statement(description)
 
 
@@ -96,14 +107,16 @@ def expectation(description: dict, likelihood: str = "bernoulli", likelihood_opt
         return ("Expect: a KL near C; a rate is not information: the code may spend part of C on noise "
                 "the decoder ignores, so the information it carries can be lower.")
     if description.get("weight_chosen_by") == "GECO":
-        return ("Expect: β holds at 1 until the reconstruction first reaches κ (or stops improving), then falls "
-                "while it is above κ and rises while it is below, until the training reconstruction settles near "
-                "κ; a κ below what the model can reach drives β towards 0.")
+        return ("Expect: β holds at 1 until the reconstruction's moving average first reaches κ (or stops "
+                "improving), then falls while it is above κ and rises while it is below, until the training "
+                "reconstruction settles near κ; a κ below what the model can reach drives β towards 0, one the "
+                "decoder meets without a code drives it up and the code collapses. "
+                + kappa_advice(likelihood, likelihood_options or {}, description["num_pixels"]))
     beta, latent_dim = description["effective_beta"], description["latent_dim"]
     own = likelihoods.FAMILY.get(likelihood).expectation(likelihood_options or {}, description)
     if own:
         return own
-    if math.isclose(beta, 1.0):
+    if is_elbo_weight(beta):
         return "Expect: the ELBO's own balance; how much of the code is used depends on the data and the training."
     if beta < 1:
         return ("Expect: sharper reconstructions than the ELBO and codes that stray from the prior (KL well above "
@@ -114,6 +127,15 @@ def expectation(description: dict, likelihood: str = "bernoulli", likelihood_opt
                 f"{beta:g} nats of reconstruction for each nat of information in a {latent_dim}-D code{measured}.")
     return (f"Expect: a simpler code than the ELBO's, less information in z and blurrier reconstructions; "
             f"collapse becomes likely as β approaches {COLLAPSE_BETA:g}{measured}.")
+
+
+def kappa_advice(likelihood: str, options: dict, num_pixels: int) -> str:
+    """How to pick GECO's κ for this likelihood: from a β = 1 run, within the range its NLL can take."""
+    floor = likelihoods.FAMILY.get(likelihood).reconstruction_floor(options, num_pixels)
+    where = (f"κ must be above {floor[0]:.6g} ({floor[1]})" if floor is not None else
+             "its NLL is a negative log density, which falls below 0 as the fit sharpens, so κ may be 0 or negative")
+    return (f"Pick κ from a β = 1 run with the same likelihood and data (its validation reconstruction_nats in "
+            f"summary.json): above it buys a smaller KL; {where}.")
 
 
 def ignored_schedule_settings(loss) -> list:
@@ -137,12 +159,17 @@ def teaching_warnings(loss, goal: objective.Objective, latent_dim: int, num_pixe
     elbo = elbo_advice(loss.reconstruction_reduction, loss.kl_reduction, latent_dim, num_pixels)
     by_beta = likelihoods.FAMILY.get(loss.likelihood).beta_predicts_collapse  # Not when a σ sets the scale.
     collapses = beta >= COLLAPSE_BETA and by_beta
-    if loss.reconstruction_reduction == "mean" and loss.kl_reduction == "sum":
+    weighted = not is_elbo_weight(beta) and loss.kl_weight != "auto" and loss.target_rate is None
+    if weighted and loss.reconstruction_reduction == "mean" and loss.kl_reduction == "sum":
         consequence = "; expect posterior collapse (every reconstruction the same image)" if collapses else ""
         notes.append(f"WARNING: the reconstruction is averaged over {num_pixels} pixels but the KL is summed, "
-                     f"so the KL counts {beta:g}× more than in the ELBO{consequence}. {elbo}")
-    elif beta >= 10 and by_beta:
-        notes.append(f"WARNING: effective β = {beta:g}; a latent code this penalised often collapses. {elbo}")
+                     f"so the KL counts {beta_text(beta)}× {'more than' if beta > 1 else 'as much as'} in the ELBO"
+                     f"{consequence}. {elbo}")
+    elif weighted and beta >= 10 and by_beta:
+        notes.append(f"WARNING: effective β = {beta_text(beta)}; a latent code this penalised often collapses. "
+                     f"{elbo}")
+    elif weighted:  # Every β ≠ 1 says which weight is the ELBO's.
+        notes.append(f"NOTE: effective β = {beta_text(beta)}, not the ELBO's 1. {elbo}")
     ignored = ignored_schedule_settings(loss)
     if ignored:
         readers = "; ".join(f"{name} reads {', '.join(schedules.FAMILY.reads(name))}"
@@ -165,4 +192,9 @@ def elbo_advice(reconstruction_reduction: str, kl_reduction: str, latent_dim: in
     other = {("mean", "sum"): "loss.reconstruction_reduction: sum", ("sum", "mean"): "loss.kl_reduction: sum",
              ("mean", "mean"): "both reductions sum"}.get((reconstruction_reduction, kl_reduction))
     alternative = f" (or {other} with loss.kl_weight: 1)" if other else ""
-    return f"β = 1, the ELBO, is loss.kl_weight: {rec_scale / kl_scale:.6g} with these reductions{alternative}."
+    weight = rec_scale / kl_scale
+    shown = f"{weight:g}" if float(f"{weight:g}") == weight else repr(weight)  # Applied, β = 1 to float precision.
+    fraction = {("mean", "sum"): f"1/{num_pixels}", ("mean", "mean"): f"{latent_dim}/{num_pixels}"}.get(
+        (reconstruction_reduction, kl_reduction))
+    return (f"β = 1, the ELBO, is loss.kl_weight: {shown}{f' (= {fraction})' if fraction else ''} with these "
+            f"reductions{alternative}.")

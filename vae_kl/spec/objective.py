@@ -56,6 +56,7 @@ class Objective:
     # the VAE's GECO layer (vae_kl.training.targets.GECO) chooses β each step and kl_weight is only its start,
     # β = 1; geco_patience: steps without progress before a multiplier held at its start is released.
     target_distortion: Optional[float] = None
+    geco_unit: Optional[float] = None  # s of GECO's constraint (reconstruction - κ)/s, in nats: geco_unit(κ, D).
     geco_rate: float = 0.2
     geco_smoothing: float = 0.95
     geco_patience: int = 500
@@ -76,6 +77,8 @@ class Objective:
                    kl_weight=weight, free_bits=loss_cfg.free_bits, kl_schedule=loss_cfg.kl_schedule,
                    schedule_options=schedule.options_from(loss_cfg, steps_per_epoch),
                    total_steps=steps_per_epoch * epochs, target_distortion=loss_cfg.target_distortion,
+                   geco_unit=None if loss_cfg.target_distortion is None else geco_unit(loss_cfg.target_distortion,
+                                                                                      num_pixels),
                    geco_rate=loss_cfg.geco_rate, geco_smoothing=loss_cfg.geco_smoothing,
                    geco_patience=loss_cfg.geco_patience, target_rate=loss_cfg.target_rate,
                    rate_weight=loss_cfg.rate_weight, tc_weight=loss_cfg.tc_weight)
@@ -145,3 +148,13 @@ def resolve_kl_weight(kl_weight, kl_weight_norm, reconstruction_reduction: str, 
     rec_scale, kl_scale = scales(reconstruction_reduction, kl_reduction, latent_dim, num_pixels)
     beta = 1.0 if kl_weight == "auto" else kl_weight_norm * num_pixels / latent_dim
     return beta * rec_scale / kl_scale
+
+
+GECO_UNIT_PER_PIXEL = 0.1  # Nats: the least unit of GECO's constraint is 0.1 nat per pixel value (78.4 for MNIST).
+
+
+def geco_unit(kappa: float, num_pixels: int) -> float:
+    """s of GECO's constraint c = (reconstruction - κ)/s: |κ|, so that c is relative to κ (reconstruction/κ - 1
+    for κ > 0) and geco_rate means the same for any κ, but at least GECO_UNIT_PER_PIXEL·D nats, so that it is
+    defined for a κ at or near 0, which a density's negative log-likelihood (it can be below 0) allows."""
+    return max(abs(float(kappa)), GECO_UNIT_PER_PIXEL * num_pixels)

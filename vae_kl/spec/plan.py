@@ -42,6 +42,7 @@ class Plan:
         num_pixels, latent_dim = math.prod(image_shape), cfg.model.latent_dim
         steps_per_epoch = math.ceil(train_examples / train.batch_size)
         total_steps = steps_per_epoch * train.epochs
+        check_target_distortion(loss, num_pixels)
         goal = objective.Objective.from_config(loss, latent_dim, num_pixels, steps_per_epoch, train.epochs)
         options = likelihoods.FAMILY.get(loss.likelihood).options(loss)
         description = meaning.describe(loss.reconstruction_reduction, loss.kl_reduction, goal.kl_weight, latent_dim,
@@ -97,3 +98,18 @@ def explain(plan, data_shape, command):
     lines.append(f"Choices: {config.choices_text(plan.cfg)}.")
     lines += [plan.statement, *plan.notes, plan.expectation, f"To train it: {command}"]
     return lines
+
+
+def check_target_distortion(loss, num_pixels: int) -> None:
+    """Refuse a GECO κ that the likelihood's reconstruction cannot get above (its trait reconstruction_floor):
+    every step would meet it, and β would run to its bound (ConfigError, one line)."""
+    if loss.kl_weight != "auto" or loss.target_distortion is None:
+        return
+    chosen = likelihoods.FAMILY.get(loss.likelihood)
+    floor = chosen.reconstruction_floor(chosen.options(loss), num_pixels)
+    if floor is not None and loss.target_distortion <= floor[0]:
+        raise config.ConfigError(
+            f"loss.target_distortion κ = {loss.target_distortion:g} nats is not above {floor[0]:.6g}, the least the "
+            f"{loss.likelihood} likelihood's reconstruction of {num_pixels} pixel values can be ({floor[1]}), so "
+            f"GECO would meet it at every step; choose a larger κ, e.g. the validation reconstruction_nats of a "
+            f"β = 1 run (its summary.json).")

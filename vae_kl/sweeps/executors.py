@@ -4,6 +4,7 @@ CPU threads, and stop it resumably when the sweep is interrupted or dies.
 """
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -182,7 +183,9 @@ def make_executor(args):
     head = None if args.address else LocalRayHead(signals.available_cores())
     try:
         try:
-            ray.init(address=args.address or head.address, include_dashboard=False, log_to_driver=False)
+            # logging_level: Ray's own INFO lines ("Connecting to existing Ray cluster ...") stay off the console.
+            ray.init(address=args.address or head.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise config.ConfigError(f"cannot start or reach Ray{f' at {args.address}' if args.address else ''}: "
                                      f"{exits.first_line(error)}")

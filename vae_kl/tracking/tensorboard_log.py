@@ -18,6 +18,8 @@ import contextlib
 import glob
 import numbers
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -136,15 +138,52 @@ def prune_after(folder, last_step):
     return kept_tags
 
 
-@contextlib.contextmanager
-def events_written(log_dir):
-    """TensorFlow's error for an event file it cannot write (a full disk, the folder replaced by a file) as
-    an OSError, which train.py records (status failed) and reports in one line like any other disk fault."""
-    try:
-        yield
-    except tf.errors.OpError as error:
-        raise OSError(f"TensorBoard events cannot be written into {log_dir} ({exits.first_line(error.message, 160)}); "
-                      f"free space or restore the folder, then run the same command again to resume") from None
+def usable(log_dir):
+    """Whether log_dir can take events: a folder, or a path whose parent is a folder that will hold it."""
+    return os.path.isdir(log_dir) or (not os.path.lexists(log_dir) and os.path.isdir(os.path.dirname(log_dir)))
+
+
+class Events:
+    """A run's TensorBoard folder as the run's events see it: usable, or given up with one warning.
+
+    TensorBoard is a view of the run, not its record (metrics.csv, the figures and summary.json are): when its
+    folder becomes unusable (replaced by a file, removed, a write refused) the run says so in one WARNING line
+    and goes on without events; later writes of the same folder in this process are skipped.
+    """
+
+    given_up = set()  # The log folders warned about since their run's fit began (its evaluation comes after).
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+
+    @property
+    def off(self):
+        return self.log_dir in Events.given_up
+
+    def give_up(self, what, why):
+        if not self.off:
+            Events.given_up.add(self.log_dir)
+            print(f"WARNING: TensorBoard events stopped {what}: {self.log_dir} {why}; training goes on, and "
+                  f"metrics.csv, the figures and summary.json hold every result.", flush=True)
+
+    @contextlib.contextmanager
+    def written(self, what):
+        """Run the block's writes unless given up; a TensorFlow or OS error in them gives up (one warning)."""
+        if self.off:
+            yield False
+            return
+        try:
+            yield True
+        except (tf.errors.OpError, OSError) as error:
+            message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            self.give_up(what, f"cannot be written ({exits.first_line(message, 160)})")
+
+    def check(self, what, folders):
+        """Give up when one of the folders the writers write into is no longer a folder: an open event file
+        in a removed folder takes writes without an error, and they would be lost without a word."""
+        if not self.off and not all(os.path.isdir(folder) for folder in folders):
+            self.give_up(what, "is no longer a folder")
+        return not self.off
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -173,20 +212,21 @@ class TensorBoardLogger(keras.callbacks.Callback):
         super().__init__()
         self.log_dir, self.images_fn, self.settings, self.trial_id = log_dir, images_fn, settings, trial_id
         self.extra_fn = extra_fn
-        self._writers, self._started = None, False
+        self._writers, self._started, self.events = None, False, Events(log_dir)
 
     def _writer(self, name):
         if self._writers is None:
-            folders = {"": self.log_dir, TRAIN: os.path.join(self.log_dir, TRAIN),
-                       VALIDATION: os.path.join(self.log_dir, VALIDATION)}
+            folders = dict(zip(("", TRAIN, VALIDATION), self._folders()))
             # Files present before this fit are older attempts; only those are pruned on resume.
             self._earlier = {key: _event_files(folder) for key, folder in folders.items()}
             self._writers = {key: tf.summary.create_file_writer(folder) for key, folder in folders.items()}
         return self._writers[name]
 
     def on_train_begin(self, logs=None):
-        with events_written(self.log_dir):
-            self._log_settings()
+        Events.given_up.discard(self.log_dir)  # A new fit of the run (a resume in the same notebook) tries again.
+        with self.events.written("before the first epoch") as ok:
+            if ok:
+                self._log_settings()
 
     def _log_settings(self):
         self._writer("")
@@ -213,11 +253,17 @@ class TensorBoardLogger(keras.callbacks.Callback):
                 prune_after(os.path.join(self.log_dir, name), epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start(epoch)
+        with self.events.written(f"in epoch {epoch + 1}") as ok:
+            if ok:
+                self._start(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        with events_written(self.log_dir):
-            self._log_epoch(epoch, logs)
+        with self.events.written(f"in epoch {epoch + 1}") as ok:
+            if ok and self.events.check(f"in epoch {epoch + 1}", self._folders()):
+                self._log_epoch(epoch, logs)
+
+    def _folders(self):
+        return [self.log_dir, os.path.join(self.log_dir, TRAIN), os.path.join(self.log_dir, VALIDATION)]
 
     def _log_epoch(self, epoch, logs):
         self._start(epoch)
@@ -241,7 +287,8 @@ class TensorBoardLogger(keras.callbacks.Callback):
     def close(self):
         """Flush and close the writers; a later fit with the same logger opens new files."""
         for writer in (self._writers or {}).values():
-            writer.close()
+            with self.events.written("at the end of training"):
+                writer.close()
         self._writers, self._started = None, False
 
 
@@ -257,17 +304,38 @@ def final_metrics(validation, verdict=None):
 
 def write_final_metrics(log_dir, metrics, step):
     """Write {tag: number} as scalars into <log_dir>/evaluation at `step` (the epochs completed), where
-    the HParams dashboard looks up its metric columns; non-finite values are written as they are."""
-    writer = tf.summary.create_file_writer(os.path.join(log_dir, EVALUATION))
-    with writer.as_default():
-        for tag, value in metrics.items():
-            tf.summary.scalar(tag, float(value), step=step)
-    writer.close()
+    the HParams dashboard looks up its metric columns; non-finite values are written as they are.
+
+    Written once whatever the moment of a kill: the events go into a file beside the folder, then the folder's
+    earlier files (an evaluation that a kill cut short before summary.json said complete, or an earlier
+    evaluate.py) are removed and the new file moved in. A kill between the two leaves none, which the resumed
+    run's evaluation writes again. Returns whether it wrote (False: the folder was given up, one warning).
+    """
+    folder, events = os.path.join(log_dir, EVALUATION), Events(log_dir)
+    with events.written("at the evaluation") as ok:
+        if not ok or not events.check("at the evaluation", [log_dir]):
+            return False
+        scratch = tempfile.mkdtemp(prefix=".evaluation-events-", dir=os.path.dirname(os.path.abspath(log_dir)))
+        try:
+            writer = tf.summary.create_file_writer(scratch)
+            with writer.as_default():
+                for tag, value in metrics.items():
+                    tf.summary.scalar(tag, float(value), step=step)
+            writer.close()
+            os.makedirs(folder, exist_ok=True)
+            for path in _event_files(folder):
+                os.remove(path)
+            for path in _event_files(scratch):
+                os.replace(path, os.path.join(folder, os.path.basename(path)))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return True
+    return False
 
 
 def write_run_evaluation(run_dir, validation, verdict, epochs):
     """A finished run's β = 1 numbers (summary.json's validation and collapse) as its HParams metric columns."""
-    write_final_metrics(os.path.join(run_dir, RUN_SUBFOLDER), final_metrics(validation, verdict), epochs)
+    return write_final_metrics(os.path.join(run_dir, RUN_SUBFOLDER), final_metrics(validation, verdict), epochs)
 
 
 def hparam_domain(values):

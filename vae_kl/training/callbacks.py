@@ -14,20 +14,23 @@ from vae_kl.reports import plots
 from vae_kl.runs import records
 
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
+EARLY_EPOCHS = 3  # A collapse the watch sees in these first epochs is said to be usual at the start.
 WATCH_DRAWS = 2  # Noise draws of the per-epoch information (the final verdict averages evaluate's 8): cheaper.
 
 
-def run_callbacks(setup, model, run_dir, history):
+def run_callbacks(setup, model, run_dir, history, tracker=None):
     """(recorder, clock, the run's callbacks in the order they must run).
 
     The order matters: the clock first (its epoch start closes the others' work); then TensorBoard's
     events, then the recorder, whose checkpoint commits the epoch. A kill between the two leaves events of
     an epoch the checkpoint does not hold, which the resumed logger prunes and writes again; the other way
-    round, a kill after the checkpoint would lose that epoch's events for good.
+    round, a kill after the checkpoint would lose that epoch's events for good. MLflow (tracker, an
+    mlflow_log.Tracker) comes after the checkpoint: a store cannot prune, so it is given committed epochs only.
     """
     watch = CodeWatch(setup.digits.x_val[:UNIT_LOG_EXAMPLES])
     recorder, clock = RunRecorder(setup, run_dir, history, watch), PhaseClock()
-    return recorder, clock, [clock, watch, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder]
+    tracked = [TrackedEpochs(tracker, history)] if tracker is not None else []
+    return recorder, clock, [clock, watch, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder, *tracked]
 
 
 def tensorboard_callbacks(setup, model, run_dir, recorder):
@@ -133,8 +136,11 @@ class CodeWatch(keras.callbacks.Callback):
         collapsed = total < verdict.COLLAPSED_BELOW_NATS
         if collapsed and self.collapsed_since is None:
             self.collapsed_since = epoch + 1
-            self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats about the digit: collapsed "
-                            f"(below {verdict.COLLAPSED_BELOW_NATS:g} nats; the decoder learns nothing from z).")
+            early = "; most runs start so and many recover, the verdict at the end decides" if epoch < EARLY_EPOCHS \
+                else ""
+            self.pending = (f"Epoch {epoch + 1}: so far the code carries {total:.2g} nats about the digit: collapsed "
+                            f"for now (below {verdict.COLLAPSED_BELOW_NATS:g} nats, so the decoder learns nothing "
+                            f"from z{early}).")
         elif not collapsed and self.collapsed_since is not None:
             self.pending = (f"Epoch {epoch + 1}: the code carries {total:.2g} nats again: recovered from the "
                             f"collapse of epoch {self.collapsed_since}.")
@@ -151,6 +157,18 @@ class CodeWatch(keras.callbacks.Callback):
         if self.pending:
             print(self.pending, flush=True)
             self.pending = None
+
+
+class TrackedEpochs(keras.callbacks.Callback):
+    """After the recorder's checkpoint: the epochs committed since the last call go to MLflow (tracker.log_epochs
+    logs only the rows its store lacks, so a resumed run logs every epoch once)."""
+
+    def __init__(self, tracker, history):
+        super().__init__()
+        self.tracker, self.history = tracker, history
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.tracker.log_epochs(self.history)
 
 
 class RunRecorder(keras.callbacks.Callback):

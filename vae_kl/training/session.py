@@ -7,6 +7,7 @@ Nothing here loads TensorFlow when imported (`--help`, `--explain`); what needs 
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -15,22 +16,29 @@ import numpy as np
 import yaml
 
 from vae_kl.choices import likelihoods
-from vae_kl.data import sources
+from vae_kl.data import downloads, sources
 from vae_kl.process import atomic, exits
 from vae_kl.runs import folders, locks, records
-from vae_kl.spec import config
+from vae_kl.spec import config, plan
+from vae_kl.tracking import mlflow_log
 from vae_kl.training import machine
 
 
 def check_before_tensorflow(cfg: config.Config):
     """Every check of the input that needs no TensorFlow, so that a bad value is refused in well under a
-    second: data.path (sources.peek), the run name, the output folder, $TF_CONFIG. Returns sources.peek's answer."""
+    second: data.path (sources.peek), a keras.datasets download, the run name, GECO's κ, the output folder,
+    $TF_CONFIG. Returns sources.peek's answer."""
     if cfg.train.distribute == "multi_worker":
         machine.check_own_port()
     if cfg.output.run_name is not None:
         folders.check_run_name(cfg.output.run_name)
     shape = sources.peek(cfg.data)
+    if cfg.data.source in downloads.KERAS_CACHE_GLOBS:  # mnist, fashion_mnist, cifar10: the download, probed.
+        downloads.check_download(cfg.data.source)
+    plan.check_target_distortion(cfg.loss, math.prod(shape.image_shape))  # GECO's κ against the likelihood's floor.
     folders.check_could_write(cfg.output.dir)  # Creates nothing: a refusal of the data later leaves no folder.
+    if cfg.output.tracking == "mlflow":
+        mlflow_log.check(cfg.output.dir)
     return shape
 
 
@@ -66,7 +74,7 @@ class RunFolder:
     def __init__(self, setup: machine.Setup):
         self.setup = setup
         self.dir, self.resume, self.where = folders.choose_run_dir(setup.cfg.to_dict())
-        self.status = 0
+        self.status, self.tracker = 0, None
 
     @contextlib.contextmanager
     def held(self, vae, quiet_console: bool = False):
@@ -85,6 +93,7 @@ class RunFolder:
             if self.resume:
                 restore(self.dir, vae, history)
             records.update_summary(self.dir, epochs_completed=len(history))
+            self.track(history)
             yield history
         except KeyboardInterrupt:
             records.update_summary(self.dir, status="interrupted", epochs_completed=len(history))
@@ -97,7 +106,22 @@ class RunFolder:
                                        epochs_completed=len(history))
             raise
         finally:  # In a notebook a raised exception's traceback would otherwise hold the lock until it is cleared.
+            if self.tracker is not None:
+                self.tracker.end(atomic.read_json(os.path.join(self.dir, "summary.json")) or {}, self.dir)
             lock.close()
+
+    def track(self, history: list) -> None:
+        """With output.tracking: mlflow, open the run's MLflow run (the one summary.json names when resuming) and
+        log what the store lacks of the epochs so far; the epochs to come are logged by callbacks.TrackedEpochs."""
+        if self.setup.cfg.output.tracking != "mlflow":
+            return
+        earlier = (atomic.read_json(os.path.join(self.dir, "summary.json")) or {}).get("tracking") or {}
+        self.tracker = mlflow_log.Tracker(self.setup.cfg.output.dir, os.path.basename(self.dir),
+                                          os.environ.get(mlflow_log.PARENT_VARIABLE))
+        run_id = self.tracker.start(self.setup.cfg.to_dict(), earlier.get("mlflow_run_id"), history)
+        if run_id:
+            records.update_summary(self.dir, tracking={"mlflow_run_id": run_id, "mlflow_tracking_uri": self.tracker.uri,
+                                                       "mlflow_experiment": mlflow_log.experiment_name()})
 
     def start(self, vae) -> None:
         """Create the run folder and its first files (config.yaml, summary.json running)."""
@@ -220,13 +244,15 @@ def load_config(config_or_path, overrides) -> tuple:
 
 def evaluate(setup: machine.Setup, vae, run_dir: str, history: list) -> tuple:
     """The run's β = 1 evaluation on its validation digits, its verdict and its figures: (validation, verdict)."""
+    from vae_kl.evaluation import clock
     from vae_kl.process import signals
     from vae_kl.reports import run_figures  # Loaded with TensorFlow already.
 
     cfg, digits = setup.cfg, setup.digits
     evaluated = min(len(digits.x_val), cfg.evaluation.max_examples or len(digits.x_val))
-    print(f"Evaluating on {evaluated} validation digits (IWAE k={cfg.evaluation.iwae_k}) ...")
+    print("Training done; the evaluation at β = 1 (the true ELBO, the IWAE bound, the verdict) ...")
     results = run_figures.evaluate_run(vae, run_dir, digits.x_val, digits.y_val, cfg.evaluation.iwae_k,
-                                       cfg.evaluation.max_examples, history, len(history) * setup.steps_per_epoch)
+                                       cfg.evaluation.max_examples, history, len(history) * setup.steps_per_epoch,
+                                       clock.Clock(evaluated, cfg.evaluation.iwae_k))
     signals.raise_if_interrupted()  # A Ctrl-C that TensorFlow swallowed during the evaluation still counts.
     return results

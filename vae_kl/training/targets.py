@@ -20,7 +20,8 @@ def geco_result(vae, history: list, validation: dict) -> dict:
     (history's `beta`), or the reconstruction not settled near κ."""
     goal = vae.objective
     reached = history[-1]["reconstruction"] if history else None
-    gap = None if reached is None else 100 * (reached / goal.target_distortion - 1)
+    # In % of the constraint's unit s (= |κ| unless κ is near 0): the constraint's own value, any sign of κ.
+    gap = None if reached is None else 100 * (reached - goal.target_distortion) / goal.geco_unit
     result = {"final_beta": float(vae.geco.beta()), "final_kl_weight": float(kl_weight_in_force(vae)),
               "target_distortion": goal.target_distortion, "training_reconstruction_nats": reached,
               "validation_reconstruction_nats": validation["reconstruction_nats"], "training_gap_percent": gap,
@@ -31,21 +32,26 @@ def geco_result(vae, history: list, validation: dict) -> dict:
 
 def geco_note(result: dict, history: list, gap) -> str:
     """Why a GECO run's final β is not the λ for κ, or None when it is."""
-    bound = math.exp(-GECO_LOG_BOUND)  # β's lower bound; the upper is its inverse.
-    at_bound = [int(row["epoch"]) for row in history if isinstance(row.get("beta"), (int, float))
-                and abs(math.log(row["beta"])) >= GECO_LOG_BOUND - 1e-3]
+    bounds = [(int(row["epoch"]), row["beta"] > 1) for row in history if isinstance(row.get("beta"), (int, float))
+              and abs(math.log(row["beta"])) >= GECO_LOG_BOUND - 1e-3]
     if result["held_to_the_end"]:
         return (f"GECO held β at its start for the whole run (anti-windup, loss.geco_patience): the reconstruction "
                 f"never reached κ and was still improving, so β = {result['final_beta']:.3g} was never chosen; "
                 f"train longer, or raise κ")
-    if at_bound:
-        return (f"β reached its bound ({bound:.0e} or {1 / bound:.0e}) in epoch {at_bound[0]}: while the model "
-                f"could not yet reach κ the multiplier kept growing (it integrates the constraint), so the β it "
-                f"ended with is not the λ for κ; raise κ, or train longer so that the reconstruction reaches κ "
-                f"early in the run")
+    if bounds:
+        epoch, above = bounds[0]
+        if above:
+            return (f"β reached its upper bound ({math.exp(GECO_LOG_BOUND):.0e}) in epoch {epoch}: the "
+                    f"reconstruction stayed below κ, so the multiplier kept shrinking (β growing) and κ never bound "
+                    f"the KL; the β it ended with is not the λ for κ; lower κ (a β = 1 run's reconstruction is a "
+                    f"start)")
+        return (f"β reached its lower bound ({math.exp(-GECO_LOG_BOUND):.0e}) in epoch {epoch}: the reconstruction "
+                f"stayed above κ, so the multiplier kept growing (β falling), and the β it ended with is not the λ "
+                f"for κ; raise κ, or train longer so that the reconstruction reaches κ early in the run")
     if gap is not None and abs(gap) > GECO_SETTLED_PERCENT:
-        return (f"the last epoch's training reconstruction is {gap:+.1f} % from κ: GECO had not settled, so this "
-                f"β is not yet the λ for κ; train longer")
+        side = "above" if gap > 0 else "below"
+        return (f"the last epoch's training reconstruction is {gap:+.1f} % from κ ({side} it): GECO had not "
+                f"settled, so this β is not yet the λ for κ; train longer")
     return None
 
 
