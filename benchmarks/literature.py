@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 from end_to_end import cpu_name  # noqa: E402
+from tutorial_vae import sampling_layer  # noqa: E402
 
 import train  # noqa: E402  (TensorFlow only once a model is built)
 from vae_kl.data import sources  # noqa: E402
@@ -127,25 +128,16 @@ def results_table(args, summaries):
 
 
 def plain_mlp_vae(latent_dim=50, hidden=200):
-    """The obvious Keras MLP VAE of the paper's size: Functional encoder and decoder, a Sampling layer, and a
-    train_step with the summed BCE from logits and the KL, Adam (β₁ 0.9, β₂ 0.999, ε 1e-4) at 1e-3."""
+    """The obvious Keras MLP VAE of the paper's size: Functional encoder and decoder, the tutorial's Sampling
+    layer, and a train_step with the summed BCE from logits and the KL, Adam (β₁ 0.9, β₂ 0.999, ε 1e-4) at 1e-3."""
     import keras
     import tensorflow as tf
     from keras import layers, ops
 
-    class Sampling(layers.Layer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.seed_generator = keras.random.SeedGenerator(1337)
-
-        def call(self, inputs):
-            z_mean, z_log_var = inputs
-            return z_mean + ops.exp(0.5 * z_log_var) * keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
-
     inputs = keras.Input(shape=(28, 28, 1))
     h = layers.Dense(hidden, activation="tanh")(layers.Dense(hidden, activation="tanh")(layers.Flatten()(inputs)))
     z_mean, z_log_var = layers.Dense(latent_dim)(h), layers.Dense(latent_dim)(h)
-    encoder = keras.Model(inputs, [z_mean, z_log_var, Sampling()([z_mean, z_log_var])])
+    encoder = keras.Model(inputs, [z_mean, z_log_var, sampling_layer()([z_mean, z_log_var])])
     latent = keras.Input(shape=(latent_dim,))
     h = layers.Dense(hidden, activation="tanh")(layers.Dense(hidden, activation="tanh")(latent))
     decoder = keras.Model(latent, layers.Reshape((28, 28, 1))(layers.Dense(784)(h)))

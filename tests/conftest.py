@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 # order, so no long file starts last and leaves one process idle (by default it orders files by their number of
 # tests, which puts the few-but-slow ones, the benchmark's and the distributed runs', at the end).
 LONGEST_FIRST = ("test_train_e2e.py", "test_sweep.py", "test_reliability.py", "test_hostile.py", "test_distribute.py",
-                 "test_benchmark.py", "test_quiet.py", "test_extension.py", "test_targets.py", "test_model.py",
-                 "test_tensorboard.py", "test_own_images.py")
+                 "test_benchmark.py", "test_tracking.py", "test_notebook.py", "test_quiet.py", "test_extension.py",
+                 "test_targets.py", "test_model.py", "test_tensorboard.py", "test_own_images.py")
 
 
 def pytest_collection_modifyitems(items):
