@@ -113,8 +113,10 @@ def test_a_collapsed_codes_ticks_do_not_run_together_and_the_title_says_how_near
     plots.latent_clusters(z.astype("float32"), rng.integers(0, 10, 1000), tmp_path / "clusters.png")
     (fig,) = figures
     assert overlapping(fig) == []
-    assert "every mean within 0.003 of the origin" in fig.axes[0].get_title()
-    assert not any("0.00" in label.get_text() for label in fig.axes[0].get_xticklabels())  # "−2.4", not "−0.0024".
+    title = fig.axes[0].get_title()
+    assert "every mean within 0.003 of the origin" in title and "1,000 digits, one dot" in title
+    assert fig.axes[0].get_xlim() == (-3, 3) and fig.axes[0].get_ylim() == (-3, 3)  # The prior's scale, not a zoom.
+    assert not any("0.00" in label.get_text() for label in fig.axes[0].get_xticklabels())  # "−2", not "−0.0024".
 
 
 def test_loss_curves_titles_clear_the_suptitle_and_a_power_of_ten(tmp_path, monkeypatch):

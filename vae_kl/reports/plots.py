@@ -25,6 +25,7 @@ from vae_kl.process.atomic import atomic_save  # noqa: E402
 DPI = 150
 TITLE_PAD = 16  # Points between an axis and its title: room for the power of ten of its ticks.
 TINY_CODE = 0.05  # Posterior means all within this of the origin (the prior's σ is 1): a collapsed code's speck.
+PRIOR_VIEW = 3.0  # A collapsed code is drawn on ±3 prior σ, where it is the one dot it is.
 DIGIT_CMAP = "gray_r"  # Dark ink on light paper, for every figure that shows digits.
 STATE_COLOURS = {"active": "C0", "healthy": "C0", "informative": "C0", "used": "C0",
                  "partial": "#e69f00", "weak": "#e69f00",
@@ -163,7 +164,14 @@ def latent_clusters(z_mean, labels, path, dims=(0, 1)):
     fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel(f"z_mean[{dims[0]}]")
     reach = float(np.max(np.abs(z_mean))) if len(z_mean) else 0.0
-    near = f"\nevery mean within {reach:.2g} of the origin: mind the axes" if reach < TINY_CODE else ""
+    near = ""
+    if reach < TINY_CODE:  # Autoscaled, a speck of 1e-4 fills the axes as if it were a spread: draw the prior's scale.
+        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, linestyle="--", color="0.6"))
+        ax.set_xlim(-PRIOR_VIEW, PRIOR_VIEW)
+        ax.set_ylim(-PRIOR_VIEW, PRIOR_VIEW)
+        ax.set_aspect("equal")
+        near = (f"\nevery mean within {reach:.2g} of the origin:\n{len(z_mean):,} digits, one dot on the prior's "
+                f"scale (dashed: its 1σ)")
     ax.set_title(f"Validation digits in the latent space (posterior means){near}")
     _save(fig, path)
 
