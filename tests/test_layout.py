@@ -1,5 +1,6 @@
 """The design's rules, checked on the source: the root is the tutorial's face, the package below it imports one
-way and without cycles, no function grows past a screen, and the Gaussian density has one home."""
+way and without cycles, no function grows past a screen, every public function of the package has type hints,
+and the Gaussian density has one home."""
 
 import ast
 import os
@@ -101,6 +102,23 @@ def test_no_function_is_longer_than_a_screen_and_the_root_files_stay_short():
     (vae,) = [node for node in ast.parse(pathlib.Path(ROOT, "model.py").read_text(encoding="utf-8")).body
               if isinstance(node, ast.ClassDef) and node.name == "VAE"]
     assert vae.end_lineno - vae.lineno + 1 <= 130  # The keras.io class is about 60.
+
+
+def unannotated_functions(path):
+    """'path:line name' of each public module-level function of a file (its name does not start with '_') that
+    lacks a return annotation or an annotation of any parameter (*args and **kwargs included)."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            args = node.args
+            params = [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, (args.vararg, args.kwarg))]
+            if node.returns is None or any(param.annotation is None for param in params):
+                yield f"{path.relative_to(ROOT).as_posix()}:{node.lineno} {node.name}"
+
+
+def test_every_public_function_of_the_package_is_annotated():
+    missing = [name for path in sorted(PACKAGE.rglob("*.py")) for name in unannotated_functions(path)]
+    assert missing == [], f"public functions without type hints (annotate every parameter and the return): " \
+                          f"{', '.join(missing)}"
 
 
 def test_the_gaussian_log_density_is_written_in_one_module():

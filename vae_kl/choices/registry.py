@@ -145,7 +145,7 @@ class Family:
             self.layer_class(cls)
 
 
-def new_layer(cls: type, *args, **kwargs) -> Any:
+def new_layer(cls: type, *args: Any, **kwargs: Any) -> Any:
     """`__new__` of a layer family's base class (which names its Family as `family`): calling a plain choice
     class makes an instance of its Keras layer class instead, and Python then runs `__init__` on that."""
     import keras  # As in Family.layer_class.

@@ -135,6 +135,6 @@ class Cyclical(Schedule):
         return None
 
 
-def get(name: str, total_steps: int = 1, **options) -> Schedule:
+def get(name: str, total_steps: int = 1, **options: float) -> Schedule:
     """The schedule registered as `name` over a run of total_steps, with its options (ValueError: unknown name)."""
     return FAMILY.get(name)(total_steps, **options)

@@ -28,7 +28,7 @@ class DataError(exits.UserError):
     """The requested data cannot be loaded; the message says what was expected."""
 
 
-def to_images(x, where):
+def to_images(x: np.ndarray, where: str) -> np.ndarray:
     """Accept (N, H, W), (N, H, W, C) with C in {1, 3}, or (N, 784) for 28×28, with pixels in [0, 1] or whole
     numbers in [0, 255]; returns float32 (N, H, W, C) in [0, 1]. H and W must be multiples of SIZE_MULTIPLE."""
     x = np.asarray(x)
@@ -51,12 +51,12 @@ def to_images(x, where):
     return x
 
 
-def check_numbers(dtype, where):
+def check_numbers(dtype: np.dtype, where: str) -> None:
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
         raise DataError(f"{where} must hold numbers, received dtype {dtype}.")
 
 
-def image_layout(shape, where):
+def image_layout(shape: tuple[int, ...], where: str) -> tuple[int, int, int, int]:
     """The (N, H, W, C) an array of this shape is read as, or the DataError saying which shapes are taken: from a
     .npy header, before the array is read."""
     layout = tuple(int(size) for size in shape)
@@ -84,7 +84,7 @@ def _number(value):
     return np.format_float_positional(np.float32(value), trim="-")
 
 
-def check_image_size(height, width, where, subject="images are"):
+def check_image_size(height: int, width: int, where: str, subject: str = "images are") -> None:
     """Refuse an image size the architecture cannot take back to itself (H, W multiples of 4), or too large to
     train (over MAX_IMAGE_SIDE); "{where} {subject} H×W" starts the message."""
     if not (SIZE_MULTIPLE <= height <= MAX_IMAGE_SIDE and SIZE_MULTIPLE <= width <= MAX_IMAGE_SIDE):
@@ -97,7 +97,7 @@ def check_image_size(height, width, where, subject="images are"):
                         f"{height - height % SIZE_MULTIPLE}×{width - width % SIZE_MULTIPLE}.")
 
 
-def bytes_text(count):
+def bytes_text(count: int) -> str:
     """A byte count for people: 512 bytes, 2.1 KiB, 17.9 MiB, 6.3 TiB."""
     if count < 1024:
         return f"{count} bytes"
@@ -124,7 +124,7 @@ def _machine_memory():
     return min(sizes) if sizes else None
 
 
-def memory_cap():
+def memory_cap() -> tuple[int, str]:
     """(bytes, why) of the most memory loading a data set may take: MAX_DATA_BYTES, or half this machine's
     memory where that is less."""
     total = _machine_memory()
@@ -133,7 +133,7 @@ def memory_cap():
     return MAX_DATA_BYTES, "data.MAX_DATA_BYTES"
 
 
-def check_memory(need, what, counted):
+def check_memory(need: int, what: str, counted: str) -> None:
     """Refuse data that would need more than memory_cap() bytes to load; `what` names it, `counted` says how
     `need` was counted."""
     cap, why = memory_cap()
@@ -142,7 +142,7 @@ def check_memory(need, what, counted):
                         f"{bytes_text(cap)} cap ({why}); keep fewer or smaller images in it.")
 
 
-def to_labels(y, count, where):
+def to_labels(y: np.ndarray, count: int, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != count or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{where} must be {count} integer labels of shape ({count},); "
@@ -151,11 +151,11 @@ def to_labels(y, count, where):
 
 
 
-def shape_text(shape):
+def shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(str(int(s)) for s in shape)
 
 
-def regular_file(path, what):
+def regular_file(path: str, what: str) -> None:
     """Refuse a path that is not a regular file before anything opens it: a FIFO or a device would block the
     open forever, a folder fails obscurely."""
     try:

@@ -1,9 +1,17 @@
 """The tf.data pipelines a run trains and validates on (the only part of the data that needs TensorFlow).
 """
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
-def train_batches(x, batch_size, seed, first_epoch, epochs, dynamic_binarize=False):
+
+def train_batches(x: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int,
+                  dynamic_binarize: bool = False) -> "tf.data.Dataset":
     """A tf.data pipeline of training batches for epochs first_epoch..epochs-1.
 
     Each epoch's order, and with dynamic_binarize each batch's binary pixels, depend only on
@@ -30,7 +38,7 @@ def train_batches(x, batch_size, seed, first_epoch, epochs, dynamic_binarize=Fal
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
-def validation_batches(x, batch_size=512):
+def validation_batches(x: np.ndarray, batch_size: int = 512) -> "tf.data.Dataset":
     import tensorflow as tf  # See train_batches.
 
     return tf.data.Dataset.from_tensor_slices(x).batch(batch_size).prefetch(tf.data.AUTOTUNE)

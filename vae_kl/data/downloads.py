@@ -11,6 +11,9 @@ import os
 import socket
 import time
 import urllib.request
+from typing import Optional
+
+import numpy as np
 
 from vae_kl.data.arrays import DataError, to_images
 from vae_kl.process.exits import first_line
@@ -33,7 +36,7 @@ KERAS_CACHE_GLOBS = {"mnist": "mnist.npz", "fashion_mnist": "fashion-mnist/t10k-
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def keras_datasets_dir():
+def keras_datasets_dir() -> str:
     """Where keras.datasets caches its files: $KERAS_HOME/datasets, else ~/.keras/datasets (/tmp/.keras when
     the home folder is read-only), as Keras itself decides."""
     home = os.environ.get("KERAS_HOME")
@@ -43,7 +46,7 @@ def keras_datasets_dir():
     return os.path.join(home, "datasets")
 
 
-def download_blocked():
+def download_blocked() -> Optional[str]:
     """Why a keras.datasets download cannot succeed now, or None: a failure remembered from the last
     DOWNLOAD_RETRY_SECONDS, or the dataset host not answering within DOWNLOAD_PROBE_SECONDS (remembered).
     Behind an HTTPS proxy there is no probe; load_keras_dataset bounds the download by DOWNLOAD_STALL_SECONDS."""
@@ -65,7 +68,7 @@ def download_blocked():
     return None
 
 
-def remember_download_failure():
+def remember_download_failure() -> None:
     """Touch the memo download_blocked reads; where the cache cannot be written, nothing is remembered."""
     memo = os.path.join(keras_datasets_dir(), DOWNLOAD_FAILED_MEMO)
     try:
@@ -76,17 +79,17 @@ def remember_download_failure():
         pass
 
 
-def refusal(name, reason):
+def refusal(name: str, reason: str) -> DataError:
     """The one-line DataError of a keras.datasets source that cannot be loaded."""
     return DataError(f"Could not load {name} from keras.datasets ({reason}). "
                      f"Without internet, use data.source: mnist_embedded.")
 
 
-def needs_download(name):
+def needs_download(name: str) -> bool:
     return not glob.glob(os.path.join(keras_datasets_dir(), KERAS_CACHE_GLOBS[name]))
 
 
-def check_download(name):
+def check_download(name: str) -> None:
     """Before TensorFlow: refuse a keras.datasets source that is not cached and cannot be downloaded now
     (download_blocked: a remembered failure, or the host silent for DOWNLOAD_PROBE_SECONDS)."""
     blocked = download_blocked() if needs_download(name) else None
@@ -94,7 +97,7 @@ def check_download(name):
         raise refusal(name, blocked)
 
 
-def load_keras_dataset(name):
+def load_keras_dataset(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """keras.datasets MNIST, Fashion-MNIST or CIFAR-10; downloads once, then reads the cache offline. A download
     fails, and is remembered, once a socket waits DOWNLOAD_STALL_SECONDS for anything (a stalled proxy or host)."""
     import keras

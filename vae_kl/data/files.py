@@ -35,7 +35,7 @@ _NPZ_READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, NotImplementedE
                     zlib.error)
 
 
-def load_npz(path):
+def load_npz(path: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Read (x_train, y_train), (x_test, y_test) from a .npz file. Every .npy header is checked first (_check_npz:
     shapes, dtypes, no pickled objects, the memory it expands to), then the arrays are read from the same open file."""
     with _open_npz(path) as archive:
@@ -245,7 +245,7 @@ def _first_image(path, groups):
     return file, shape
 
 
-def load_folder(path, seed):
+def load_folder(path: str, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
     """A folder of images, one sub-folder per label, split per label into training and validation.
 
     Labels are the sorted sub-folder names, 0..K-1 (images directly in the folder come first, as
@@ -278,19 +278,19 @@ def load_folder(path, seed):
     return (x[train_order], y[train_order]), (x[val_order], y[val_order]), names
 
 
-def label_text(names, shown=10):
+def label_text(names: list[str], shown: int = 10) -> str:
     pairs = [f"{i} = {name}" for i, name in enumerate(names[:shown])]
     return ", ".join(pairs) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def peek_npz(path):
+def peek_npz(path: str) -> tuple[tuple[int, int, int], int, int]:
     """((H, W, C), training count, test count) of a .npz from its headers, checked as load_npz checks them."""
     with _open_npz(path) as archive:
         layouts = _check_npz(archive, path)
     return layouts["x_train"][1:], layouts["x_train"][0], layouts["x_test"][0]
 
 
-def peek_folder(path):
+def peek_folder(path: str) -> tuple[tuple[int, int, int], int, int]:
     """((H, W, C), training count, validation count) of a folder of images (as load_folder splits it), from the
     listing and every image's header: a file that is no image, or of another size or mode than the first, is
     refused before TensorFlow and before a run folder exists. Headers only: about 0.1 ms an image."""

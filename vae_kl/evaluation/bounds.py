@@ -4,6 +4,8 @@ importance-weighted bound of Burda et al. (2016), and how much the decoder uses 
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 
@@ -14,7 +16,7 @@ from vae_kl.evaluation import codes
 EVAL_SEED = 20240611
 
 
-def evaluation_log_sigma(vae, x, z_mean):
+def evaluation_log_sigma(vae: Any, x: np.ndarray, z_mean: np.ndarray) -> Optional[float]:
     """log σ of a Gaussian decoder for evaluation: learned, fixed, or optimal over the first validation digits."""
     if not vae.likelihood.has_sigma:
         return None
@@ -28,7 +30,8 @@ def chunks(k: int) -> tuple:
     return per_chunk, min(k, max(1, codes.DECODE_BATCH // per_chunk))
 
 
-def seconds_per_code(vae, x, z_mean, z_log_var, k, log_sigma) -> tuple:
+def seconds_per_code(vae: Any, x: np.ndarray, z_mean: np.ndarray, z_log_var: np.ndarray, k: int,
+                     log_sigma: Optional[float]) -> tuple[float, int]:
     """(seconds, codes): what one decoder call of importance_bounds' size takes per decoded code, timed after an
     untimed call that traces it, and that call's number of codes. The estimate of a whole evaluation."""
     per_chunk, samples = chunks(k)
@@ -40,7 +43,9 @@ def seconds_per_code(vae, x, z_mean, z_log_var, k, log_sigma) -> tuple:
     return (time.perf_counter() - started) / eps[..., 0].size, eps[..., 0].size
 
 
-def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED, progress=None):
+def importance_bounds(vae: Any, x: np.ndarray, z_mean: np.ndarray, z_log_var: np.ndarray, k: int,
+                      log_sigma: Optional[float], seed: int = EVAL_SEED,
+                      progress: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-digit ELBO terms and the IWAE bound with k samples, computed in chunks.
 
     Returns (reconstruction, iwae_log_likelihood, kl_estimate), each (n,): the Monte Carlo mean
@@ -77,7 +82,9 @@ def importance_bounds(vae, x, z_mean, z_log_var, k, log_sigma, seed=EVAL_SEED, p
     return reconstruction, iwae, kl
 
 
-def sample_terms(vae, xs, mu, log_var, eps, log_sigma, encode_prior):
+def sample_terms(vae: Any, xs: np.ndarray, mu: np.ndarray, log_var: np.ndarray, eps: np.ndarray,
+                 log_sigma: Optional[float],
+                 encode_prior: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log p(x|z), log p(z) and log q(z|x) in float64, each (s, b), for z = mu + σ·eps with eps (s, b, latent_dim),
     the s·b codes decoded in one call."""
     s, b, latent_dim = eps.shape
@@ -106,7 +113,9 @@ def _streaming_log_sum_exp(top, total, values):
     return new_top, carried + np.exp(values - new_top).sum(axis=0)
 
 
-def decoder_use(vae, x, z_mean, z_log_var, log_sigma, seed=EVAL_SEED, progress=None):
+def decoder_use(vae: Any, x: np.ndarray, z_mean: np.ndarray, z_log_var: np.ndarray, log_sigma: Optional[float],
+                seed: int = EVAL_SEED,
+                progress: Optional[Callable[[int], None]] = None) -> tuple[Optional[float], Optional[float]]:
     """How much the decoder uses the code: E[-log p(x|z')] - E[-log p(x|z)], in nats per digit.
 
     z ~ q(z|x) is the digit's own code (one draw) and z' the same draw for another digit (a random

@@ -4,6 +4,7 @@ et al. 2018), and, for comparison, the scale-dependent active units of Burda et 
 """
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -20,7 +21,8 @@ INFORMATION_DRAWS = 8
 MI_MAX_EXAMPLES = 2000  # Digits in the aggregate-posterior estimate (its cost grows with their square).
 
 
-def information(z_mean, z_log_var, seed=bounds.EVAL_SEED, draws=INFORMATION_DRAWS):
+def information(z_mean: np.ndarray, z_log_var: np.ndarray, seed: int = bounds.EVAL_SEED,
+                draws: int = INFORMATION_DRAWS) -> tuple[float, np.ndarray]:
     """I(x; z) and I(x; z_j) per unit under the encoder, in nats (Hoffman & Johnson 2016).
 
     I(x; z) = E_x E_{z~q(z|x)} [log q(z|x) - log q(z)], with the aggregate posterior q(z) estimated
@@ -34,7 +36,8 @@ def information(z_mean, z_log_var, seed=bounds.EVAL_SEED, draws=INFORMATION_DRAW
     return float(totals.mean()), per_unit.mean(axis=0)
 
 
-def information_draws(z_mean, z_log_var, seed=bounds.EVAL_SEED, draws=INFORMATION_DRAWS, max_elements=2 ** 18):
+def information_draws(z_mean: np.ndarray, z_log_var: np.ndarray, seed: int = bounds.EVAL_SEED,
+                      draws: int = INFORMATION_DRAWS, max_elements: int = 2 ** 18) -> tuple[np.ndarray, np.ndarray]:
     """information's estimate for each of `draws` noise draws: (totals (draws,), per_unit (draws, J)).
 
     The draws share the n posteriors that make the aggregate, so their spread measures the noise of
@@ -85,13 +88,14 @@ def _log_mean_exp_rows(values):
     return top + np.log(values.mean(axis=1))
 
 
-def signal_to_noise(z_mean, z_log_var):
+def signal_to_noise(z_mean: np.ndarray, z_log_var: np.ndarray) -> np.ndarray:
     """Var_x E[z_j|x] / E_x Var[z_j|x] per unit: how far apart the digits' codes are, in units of the
     posterior noise. Scale-free; I(x; z_j) ≈ ½ log(1 + SNR) when the codes are Gaussian. (J,)"""
     return z_mean.astype("float64").var(axis=0) / np.exp(z_log_var.astype("float64")).mean(axis=0)
 
 
-def code_use(z_mean, z_log_var, kl_nats, seed=bounds.EVAL_SEED, factorized_prior=True):
+def code_use(z_mean: np.ndarray, z_log_var: np.ndarray, kl_nats: float, seed: int = bounds.EVAL_SEED,
+             factorized_prior: bool = True) -> dict:
     """How much the code is used, from the posteriors' moments (n, latent_dim) and the KL (nats/digit).
 
     Information (scale-free): I(x; z) over at most MI_MAX_EXAMPLES digits with its log N cap, I(x; z_j)
@@ -117,7 +121,8 @@ def code_use(z_mean, z_log_var, kl_nats, seed=bounds.EVAL_SEED, factorized_prior
             **kl_parts(totals, per_unit_draws, kl_nats, factorized_prior)}
 
 
-def kl_parts(totals, per_unit_draws, kl_nats, factorized_prior):
+def kl_parts(totals: np.ndarray, per_unit_draws: np.ndarray, kl_nats: float,
+             factorized_prior: bool) -> dict[str, Optional[float]]:
     """The KL averaged over the digits in three parts (Chen et al. 2018): index-code information I(x; z), total
     correlation TC = KL(q(z) || Π_j q(z_j)) and dimension-wise KL Σ_j KL(q(z_j) || p(z_j)), in nats per digit.
 

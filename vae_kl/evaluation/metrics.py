@@ -4,21 +4,26 @@ parts, and how much the decoder uses the code.
 """
 
 import math
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from vae_kl.evaluation import bounds, codes, information
 from vae_kl.spec import meaning
 
+if TYPE_CHECKING:
+    from vae_kl.evaluation.clock import Clock
 
-def describe_objective(vae) -> dict:
+
+def describe_objective(vae: Any) -> dict:
     """meaning.describe for a model's own objective, likelihood and sizes."""
     goal = vae.objective
     return meaning.describe(goal.reconstruction_reduction, goal.kl_reduction, goal.kl_weight, vae.latent_dim,
                             vae.num_pixels, vae.likelihood.name_in_config, vae.likelihood.config_options())
 
 
-def compute_metrics(vae, x, k, seed=bounds.EVAL_SEED, clock=None):
+def compute_metrics(vae: Any, x: np.ndarray, k: int, seed: int = bounds.EVAL_SEED,
+                    clock: Optional["Clock"] = None) -> tuple[dict, dict]:
     """Every validation number summary.json reports, plus arrays the figures need.
 
     Besides the ELBO's terms, the IWAE bound and code_use's numbers: `decoder_use_nats`, how many nats of
@@ -62,7 +67,7 @@ def compute_metrics(vae, x, k, seed=bounds.EVAL_SEED, clock=None):
     return validation, arrays
 
 
-def reconstruction_spread(x, recons):
+def reconstruction_spread(x: np.ndarray, recons: np.ndarray) -> float:
     """How much reconstructions differ from each other, relative to how much the inputs do.
 
     The ratio of total per-pixel variance across digits; 0 when every reconstruction is the same

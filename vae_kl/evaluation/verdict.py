@@ -2,6 +2,8 @@
 """
 
 
+from typing import Any
+
 from vae_kl.choices import likelihoods
 from vae_kl.evaluation import information, metrics
 from vae_kl.evaluation.noise import estimate_text, nats_text
@@ -21,7 +23,7 @@ STATES = ("healthy", "partial", "collapsed")
 
 
 
-def diagnose(validation, context):
+def diagnose(validation: dict, context: dict) -> dict:
     """The verdict: state (healthy, partial, collapsed), the numbers in words and the next step.
 
     Collapse is decided by information, not by the KL or the scale of z: a code with less than
@@ -78,7 +80,7 @@ def diagnose(validation, context):
 
 
 
-def advice(state, informative, latent_dim, context, decoder_ignores=False):
+def advice(state: str, informative: int, latent_dim: int, context: dict, decoder_ignores: bool = False) -> str:
     """The next step for a verdict, naming the setting and the value to try (decoder_ignores: diagnose found a
     code with information that the decoder does not use)."""
     if state == "healthy":
@@ -120,7 +122,7 @@ def advice(state, informative, latent_dim, context, decoder_ignores=False):
             f"linear, loss.kl_warmup: 10).")
 
 
-def verdict_context(vae, steps):
+def verdict_context(vae: Any, steps: int) -> dict:
     """diagnose's context for a model: its objective's β and λ, its likelihood, and the steps trained."""
     description = metrics.describe_objective(vae)
     return {"effective_beta": description["effective_beta"], "kl_weight": vae.objective.kl_weight,

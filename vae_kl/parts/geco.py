@@ -5,6 +5,8 @@ reconstruction averages κ. Its state is this small Keras layer, so Keras saves 
 resumed run keeps its multiplier; what a GECO run reports is vae_kl.training.targets'.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -64,7 +66,7 @@ class GECO(keras.layers.Layer):
         super().load_own_variables(store)
 
 
-def kl_weight_in_force(vae) -> float:
+def kl_weight_in_force(vae: Any) -> float:
     """λ times the schedule's multiplier at the optimizer's current step (GECO: the λ of its β)."""
     goal = vae.objective
     if goal.chooses_beta:

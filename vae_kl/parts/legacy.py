@@ -9,6 +9,7 @@ tests/test_targets.py load them.
 """
 
 import dataclasses
+from typing import Any, Optional
 
 from vae_kl.choices import architectures, likelihoods, priors
 from vae_kl.spec.config import LossConfig
@@ -37,7 +38,7 @@ def objective_from_saved(saved: dict) -> Objective:
     return Objective(**{key: value for key, value in saved.items() if key in known})
 
 
-def from_version_1_config(cls, config: dict):
+def from_version_1_config(cls: type, config: dict) -> Any:
     """Rebuild a model saved before the four-part design: the same layers (so the weights load), the
     standard normal prior it was trained with, and its objective (used if it is compiled again)."""
     old = {key: config.pop(key) for key in VERSION_1_KEYS if key in config}
@@ -53,7 +54,7 @@ def from_version_1_config(cls, config: dict):
     return vae
 
 
-def load_own_variables(vae, store, current: str) -> None:
+def load_own_variables(vae: Any, store: Any, current: str) -> None:
     """VAE.load_own_variables: nothing for this version's layout (`current`); an earlier version's variables are
     put where this version keeps them; a layout this version does not know is refused (ValueError)."""
     stored = vae.stored_own_variables
@@ -64,7 +65,7 @@ def load_own_variables(vae, store, current: str) -> None:
                          f"not know ({current!r}); load it with the version that saved it.")
 
 
-def restore_own_variables(vae, store, layout) -> bool:
+def restore_own_variables(vae: Any, store: Any, layout: Optional[str]) -> bool:
     """Put what an earlier version kept as the VAE's own variables where this version keeps them; False for a
     layout this version does not know. layout: what the file's config names ("geco-5"), or None when it names
     none (files before the name was recorded, and weights-only checkpoints), so that their number decides."""
@@ -82,7 +83,7 @@ def restore_own_variables(vae, store, layout) -> bool:
     return True
 
 
-def restore_log_sigma(vae, store) -> bool:
+def restore_log_sigma(vae: Any, store: Any) -> bool:
     """Put a version-1 file's own variable (the learned log σ) into the likelihood; True if it did.
     (Version 2 files hold no VAE variables.)"""
     if not list(store.keys()) or getattr(vae.likelihood, "learned_log_sigma", None) is None:
@@ -92,7 +93,7 @@ def restore_log_sigma(vae, store) -> bool:
     return True
 
 
-def restore_geco_version_3(vae, store) -> None:
+def restore_geco_version_3(vae: Any, store: Any) -> None:
     """Put a version-3 file's GECO state (log λ, the constraint's average) into the VAE's GECO layer. That version
     had no hold: its multiplier integrated from the first step, so the loaded one is released and goes on."""
     vae.geco.log_multiplier.assign(store["0"])

@@ -1,11 +1,14 @@
 """How one batch is split: into slices that run side by side on the CPU cores (map_shards), and into
 replicas under tf.distribute (GlobalBatch). Both leave every number equal to the whole batch's."""
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import tensorflow as tf
 from keras import ops
 
 
-def map_shards(fn, inputs, shards):
+def map_shards(fn: Callable[..., Any], inputs: Sequence[tf.Tensor], shards: int) -> list[tf.Tensor]:
     """fn applied to `shards` consecutive slices of the batch, its outputs concatenated back.
 
     inputs: tensors with the same batch size; fn takes one slice of each. The slices are as

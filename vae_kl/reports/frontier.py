@@ -13,6 +13,7 @@ frontier.md and a section of report.html. Other finished runs (--place) are read
 import html
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -87,7 +88,7 @@ class Reach:
 
 # ---- Placed runs ---------------------------------------------------------------------------------------
 
-def placed_run(run_dir, name):
+def placed_run(run_dir: str, name: str) -> Placed:
     """A Placed from a run folder's summary.json; raises ConfigError when it is not a finished run."""
     summary = atomic.read_json(os.path.join(run_dir, "summary.json"))
     if not isinstance(summary, dict):
@@ -113,7 +114,7 @@ def placed_run(run_dir, name):
                   recorded(summary.get("objective") or {}, "effective_beta", "objective", run_dir))
 
 
-def recorded(block, key, name, run_dir):
+def recorded(block: dict, key: str, name: str, run_dir: str) -> float:
     """A number summary.json's `name` block records; ConfigError when it is missing (a run of an older version)."""
     value = block.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -122,7 +123,7 @@ def recorded(block, key, name, run_dir):
     return float(value)
 
 
-def read_placed(path):
+def read_placed(path: str) -> list[Placed]:
     """The runs --place PATH names: one finished run folder, or every finished run of a sweep folder.
     Raises ConfigError (one `error:` line, exit 2) for anything else, before the sweep trains."""
     folder = os.path.abspath(path)
@@ -146,7 +147,7 @@ def read_placed(path):
 
 # ---- The math ------------------------------------------------------------------------------------------
 
-def frontier_points(rows):
+def frontier_points(rows: list[dict]) -> tuple[list[Point], list[str]]:
     """(points in β order, settings left out): one Point per setting with a finished seed and an effective β;
     the others (no finished seed, no β recorded) by name."""
     points, left_out = [], []
@@ -160,13 +161,13 @@ def frontier_points(rows):
     return sorted(points, key=lambda point: point.beta), left_out
 
 
-def chord_slopes(points):
+def chord_slopes(points: list[Point]) -> list[Optional[float]]:
     """ΔD/ΔR between each point and the next (in β order); None where the rate did not change."""
     return [None if b.rate == a.rate else (b.distortion - a.distortion) / (b.rate - a.rate)
             for a, b in zip(points, points[1:])]
 
 
-def reach(points, target, axis):
+def reach(points: list[Point], target: float, axis: str) -> Reach:
     """Where `target` (nats of `axis`: "distortion" or "rate") lies on the frontier: log β linear in that axis
     between the two neighbouring points. Every crossing is kept: noisy means need not be monotone in β."""
     betas = [point.beta for point in points]
@@ -191,7 +192,7 @@ def reach(points, target, axis):
     return Reach(axis, target, tuple(crossings), outside, monotone)
 
 
-def chord_words(slope, beta, next_beta):
+def chord_words(slope: Optional[float], beta: float, next_beta: float) -> str:
     """The chord's slope against the optimum's: between −β_next and −β (a convex frontier), or not."""
     if slope is None:
         return "the rate did not change"
@@ -205,7 +206,7 @@ def chord_words(slope, beta, next_beta):
 
 # ---- Words ---------------------------------------------------------------------------------------------
 
-def reach_words(found, name, points):
+def reach_words(found: Reach, name: str, points: list[Point]) -> str:
     """One sentence: which β reaches `name` (e.g. "κ = 140.2") on the frontier, or where to extend the grid."""
     values = [getattr(point, found.axis) for point in points]
     if found.outside:
@@ -226,7 +227,7 @@ def reach_words(found, name, points):
     return words + "."
 
 
-def placed_words(points, run):
+def placed_words(points: list[Point], run: Placed) -> str:
     """The frontier's β for a placed GECO run's κ or capacity run's C, beside what that run itself did."""
     if run.kind == "GECO":
         found = reach(points, run.kappa, "distortion")
@@ -239,7 +240,7 @@ def placed_words(points, run):
             + f"; the capacity run {run.name} reached a validation rate of {number(run.rate)} nats.")
 
 
-def statements(points, request):
+def statements(points: list[Point], request: Request) -> list[str]:
     """The page's sentences on targets: --target-distortion / --target-rate if given, else each placed
     GECO run's κ and capacity run's C."""
     if not points:
@@ -254,7 +255,7 @@ def statements(points, request):
                      "run, reads off the β that reaches it."]
 
 
-def notes(points, left_out):
+def notes(points: list[Point], left_out: list[str]) -> list[str]:
     """Where the error bars are absent and why, and the settings the frontier leaves out."""
     single = [point for point in points if point.n == 1]
     words = []
@@ -269,12 +270,12 @@ def notes(points, left_out):
     return words
 
 
-def table_entries(points):
+def table_entries(points: list[Point]) -> list[tuple[Point, Optional[float], Optional[Point]]]:
     """(point, chord slope to the next point, the next point) for each point; the last has (None, None)."""
     return list(zip(points, chord_slopes(points) + [None], points[1:] + [None]))
 
 
-def weight_differs(point):
+def weight_differs(point: Point) -> bool:
     """Whether the grid's λ (as results.csv writes it: YAML, a string such as 1e-3 quoted) is not the effective β."""
     try:
         return not math.isclose(float(point.kl_weight.strip("'\"")), point.beta)
@@ -282,7 +283,7 @@ def weight_differs(point):
         return True
 
 
-def table_columns(points):
+def table_columns(points: list[Point]) -> list[tuple[str, Callable[[tuple], str]]]:
     """(header, text of a table entry) of the frontier table; λ only where it differs from the effective β."""
     columns = [("β", lambda e: beta_text(e[0].beta))]
     if any(weight_differs(point) for point in points):
@@ -302,7 +303,7 @@ PLACED_COLUMNS = (("Run", lambda r: r.name), ("Kind", lambda r: r.kind),
                   ("Rate (nats)", lambda r: number(r.rate)), ("Distortion (nats)", lambda r: number(r.distortion)))
 
 
-def page_markdown(name, points, left_out, request):
+def page_markdown(name: str, points: list[Point], left_out: list[str], request: Request) -> str:
     """frontier.md: how to read it, the figure, the table, the targets, the placed runs and the command."""
     lines = [f"# Rate–distortion frontier of sweep '{name}'", "", READING, "", f"![{CAPTION}]({FIGURE})", ""]
     lines += [*notes(points, left_out), ""] if notes(points, left_out) else []
@@ -314,7 +315,7 @@ def page_markdown(name, points, left_out, request):
     return "\n".join(lines + ["## The command", "", f"    {request.command}", ""])
 
 
-def html_section(folder, points, left_out, request):
+def html_section(folder: str, points: list[Point], left_out: list[str], request: Request) -> str:
     """The frontier's section of report.html, from the same parts as frontier.md, the figure embedded."""
     parts = [f"<h2>Rate–distortion frontier</h2><p>{html.escape(READING)}</p>"]
     parts += [f"<p>{html.escape(note)}</p>" for note in notes(points, left_out)]
@@ -329,7 +330,7 @@ def html_section(folder, points, left_out, request):
 
 # ---- The outputs ---------------------------------------------------------------------------------------
 
-def draw(folder, points, rows, request):
+def draw(folder: str, points: list[Point], rows: list[dict], request: Request) -> dict:
     """frontier.png; returns what plots.frontier drew."""
     seeded = any(point.n > 1 for point in points)
     done = [row for row in rows if row["status"] == "complete" and row.get(AXES["rate"]) is not None]
@@ -341,7 +342,7 @@ def draw(folder, points, rows, request):
                           placed=[(run.label, run.rate, run.distortion) for run in request.placed])
 
 
-def write_frontier(folder, rows, request):
+def write_frontier(folder: str, rows: list[dict], request: Request) -> str:
     """frontier.png (when a setting finished) and frontier.md in the sweep folder; returns report.html's section."""
     points, left_out = frontier_points(rows)
     path = os.path.join(folder, FIGURE)

@@ -9,6 +9,8 @@ light (`gray_r`), as printed digits are; colour images (C = 3) as they are. Imag
 import io
 import sys
 import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import matplotlib
 
@@ -16,6 +18,7 @@ if "ipykernel" not in sys.modules:  # A notebook keeps its inline backend (every
     matplotlib.use("Agg")  # No display on servers and CI, and no window per figure on a desktop.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 from matplotlib.collections import PatchCollection  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
@@ -52,7 +55,7 @@ GRID_COLUMNS = 10  # Columns a reconstruction grid aims at: one per MNIST class.
 MAX_GRID_CLASSES = 20  # More labels than this (a folder of many): the grid shows the first ones.
 
 
-def pick_one_per_class(labels, per_class=None):
+def pick_one_per_class(labels: np.ndarray, per_class: Optional[int] = None) -> np.ndarray:
     """Indices of the first `per_class` examples of every label, ordered by label. By default one per
     label, or more when there are fewer than GRID_COLUMNS labels (a folder with one or three labels
     still fills a row of about ten); at most MAX_GRID_CLASSES labels."""
@@ -82,7 +85,8 @@ def _tile(images, rows, cols):
 IMAGE_GAP = 0.12  # Space between the images of image_rows, as a fraction of an image's size.
 
 
-def image_rows(rows, row_titles, col_titles, path, title=None):
+def image_rows(rows: Sequence[np.ndarray], row_titles: Sequence[str], col_titles: Optional[npt.ArrayLike], path: str,
+               title: Optional[str] = None) -> None:
     """A grid of images: one row per entry of `rows` (each (n, H, W, C), C = 1 or 3), labelled.
 
     A long `title` (e.g. with β, −ELBO and the verdict) is wrapped to the figure's width. Drawn as one
@@ -116,12 +120,14 @@ def image_rows(rows, row_titles, col_titles, path, title=None):
     _save(fig, path)
 
 
-def reconstructions(originals, recons, labels, path, title=None):
+def reconstructions(originals: np.ndarray, recons: np.ndarray, labels: Optional[npt.ArrayLike], path: str,
+                    title: Optional[str] = None) -> None:
     """Originals on top, their reconstructions beneath, each column labelled with its class."""
     image_rows([originals, recons], ["input", "reconstruction"], labels, path, title)
 
 
-def latent_manifold(decode, path, n=20, scale=1.0, extent=None, title=None):
+def latent_manifold(decode: Callable[[np.ndarray], npt.ArrayLike], path: str, n: int = 20, scale: float = 1.0,
+                    extent: Optional[tuple[float, float, float, float]] = None, title: Optional[str] = None) -> None:
     """The tutorial's plot: digits decoded on an n×n grid of z (2-D latents).
 
     The grid spans `extent` = (xmin, xmax, ymin, ymax), e.g. from quantiles of the posterior
@@ -150,7 +156,7 @@ def _plain_ticks(ax, bins=6):
         axis.set_major_formatter(formatter)
 
 
-def latent_clusters(z_mean, labels, path, dims=(0, 1)):
+def latent_clusters(z_mean: np.ndarray, labels: np.ndarray, path: str, dims: tuple[int, int] = (0, 1)) -> None:
     """Posterior means of validation digits, coloured by class, on two latent dimensions; a collapsed code (every
     mean near the origin) says how near in the title, since autoscaling makes its speck look like a spread."""
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
@@ -201,7 +207,7 @@ def _robust_ylim(ax, epochs, series, skip):
     return f"off scale (train / validation): {', '.join(notes)}" if notes else ""
 
 
-def loss_curves(history, path, title=None, skip_epochs=None):
+def loss_curves(history: list[dict], path: str, title: Optional[str] = None, skip_epochs: Optional[int] = None) -> None:
     """Training and validation curves per epoch: the objective, reconstruction, KL and -ELBO.
 
     The y-range comes from the epochs after the first `skip_epochs` (default: 1 epoch when there
@@ -239,7 +245,8 @@ def loss_curves(history, path, title=None, skip_epochs=None):
     _save(fig, path)
 
 
-def information_curves(history, path, collapsed_below, informative_from, title=None):
+def information_curves(history: list[dict], path: str, collapsed_below: float, informative_from: float,
+                       title: Optional[str] = None) -> bool:
     """The information the code carries per epoch (metrics.csv's val_information, on the first validation
     digits), in total and per latent unit, with the verdict's two thresholds as dashed lines. Epochs of a
     run resumed from an earlier version, which did not log it, are left out. Returns False (and draws
@@ -272,7 +279,9 @@ def information_curves(history, path, collapsed_below, informative_from, title=N
     return True
 
 
-def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None, title=None, ylabel="KL weight λ"):
+def kl_schedule(steps: npt.ArrayLike, weights: npt.ArrayLike, epoch_steps: npt.ArrayLike, epoch_weights: npt.ArrayLike,
+                path: str, schedule: Optional[str] = None, title: Optional[str] = None,
+                ylabel: str = "KL weight λ") -> None:
     """The KL weight in force at every step (or what the schedule moves: ylabel), with the value logged
     at the end of each epoch.
 
@@ -299,8 +308,9 @@ def kl_schedule(steps, weights, epoch_steps, epoch_weights, path, schedule=None,
     _save(fig, path)
 
 
-def kl_per_dimension(kl_per_dim, active, path, information=None, states=None, title=None,
-                     information_label="information (nats)"):
+def kl_per_dimension(kl_per_dim: npt.ArrayLike, active: npt.ArrayLike, path: str,
+                     information: Optional[npt.ArrayLike] = None, states: Optional[Sequence[str]] = None,
+                     title: Optional[str] = None, information_label: str = "information (nats)") -> None:
     """Bar chart of the average KL of each latent dimension; active units in colour.
 
     Every bar is labelled with its value and drawn at least a sliver high, so an unused unit
@@ -378,7 +388,9 @@ def _group_label(labels, max_lines=6):
     return "\n".join([f"{len(labels)} at the same point:"] + shown + more)
 
 
-def rate_distortion(points, path, title="Rate-distortion", collapsed=None, xerr=None, yerr=None, seeds=None):
+def rate_distortion(points: Sequence[tuple[Any, float, float]], path: str, title: str = "Rate-distortion",
+                    collapsed: Optional[Sequence[bool]] = None, xerr: Optional[npt.ArrayLike] = None,
+                    yerr: Optional[npt.ArrayLike] = None, seeds: Optional[Sequence[tuple]] = None) -> None:
     """Points (rate = KL, distortion = reconstruction), each labelled.
 
     Args:
@@ -438,7 +450,9 @@ PLACED_MARKERS = ("s", "D", "^", "v", "P", "X", "*", "h", "<", ">")  # One per r
 SLOPE_PIXELS = 46  # Length on screen of the slope −β drawn at each point of a frontier.
 
 
-def frontier(points, path, title, seeds=None, placed=()):
+def frontier(points: Sequence[tuple[float, float, Optional[float], float, Optional[float]]], path: str, title: str,
+             seeds: Optional[Sequence[tuple[float, float]]] = None,
+             placed: Sequence[tuple[str, float, float]] = ()) -> dict:
     """The rate–distortion frontier of a β sweep: rate (KL) across, distortion (reconstruction) up.
 
     Args:
@@ -504,7 +518,7 @@ def _bar_halves(bars, axis, n):
     return [float(abs(np.diff(np.asarray(seg)[:, axis])[0]) / 2) for seg in collection.get_segments()]
 
 
-def samples(images, path, title="Samples from the prior"):
+def samples(images: np.ndarray, path: str, title: str = "Samples from the prior") -> None:
     """A square grid of images (n, H, W, C)."""
     side = int(np.sqrt(len(images)))
     fig, ax = plt.subplots(figsize=(6, 6))
@@ -514,7 +528,7 @@ def samples(images, path, title="Samples from the prior"):
     _save(fig, path)
 
 
-def thumbnail_png(path, width=240):
+def thumbnail_png(path: str, width: int = 240) -> bytes:
     """A PNG file shrunk to about `width` pixels wide by averaging blocks of pixels; returns PNG bytes."""
     image = plt.imread(path)
     step = max(1, int(np.ceil(image.shape[1] / width)))

@@ -4,16 +4,21 @@ both call `evaluate_run`.
 """
 
 import os
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from vae_kl.evaluation import bounds, codes, information, metrics, noise, verdict
 from vae_kl.reports import plots
 
+if TYPE_CHECKING:
+    from vae_kl.evaluation.clock import Clock
+
 PATH_POINTS = 1000  # Epochs drawn on the rate-distortion path at most (100,000 took a minute to draw, 1,000 a second).
 
 
-def latent_extent(z_mean, prior_samples, dims=(0, 1), quantile=0.01, margin=0.1):
+def latent_extent(z_mean: np.ndarray, prior_samples: np.ndarray, dims: tuple[int, ...] = (0, 1), quantile: float = 0.01,
+                  margin: float = 0.1) -> tuple[float, ...]:
     """Axis ranges covering the posterior means and the prior: their 1st to 99th percentiles, padded."""
     extent = []
     for dim in dims:
@@ -24,7 +29,7 @@ def latent_extent(z_mean, prior_samples, dims=(0, 1), quantile=0.01, margin=0.1)
     return tuple(extent)
 
 
-def history_figures(vae, run_dir, history, steps_per_epoch):
+def history_figures(vae: Any, run_dir: str, history: list[dict], steps_per_epoch: int) -> None:
     """The figures drawn from metrics.csv's rows: the loss curves, the information per epoch and the KL
     weight over the run's steps (the objective's own schedule, with the weight each epoch logged)."""
     described = metrics.describe_objective(vae)
@@ -51,7 +56,8 @@ def history_figures(vae, run_dir, history, steps_per_epoch):
                       schedule=schedule, ylabel=label)
 
 
-def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epoch=None):
+def write_figures(vae: Any, run_dir: str, x: np.ndarray, labels: np.ndarray, arrays: dict, history: list[dict],
+                  title: str, steps_per_epoch: Optional[int] = None) -> None:
     """Every figure of a finished run, from its model, its validation digits and metrics.csv's rows: the
     one function training and `evaluate.py --run` both call."""
     if history and steps_per_epoch:
@@ -84,7 +90,8 @@ def write_figures(vae, run_dir, x, labels, arrays, history, title, steps_per_epo
                               f"Rate-distortion path per epoch (validation{shown})")
 
 
-def evaluate_run(vae, run_dir, x_val, y_val, k, max_examples, history, steps, clock=None):
+def evaluate_run(vae: Any, run_dir: str, x_val: np.ndarray, y_val: np.ndarray, k: int, max_examples: Optional[int],
+                 history: list[dict], steps: int, clock: Optional["Clock"] = None) -> tuple[dict, dict]:
     """Compute the validation numbers, the verdict and the figures of a run; returns (validation, verdict).
 
     max_examples: evaluate the first this many validation digits (None: all; validation records both counts).

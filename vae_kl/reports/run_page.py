@@ -10,6 +10,7 @@ import html
 import math
 import os
 import sys
+from typing import Any, Optional
 
 from vae_kl.evaluation import noise
 from vae_kl.process import atomic, exits
@@ -79,7 +80,7 @@ STYLE = ("body{font-family:sans-serif;margin:1em auto;padding:0 1em;max-width:12
 
 # ---- Words from summary.json ---------------------------------------------------------------------------
 
-def short(value):
+def short(value: Any) -> str:
     """A number of nats for the console: one decimal from 1 up, two significant digits below, 0 for ~0."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "?"
@@ -88,18 +89,19 @@ def short(value):
     return f"{value:.1f}" if abs(value) >= 0.95 else f"{value:.2g}"
 
 
-def units_text(count):
+def units_text(count: int) -> str:
     """"1 latent unit", "8 latent units"."""
     return f"{count} latent unit{'' if count == 1 else 's'}"
 
 
-def part(summary, key):
+def part(summary: dict, key: str) -> dict:
     """summary[key] when it is a dict, else {}: a summary written by an older version, or by hand, may lack it."""
     value = summary.get(key)
     return value if isinstance(value, dict) else {}
 
 
-def state_sentence(state, informative, latent_dim, decoder_ignores=False):
+def state_sentence(state: Optional[str], informative: Optional[int], latent_dim: Optional[int],
+                   decoder_ignores: bool = False) -> str:
     """The verdict in capitals and one plain sentence made from the unit counts (the reasoning with all its
     numbers is summary.json's collapse.reason, shown on the page); decoder_ignores: collapse.decoder_ignores_code."""
     if state is None:
@@ -122,7 +124,7 @@ def state_sentence(state, informative, latent_dim, decoder_ignores=False):
     return f"{state.upper()}."
 
 
-def verdict_of(summary):
+def verdict_of(summary: dict) -> tuple[Optional[str], str, Optional[str]]:
     """(state or None, its sentence, advice or None) from a summary's collapse verdict."""
     collapse, validation = part(summary, "collapse"), part(summary, "validation")
     state = collapse_state(collapse) if collapse else None  # Older summaries have only `detected`.
@@ -132,7 +134,7 @@ def verdict_of(summary):
         collapse.get("advice")
 
 
-def heading(summary, validation):
+def heading(summary: dict, validation: dict) -> str:
     """The block's first line: how many digits, and that the numbers are β = 1 whatever the training β was."""
     beta = part(summary, "objective").get("effective_beta")
     trained = "" if not isinstance(beta, (int, float)) or math.isclose(beta, 1.0) else \
@@ -140,13 +142,13 @@ def heading(summary, validation):
     return f"Result on {digits_text(validation)} validation digits (β = 1, the true ELBO{trained}):"
 
 
-def digits_text(validation):
+def digits_text(validation: dict) -> str:
     """'1000', or '5 of 1000' when the evaluation took only the first digits (evaluate.py --digits)."""
     examples, available = validation.get("examples", "?"), validation.get("available_examples")
     return f"{examples} of {available}" if isinstance(available, int) and available != examples else f"{examples}"
 
 
-def number_lines(validation):
+def number_lines(validation: dict) -> list[str]:
     """The numbers at a glance: −ELBO = reconstruction + KL (and the IWAE bound), then the information."""
     if "neg_elbo_nats" not in validation:
         return ["No validation numbers in summary.json."]
@@ -162,7 +164,7 @@ def number_lines(validation):
     return lines
 
 
-def console_lines(summary, run_dir, page=None):
+def console_lines(summary: dict, run_dir: str, page: Optional[str] = None) -> list[str]:
     """The short block that ends a run's console: the numbers, the verdict in one sentence, the advice, and
     where the figures are. page: report.html's path, or None when it could not be written."""
     validation = part(summary, "validation")
@@ -192,7 +194,7 @@ def console_lines(summary, run_dir, page=None):
 
 # ---- report.html ---------------------------------------------------------------------------------------
 
-def value_text(value):
+def value_text(value: Any) -> str:
     """A summary.json value as table text: 4 significant digits (2 decimals from 100 up), lists and dicts flattened."""
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -205,7 +207,7 @@ def value_text(value):
     return "" if value is None else str(value)
 
 
-def estimate_value_text(validation, key):
+def estimate_value_text(validation: dict, key: str) -> str:
     """value_text, except that an estimate whose standard error summary.json records (key_se_nats beside key_nats)
     and which lies within its noise of 0 says so (noise.estimate_text), per unit for lists."""
     value, se = validation[key], validation.get(key.replace("_nats", "_se_nats")) if key.endswith("_nats") else None
@@ -217,14 +219,14 @@ def estimate_value_text(validation, key):
     return value_text(value)
 
 
-def pairs_table(rows):
+def pairs_table(rows: list[tuple[str, Any]]) -> str:
     """(name, value) pairs as a two-column table with the names as row headers, dropping unknown values."""
     body = "".join(f'<tr><th class="name">{html.escape(name)}</th><td>{html.escape(value_text(value))}</td></tr>'
                    for name, value in rows if value is not None)
     return f"<table>{body}</table>"
 
 
-def validation_table(validation):
+def validation_table(validation: dict) -> str:
     """Every validation.* number, named in words, with its summary.json key beside it."""
     labels = dict(VALIDATION_LABELS)
     keys = [key for key, _ in VALIDATION_LABELS if key in validation] + \
@@ -236,7 +238,7 @@ def validation_table(validation):
                       {"summary.json": lambda r: f"<code>{html.escape(r[2])}</code>"})
 
 
-def objective_html(summary):
+def objective_html(summary: dict) -> str:
     """The training objective: its formula and meaning, the effective β and β_norm, likelihood and prior."""
     described = part(summary, "objective")
     if not described:
@@ -249,7 +251,7 @@ def objective_html(summary):
     return "<h2>Objective</h2>" + pairs_table(rows)
 
 
-def data_html(summary):
+def data_html(summary: dict) -> str:
     """The dataset, its sizes, the digits evaluated and the epochs trained."""
     validation = part(summary, "validation")
     described = part(summary, "objective")
@@ -263,7 +265,7 @@ def data_html(summary):
     return "<h2>Data</h2>" + pairs_table(rows)
 
 
-def notes_html(summary):
+def notes_html(summary: dict) -> str:
     """The start-up notes and warnings, as train.py printed them; warnings stand out."""
     notes = summary.get("notes")
     notes = [str(note) for note in notes if note] if isinstance(notes, list) else []
@@ -274,7 +276,7 @@ def notes_html(summary):
     return f"<h2>Notes from the start of the run</h2><ul>{items}</ul>"
 
 
-def verdict_html(summary):
+def verdict_html(summary: dict) -> str:
     """The state in capitals with its sentence, then the full reason and the advice."""
     state, sentence, advice = verdict_of(summary)
     collapse = part(summary, "collapse")
@@ -287,7 +289,7 @@ def verdict_html(summary):
     return f'<h2>Verdict</h2><div class="verdict"><p>{head}</p>{reason}{advice_html}</div>'
 
 
-def figure_list(run_dir):
+def figure_list(run_dir: str) -> list[tuple[str, str]]:
     """(file name, caption) of every PNG in the run folder: the known figures in order, then any others."""
     known = dict(FIGURES)
     try:
@@ -298,7 +300,7 @@ def figure_list(run_dir):
     return found + [(name, name) for name in others if os.path.isfile(os.path.join(run_dir, name))]
 
 
-def figures_html(run_dir):
+def figures_html(run_dir: str) -> str:
     """Each figure embedded as a data: URI (the page works when moved or mailed), with its caption."""
     parts = []
     for name, caption in figure_list(run_dir):
@@ -314,7 +316,7 @@ def figures_html(run_dir):
     return "<h2>Figures</h2>" + "".join(parts)
 
 
-def html_page(summary, run_dir):
+def html_page(summary: dict, run_dir: str) -> str:
     """The whole page: inline style, no scripts, no network; it fits a 1280-pixel-wide screen."""
     state = verdict_of(summary)[0]
     title = html.escape(f"Run {os.path.basename(os.path.abspath(run_dir))}: {(state or 'no verdict').upper()}")
@@ -328,7 +330,7 @@ def html_page(summary, run_dir):
             f"{figures_html(run_dir)}</body></html>\n")
 
 
-def write(run_dir, summary=None):
+def write(run_dir: str, summary: Optional[dict] = None) -> str:
     """Write <run_dir>/report.html from summary (default: the folder's summary.json); returns its path."""
     if summary is None:
         summary = atomic.read_json(os.path.join(run_dir, "summary.json"))
@@ -339,7 +341,7 @@ def write(run_dir, summary=None):
     return path
 
 
-def publish(run_dir, summary):
+def publish(run_dir: str, summary: dict) -> Optional[str]:
     """Write report.html and print the block. A page that cannot be written (a full disk) is one warning
     line, not a failure: the run and its summary.json are complete, and the PNGs are there."""
     try:

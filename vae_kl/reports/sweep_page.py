@@ -12,6 +12,8 @@ import html
 import math
 import os
 import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -29,14 +31,14 @@ FIELD_NAMES = {"kl_weight": "λ (KL weight)", "kl_weight_norm": "β_norm",
                "latent_dim": "Latent size"}
 
 
-def yaml_text(value):
+def yaml_text(value: Any) -> str:
     """A scalar as YAML text that reads back as the same value (repr-exact for floats)."""
     import yaml
 
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def collapse_state(collapse):
+def collapse_state(collapse: dict) -> Optional[str]:
     """"healthy", "partial" or "collapsed" from a summary's collapse verdict; older summaries only
     have `detected`. None when the run has no verdict."""
     if collapse.get("state"):
@@ -46,17 +48,17 @@ def collapse_state(collapse):
     return "collapsed" if collapse["detected"] else "healthy"
 
 
-def setting_keys(grid):
+def setting_keys(grid: dict) -> list[str]:
     return [key for key in grid if key != SEED_KEY]
 
 
-def setting_label(settings):
+def setting_label(settings: dict) -> str:
     """"kl_weight=0.1, reconstruction_reduction=mean": the run's grid values without the seed."""
     return ", ".join(f"{key.split('.')[1]}={value}" for key, value in settings.items() if key != SEED_KEY) \
         or "base config"
 
 
-def result_rows(plan, statuses, walls):
+def result_rows(plan: Any, statuses: dict[str, str], walls: dict[str, float]) -> list[dict]:
     """One row per run: its setting and seed, what its summary.json says, and its wall time."""
     rows = []
     for run in plan.runs:
@@ -77,7 +79,7 @@ def result_rows(plan, statuses, walls):
     return rows
 
 
-def mean_se(values):
+def mean_se(values: Iterable[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
     """(mean, standard error of the mean with ddof=1); the error is None for fewer than two values."""
     values = [float(v) for v in values if v is not None]
     if not values:
@@ -86,7 +88,7 @@ def mean_se(values):
     return float(np.mean(values)), se
 
 
-def aggregate(rows):
+def aggregate(rows: list[dict]) -> list[dict]:
     """One entry per setting, in the order settings first appear: its runs, the finished ones (`done`,
     by seed), `n` of `planned`, `collapsed` (k of n), state counts and mean ± s.e. of every metric."""
     groups = {}
@@ -107,30 +109,30 @@ def aggregate(rows):
 
 # ---- Text for tables and the summary ---------------------------------------------------------------
 
-def cell(value):
+def cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def number(value, digits=2):
+def number(value: Optional[float], digits: int = 2) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def plus_minus(stat, digits=2):
+def plus_minus(stat: tuple[Optional[float], Optional[float]], digits: int = 2) -> str:
     mean, se = stat
     return "" if mean is None else number(mean, digits) + ("" if se is None else f" ± {number(se, digits)}")
 
 
-def beta_text(beta):
+def beta_text(beta: Optional[float]) -> str:
     return "" if beta is None else f"{beta:,.6g}"
 
 
-def seeds_text(n):
+def seeds_text(n: int) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
-def state_text(setting):
+def state_text(setting: dict) -> str:
     """"COLLAPSED in 2 of 3, HEALTHY in 1 of 3"; one finished run: just its state."""
     n = setting["n"]
     if not setting["states"]:
@@ -140,12 +142,12 @@ def state_text(setting):
     return ", ".join(f"{state.upper()} in {count} of {n}" for state, count in setting["states"].items())
 
 
-def human_key(key):
+def human_key(key: str) -> str:
     field = key.split(".")[1]
     return FIELD_NAMES.get(field, field.replace("_", " ").capitalize())
 
 
-def setting_columns(grid):
+def setting_columns(grid: dict) -> list[tuple[str, Callable[[dict], str]]]:
     """(header, text of a setting) for the per-setting tables of results.md and report.html."""
     columns = [(human_key(key), lambda s, key=key: s["rows"][0].get(key, "")) for key in setting_keys(grid)]
     columns += [("Effective β", lambda s: beta_text(s["beta"])),
@@ -164,27 +166,27 @@ RUN_COLUMNS = (("Run", lambda r: r["run"]), ("Seed", lambda r: cell(r.get("seed"
                ("Time (s)", lambda r: number(r.get("wall_seconds"), 0)), ("Log", lambda r: r["log"]))
 
 
-def markdown_table(items, columns):
+def markdown_table(items: Iterable[Any], columns: Sequence[tuple[str, Callable[[Any], str]]]) -> str:
     """A Markdown table of `items` with `columns` = [(header, text of an item)]."""
     lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(text(item).replace("|", "\\|") for _, text in columns) + " |" for item in items]
     return "\n".join(lines) + "\n"
 
 
-def results_markdown(plan, rows):
+def results_markdown(plan: Any, rows: list[dict]) -> str:
     settings = aggregate(rows)
     return (f"# {page_title(plan, rows)}\n\n## Per setting (mean ± standard error over seeds)\n\n"
             + markdown_table(settings, setting_columns(plan.grid)) + "\n## Per run\n\n"
             + markdown_table(rows, RUN_COLUMNS))
 
 
-def page_title(plan, rows):
+def page_title(plan: Any, rows: list[dict]) -> str:
     name = os.path.basename(plan.folder).removeprefix("sweep_")
     n_settings, n_seeds = len(aggregate(rows)), len({row.get("seed") for row in rows})
     return f"Sweep '{name}': {n_settings} setting{'s' if n_settings != 1 else ''} × {seeds_text(n_seeds)}"
 
 
-def collapse_words(measured):
+def collapse_words(measured: list[dict]) -> list[str]:
     """Where collapse sets in across settings, in words; checks that it follows effective β."""
     always = [s for s in measured if s["collapsed"] == s["n"]]
     never = [s for s in measured if s["collapsed"] == 0]
@@ -215,7 +217,7 @@ def collapse_words(measured):
     return words
 
 
-def best_words(measured):
+def best_words(measured: list[dict]) -> list[str]:
     """The lowest mean −ELBO, and which other settings are within seed noise of it."""
     scored = sorted((s for s in measured if s["neg_elbo_nats"][0] is not None), key=lambda s: s["neg_elbo_nats"][0])
     if not scored:
@@ -245,7 +247,7 @@ def best_words(measured):
                     f"noise."]
 
 
-def findings(rows):
+def findings(rows: list[dict]) -> str:
     """The sweep in plain words, per setting over its seeds: where collapse sets in, which did best and
     whether that is more than seed noise, and which runs did not finish."""
     unhealthy = [f"{row['run']} ({row['status']}, see {row['log']})" for row in rows if row["status"] != "complete"]
@@ -258,7 +260,7 @@ def findings(rows):
 
 # ---- Figures -----------------------------------------------------------------------------------------
 
-def row_title(plan, setting):
+def row_title(plan: Any, setting: dict) -> str:
     """Contact-sheet label: the setting's values, its β, the seed shown, and its state in capitals."""
     first = setting["done"][0]
     lines = [f"{key.split('.')[1]}={first[key]}" for key in setting_keys(plan.grid)]
@@ -268,7 +270,7 @@ def row_title(plan, setting):
     return "\n".join(lines + [state_text(setting)])
 
 
-def draw_figures(plan, done, load_model):
+def draw_figures(plan: Any, done: list[dict], load_model: Callable[[str], Any]) -> None:
     """comparison.png (fixed validation digits, one row per setting: its first seed's model) and
     rate_distortion.png (per setting: the mean over seeds ± standard error, single seeds faint).
     load_model: path -> the VAE in a model.keras (model.load)."""
@@ -300,11 +302,12 @@ def draw_figures(plan, done, load_model):
 
 # ---- report.html ---------------------------------------------------------------------------------------
 
-def data_uri(png_bytes):
+def data_uri(png_bytes: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes).decode("ascii")
 
 
-def html_table(items, columns, special=None):
+def html_table(items: Iterable[Any], columns: Sequence[tuple[str, Callable[[Any], str]]],
+               special: Optional[dict[str, Callable[[Any], str]]] = None) -> str:
     """An HTML table; `special` maps a header to a function giving that cell's HTML (others are escaped)."""
     special = special or {}
     head = "".join(f"<th>{html.escape(header)}</th>" for header, _ in columns)
@@ -314,7 +317,7 @@ def html_table(items, columns, special=None):
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def run_cells(plan):
+def run_cells(plan: Any) -> dict[str, Callable[[dict], str]]:
     """HTML for the per-run table's cells that are more than text: links, the verdict's details, a thumbnail."""
     from vae_kl.reports import plots
 
@@ -338,7 +341,7 @@ def run_cells(plan):
             "Reconstructions": thumbnail, "Log": lambda row: link(row["log"], "log")}
 
 
-def setting_state_html(setting):
+def setting_state_html(setting: dict) -> str:
     """The per-setting state, coloured by its most severe state (collapsed before partial)."""
     worst = next((state for state in ("collapsed", "partial") if state in setting["states"]), "healthy")
     return f'<span class="{worst}">{html.escape(state_text(setting))}</span>'
@@ -348,7 +351,7 @@ HTML_RUN_HEADERS = ("Run", "Seed", "Status", "−ELBO (nats)", "KL (nats)", "Act
                     "Reconstructions", "Time (s)", "Log")
 
 
-def figure_html(path, caption):
+def figure_html(path: str, caption: str) -> str:
     """A PNG as a <figure> with the image inline (a base64 data URI); "" when the file does not exist."""
     if not os.path.exists(path):
         return ""
@@ -357,7 +360,7 @@ def figure_html(path, caption):
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def html_page(plan, rows, summary, sections=()):
+def html_page(plan: Any, rows: list[dict], summary: str, sections: Sequence[str] = ()) -> str:
     """A self-contained page that fits 1280 px: inline style, the per-setting and per-run tables, and the
     figures and thumbnails as base64 data URIs; run folders and logs are relative links. sections: more
     HTML after the figures (sweep.py --frontier's)."""
@@ -379,7 +382,7 @@ def html_page(plan, rows, summary, sections=()):
             f"{figures}{''.join(sections)}</body></html>\n")
 
 
-def write_outputs(plan, rows, load_model, sections=()):
+def write_outputs(plan: Any, rows: list[dict], load_model: Callable[[str], Any], sections: Sequence[str] = ()) -> str:
     """results.csv, results.md, the figures (when some run finished; load_model: path -> the VAE of a
     model.keras) and report.html (with `sections`, more HTML after the figures)."""
     atomic.write_csv(os.path.join(plan.folder, "results.csv"), rows)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Optional
 
 import yaml
 
@@ -42,7 +43,7 @@ class RunFolderError(exits.UserError):
     """The run folder cannot be used; the message says why and what to do."""
 
 
-def config_fingerprint(cfg_dict):
+def config_fingerprint(cfg_dict: dict) -> str:
     """A short hash of the settings that change what is learned (not where outputs go).
 
     train.distribute is left out: replicas compute the single-device objective and gradient
@@ -60,14 +61,14 @@ def config_fingerprint(cfg_dict):
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
-def default_run_name(cfg_dict):
+def default_run_name(cfg_dict: dict) -> str:
     loss = cfg_dict["loss"]
     weight = loss["kl_weight"] if loss["kl_weight"] is not None else f"n{loss['kl_weight_norm']}"
     return (f"{loss['likelihood']}_rec-{loss['reconstruction_reduction']}_kl-{loss['kl_reduction']}"
             f"_w{weight}_{config_fingerprint(cfg_dict)}")
 
 
-def check_run_name(name, what="output.run_name"):
+def check_run_name(name: str, what: str = "output.run_name") -> str:
     """Refuse names that would leave the output folder or are awkward on any file system."""
     if name in ("", ".", "..") or os.path.isabs(name) or "/" in name or "\\" in name or "\0" in name:
         raise RunFolderError(f"{what} {quote(name)} must be a plain folder name (no '/', '..' or absolute "
@@ -83,7 +84,7 @@ def check_run_name(name, what="output.run_name"):
     return name
 
 
-def check_could_write(folder):
+def check_could_write(folder: str) -> None:
     """Refuse an output folder that could not be created or written, without creating anything: its
     nearest existing ancestor must be a writable folder with room for a run (the check before TensorFlow;
     check_writable proves it by writing once the data has loaded)."""
@@ -96,7 +97,7 @@ def check_could_write(folder):
     check_free_space(folder, path)
 
 
-def check_free_space(folder, path):
+def check_free_space(folder: str, path: str) -> None:
     """Refuse output.dir `folder` when the file system holding `path` has less than MIN_FREE_BYTES free."""
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
@@ -104,7 +105,7 @@ def check_free_space(folder, path):
                              f"{MIN_FREE_BYTES // 2**20} MiB. Free space or choose another folder.")
 
 
-def check_writable(folder):
+def check_writable(folder: str) -> None:
     """Create the output folder if needed and prove we can write there, before any training.
     A refusal removes the folders this call created, so it leaves nothing behind."""
     created = _missing_folders(folder)
@@ -134,7 +135,7 @@ def _missing_folders(folder):
     return missing
 
 
-def run_status(run_dir):
+def run_status(run_dir: str) -> Optional[str]:
     summary = read_json(os.path.join(run_dir, "summary.json")) or {}
     return summary.get("status")
 
@@ -149,7 +150,7 @@ def _same_settings(run_dir, cfg_dict):
     return isinstance(stored, dict) and config_fingerprint(config.with_defaults(stored)) == config_fingerprint(cfg_dict)
 
 
-def choose_run_dir(cfg_dict):
+def choose_run_dir(cfg_dict: dict) -> tuple[str, bool, str]:
     """Decide where this run goes. Returns (run_dir, resume, message) and creates nothing.
 
     Unfinished run with the same settings: resume it. Finished run: the next free

@@ -2,6 +2,7 @@
 """
 
 import os
+from typing import Optional
 
 from vae_kl.process.atomic import remove_stale_temp_files
 from vae_kl.runs.folders import FINAL_STATUSES, RunFolderError, run_status
@@ -49,7 +50,7 @@ class RunLock:
     __del__ = close
 
 
-def lock_folder(folder, busy):
+def lock_folder(folder: str, busy: str) -> RunLock:
     """Take an exclusive flock on <folder>/.lock (creating the folder), or raise RunFolderError with
     busy.format(folder=..., owner=<pid>). The lock names its holder's pid; closing it, or the process
     dying, releases it."""
@@ -72,7 +73,7 @@ def _pid_text(data):
     return data.decode("ascii", "replace").replace("\0", "").strip() or "unknown"
 
 
-def lock_run_dir(run_dir):
+def lock_run_dir(run_dir: str) -> RunLock:
     """Take the run folder for this process (creating it), or raise RunFolderError naming the owner.
 
     Keep the returned handle for as long as the folder is used. Removes the temporary files a killed
@@ -88,7 +89,7 @@ def lock_run_dir(run_dir):
     return lock
 
 
-def lock_holder(run_dir):
+def lock_holder(run_dir: str) -> Optional[str]:
     """The pid (text) of the live process holding the run folder's lock, or None when nobody does."""
     path = os.path.join(run_dir, LOCK_FILE)
     if fcntl is None or not os.path.exists(path):

@@ -3,6 +3,7 @@
 
 import csv
 import os
+from typing import Any, Optional
 
 from vae_kl.process.atomic import atomic_save, atomic_write_json, read_json
 from vae_kl.process.exits import first_line
@@ -14,7 +15,7 @@ except ImportError:  # Not on Windows: runs there go unlocked.
     fcntl = None
 
 
-def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
+def read_csv_rows(path: str, max_rows: int = 100_000, max_bytes: int = 64 * 2 ** 20) -> list[dict[str, float]]:
     """Rows of a CSV written by write_csv, with numbers as floats (epoch as int).
 
     metrics.csv holds one row per epoch, so at most 100,000 (train.epochs' largest value) of a few hundred
@@ -48,12 +49,12 @@ def read_csv_rows(path, max_rows=100_000, max_bytes=64 * 2 ** 20):
                              f"or delete it (it only feeds the rate-distortion figure).")
 
 
-def checkpoint_paths(run_dir):
+def checkpoint_paths(run_dir: str) -> tuple[str, str]:
     state = os.path.join(run_dir, STATE_DIR)
     return os.path.join(state, "checkpoint.weights.h5"), os.path.join(state, "progress.json")
 
 
-def save_checkpoint(run_dir, model, progress):
+def save_checkpoint(run_dir: str, model: Any, progress: dict) -> None:
     """Save weights and optimizer state, then the progress record that points at them."""
     weights, record = checkpoint_paths(run_dir)
     os.makedirs(os.path.dirname(weights), exist_ok=True)
@@ -61,7 +62,7 @@ def save_checkpoint(run_dir, model, progress):
     atomic_write_json(record, progress)
 
 
-def load_checkpoint(run_dir, model):
+def load_checkpoint(run_dir: str, model: Any) -> Optional[dict]:
     """Restore weights and optimizer state; returns the progress record, or None if there is none."""
     weights, record = checkpoint_paths(run_dir)
     progress = read_json(record)
@@ -72,7 +73,7 @@ def load_checkpoint(run_dir, model):
     return progress
 
 
-def update_summary(run_dir, **fields):
+def update_summary(run_dir: str, **fields: Any) -> dict:
     """Merge fields into the run's summary.json (written atomically); returns the new summary."""
     summary = read_json(os.path.join(run_dir, "summary.json"))
     summary = summary if isinstance(summary, dict) else {}

@@ -15,8 +15,9 @@ import difflib
 import os
 import stat
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -242,7 +243,7 @@ def choices_text(cfg: "Config") -> str:
     return "; ".join(parts)
 
 
-def flag_hint(flag: str):
+def flag_hint(flag: str) -> Optional[str]:
     """For a command-line flag that names a setting ("--epochs", "--kl-weight"), how to give it: with --set."""
     name = flag.lstrip("-").replace("-", "_")
     sections = [section for section, cls in SECTIONS.items() if name in cls.settings()]
@@ -257,7 +258,7 @@ def help_text(setting: Setting) -> str:
     return f"{setting.help} {family.summary()}." if family is not None else setting.help
 
 
-def read_value(text: str):
+def read_value(text: str) -> Any:
     """A --set or --grid value: read as YAML; text YAML cannot parse stays text for the field to judge.
     A refused document (an alias bomb, a duplicate key) is an error, not text."""
     try:
@@ -431,7 +432,7 @@ def _check_combinations(cfg):
                           f"KL does not split per dimension; use free_bits with a normal prior or set it to 0.")
 
 
-def unread_settings(cfg):
+def unread_settings(cfg: Config) -> list[tuple[str, str, str, str]]:
     """(section, key, reader, fix) for each setting that cfg's choices do not read: `reader` completes "is only
     read ...", `fix` is the setting that would read it. One list for the refusal below and for from_stored."""
     loss, data = cfg.loss, cfg.data
@@ -508,7 +509,7 @@ def _check_total_correlation(loss, train):
                           f"train.batch_size must be >= 2 (received {train.batch_size}).")
 
 
-def from_dict(raw, extra_sections=()):
+def from_dict(raw: Any, extra_sections: Sequence[str] = ()) -> Config:
     """Validate a nested dict (as read from YAML) into a Config.
 
     Args:
@@ -520,7 +521,7 @@ def from_dict(raw, extra_sections=()):
     return cfg
 
 
-def from_stored(raw, extra_sections=()):
+def from_stored(raw: Any, extra_sections: Sequence[str] = ()) -> Config:
     """A config that a run folder or sweep.yaml stored, as this version reads it: fields an earlier version did
     not have take their defaults, and so do the settings its choices do not read. Those were stored at the
     defaults of the version that wrote them, and a default changed since must not make the folder unreadable;
@@ -547,7 +548,7 @@ def _sections(raw, extra_sections):
     return Config(**sections)
 
 
-def with_defaults(raw):
+def with_defaults(raw: dict) -> dict:
     """A stored config dict as this version reads it (from_stored), every field present. A dict this version
     refuses comes back unchanged (it then differs)."""
     try:
@@ -556,7 +557,7 @@ def with_defaults(raw):
         return raw
 
 
-def read_yaml(path):
+def read_yaml(path: str) -> Any:
     """Read a YAML file with the bounded safe loader; every failure is a ConfigError of one line."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path):  # A FIFO would block open().
@@ -596,7 +597,7 @@ def _yaml_problem(error):
     return " ".join(str(text).split())[:200]
 
 
-def parse_override(text):
+def parse_override(text: str) -> tuple[str, str, Any]:
     """Split `section.key=value` into (section, key, value), parsing the value as YAML."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"--set expects KEY=VALUE such as loss.kl_weight=0.1, received {quote(text)}.")
@@ -607,7 +608,7 @@ def parse_override(text):
     return parts[0], parts[1], read_value(value_text)
 
 
-def apply_overrides(raw, overrides):
+def apply_overrides(raw: Optional[dict], overrides: Iterable[str]) -> dict:
     """Return a copy of the raw dict with every --set applied (validation happens later)."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
     for text in overrides:
@@ -623,7 +624,8 @@ def apply_overrides(raw, overrides):
     return raw
 
 
-def load(path=None, overrides=(), extra_sections=()):
+def load(path: Optional[str] = None, overrides: Iterable[str] = (),
+         extra_sections: Sequence[str] = ()) -> tuple[Config, dict]:
     """Read, override and validate a config. Returns (Config, the raw dict with overrides applied)."""
     raw = read_yaml(path) if path else {}
     if raw is not None and not isinstance(raw, dict):

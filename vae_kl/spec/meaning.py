@@ -4,21 +4,25 @@ and recorded in summary.json under `objective`.
 """
 
 import math
+from typing import TYPE_CHECKING
 
 from vae_kl.choices import likelihoods, schedules
 from vae_kl.spec import objective
+
+if TYPE_CHECKING:
+    from vae_kl.spec import config
 
 
 def _fraction(scale):
     return "1" if scale == 1 else f"1/{round(1 / scale)}"
 
 
-def is_elbo_weight(beta) -> bool:
+def is_elbo_weight(beta: float) -> bool:
     """Whether an effective β is 1 to float precision (a λ of 1/784 written out in full gives 1 ± 2e-16)."""
     return math.isclose(beta, 1.0, rel_tol=1e-9)
 
 
-def beta_text(beta) -> str:
+def beta_text(beta: float) -> str:
     """β as the lines print it: 4, 784, 0.5; one that is not 1 but prints as 1 at 6 digits gets more of them."""
     text = f"{beta:g}"
     return f"{beta:.10g}" if text == "1" and not is_elbo_weight(beta) else text
@@ -138,13 +142,14 @@ def kappa_advice(likelihood: str, options: dict, num_pixels: int) -> str:
             f"summary.json): above it buys a smaller KL; {where}.")
 
 
-def ignored_schedule_settings(loss) -> list:
+def ignored_schedule_settings(loss: "config.LossConfig") -> list[str]:
     """'loss.key value' for each schedule setting changed from its default that loss.kl_schedule does not read."""
     keys = schedules.FAMILY.unread_settings(loss, loss.kl_schedule)
     return [f"loss.{key} {getattr(loss, key)!r}" for key in keys]
 
 
-def teaching_warnings(loss, goal: objective.Objective, latent_dim: int, num_pixels: int) -> list:
+def teaching_warnings(loss: "config.LossConfig", goal: objective.Objective, latent_dim: int,
+                      num_pixels: int) -> list[str]:
     """One-line warnings for settings that commonly surprise people.
 
     Args:

@@ -11,7 +11,7 @@ objective means in words is vae_kl.spec.meaning's.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 from vae_kl.choices import registry, schedules
 
@@ -139,8 +139,8 @@ def scales(reconstruction_reduction: str, kl_reduction: str, latent_dim: int, nu
     return rec_scale, kl_scale
 
 
-def resolve_kl_weight(kl_weight, kl_weight_norm, reconstruction_reduction: str, kl_reduction: str, latent_dim: int,
-                      num_pixels: int) -> float:
+def resolve_kl_weight(kl_weight: Optional[Union[float, str]], kl_weight_norm: Optional[float],
+                      reconstruction_reduction: str, kl_reduction: str, latent_dim: int, num_pixels: int) -> float:
     """The λ to put on the KL term: kl_weight as given, the λ that makes β = β_norm·D/J, or for kl_weight
     "auto" (GECO) the λ of its first step, β = 1."""
     if kl_weight_norm is None and kl_weight != "auto":

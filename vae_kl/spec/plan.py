@@ -9,6 +9,7 @@ stops, which is why nothing here may import TensorFlow (tests/test_explain.py ch
 import dataclasses
 import math
 import sys
+from typing import Any, Optional
 
 from vae_kl.choices import learning_rates, likelihoods
 from vae_kl.spec import config, meaning, objective
@@ -59,7 +60,7 @@ class Plan:
                    meaning.expectation(description, loss.likelihood, options), notes, note)
 
 
-def steps_per_execution(train, steps_per_epoch):
+def steps_per_execution(train: config.TrainConfig, steps_per_epoch: int) -> tuple[int, Optional[str]]:
     """(gradient steps per call into TensorFlow, the note saying why it differs from the config, or None).
 
     Keras runs whole executions even across an epoch's end, which would shift later epochs' batches, so
@@ -84,7 +85,7 @@ def steps_per_execution(train, steps_per_epoch):
                     f"steps per epoch up to {bound}); same math, different speed.")
 
 
-def explain(plan, data_shape, command):
+def explain(plan: Plan, data_shape: Any, command: str) -> list[str]:
     """The lines `train.py --explain` prints: the data, the objective, every start-up note, what to expect.
 
     command: the train.py command line that would train this plan, for the last line."""
@@ -100,7 +101,7 @@ def explain(plan, data_shape, command):
     return lines
 
 
-def check_target_distortion(loss, num_pixels: int) -> None:
+def check_target_distortion(loss: config.LossConfig, num_pixels: int) -> None:
     """Refuse a GECO κ that the likelihood's reconstruction cannot get above (its trait reconstruction_floor):
     every step would meet it, and β would run to its bound (ConfigError, one line)."""
     if loss.kl_weight != "auto" or loss.target_distortion is None:

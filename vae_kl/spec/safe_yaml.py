@@ -6,6 +6,8 @@ which plain YAML silently resolves to the last value. Its errors are yaml.YAMLEr
 (YamlLimitError); vae_kl.spec.config turns them into one-line ConfigErrors.
 """
 
+from typing import Any
+
 import yaml
 
 from vae_kl.process.exits import quote
@@ -89,6 +91,6 @@ def _expanded_size(node, sizes, open_nodes):
     return size
 
 
-def load_yaml_text(text):
+def load_yaml_text(text: str) -> Any:
     """Parse YAML text with the bounded safe loader (raises yaml.YAMLError, YamlLimitError included)."""
     return yaml.load(text, Loader=_BoundedLoader)

@@ -14,12 +14,17 @@ import subprocess
 import sys
 import threading
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING, Optional, Union
 
 from vae_kl.process import (
     exits,
     signals,
 )
 from vae_kl.spec import config
+
+if TYPE_CHECKING:
+    import argparse
 
 ADDRESS_PROBE_SECONDS = 5.0  # How long a --address must take to accept a connection before it is refused.
 RAY_START_SECONDS, RAY_STOP_SECONDS = 60.0, 15.0  # Bounds on starting and on stopping the local Ray instance.
@@ -30,12 +35,12 @@ BACKENDS = ("local", "ray")
 CLUSTER_REQUIREMENTS = "requirements-cluster.txt"
 
 
-def threads_per_run(workers):
+def threads_per_run(workers: int) -> int:
     """Each run's share of this machine's cores when `workers` runs train at once."""
     return max(1, signals.available_cores() // workers)
 
 
-def thread_overrides(threads):
+def thread_overrides(threads: float) -> dict[str, str]:
     """The environment variables that hold one train.py to `threads` CPU threads.
 
     TensorFlow reads TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS when it creates its
@@ -44,7 +49,8 @@ def thread_overrides(threads):
     return {name: str(max(1, int(threads))) for name in THREAD_VARIABLES}
 
 
-def train_process(command, log_file, overrides, stop_wait=STOP_WAIT_SECONDS):
+def train_process(command: list[str], log_file: str, overrides: dict[str, str],
+                  stop_wait: float = STOP_WAIT_SECONDS) -> int:
     """Run one train.py as a child of this process, its output appended to log_file; returns its exit code.
 
     Both backends run every run through this function: the local one in a thread of the sweep, the Ray
@@ -153,7 +159,7 @@ class RayExecutor:
             self.head.stop()
 
 
-def make_executor(args):
+def make_executor(args: "argparse.Namespace") -> Union[LocalExecutor, RayExecutor]:
     """The backend's executor; for ray, import it and connect (or start a local instance). Raises
     ConfigError on bad options, a missing ray or an unreachable cluster, before anything is created."""
     if args.gpus_per_run < 0 or (args.cpus_per_run is not None and args.cpus_per_run <= 0):
@@ -248,7 +254,7 @@ class LocalRayHead:
             self.keeper.wait(timeout=RAY_STOP_SECONDS)
 
 
-def check_answers(address, seconds=ADDRESS_PROBE_SECONDS):
+def check_answers(address: str, seconds: float = ADDRESS_PROBE_SECONDS) -> None:
     """Refuse a Ray address (host:port or ray://host:port) nobody answers at within `seconds`: ray.init
     itself retries for minutes. "auto" and other forms are left to Ray."""
     match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d{1,5})", address)
@@ -261,7 +267,7 @@ def check_answers(address, seconds=ADDRESS_PROBE_SECONDS):
                                  f"check --address.")
 
 
-def unanswered(host, port, seconds):
+def unanswered(host: str, port: int, seconds: float) -> Optional[OSError]:
     """None when something accepts a connection at host:port within `seconds`, else the OSError saying why not."""
     try:
         socket.create_connection((host, port), timeout=seconds).close()
@@ -270,7 +276,7 @@ def unanswered(host, port, seconds):
     return None
 
 
-def check_resources(ray, cpus, gpus):
+def check_resources(ray: ModuleType, cpus: float, gpus: float) -> None:
     """Refuse a run that asks for more CPUs or GPUs than the whole cluster has: Ray would queue it forever."""
     total = ray.cluster_resources()
     for kind, asked, option in (("CPU", cpus, "--cpus-per-run"), ("GPU", gpus, "--gpus-per-run")):

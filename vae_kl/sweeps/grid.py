@@ -8,7 +8,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
@@ -20,6 +22,9 @@ from vae_kl.reports import frontier
 from vae_kl.reports.sweep_page import LOG_DIR, SEED_KEY, yaml_text
 from vae_kl.runs import folders, locks
 from vae_kl.spec import config
+
+if TYPE_CHECKING:
+    import argparse
 
 MAX_RUNS = 10_000  # Runs one sweep plans; more is a study to split (each run is a process and a folder).
 RESERVED_KEYS = ("output.dir", "output.run_name")  # The sweep decides where each run goes.
@@ -47,7 +52,7 @@ class Plan:
     frontier: object = None  # frontier.Request: what --frontier asks for; None without it.
 
 
-def parse_grid_option(text):
+def parse_grid_option(text: str) -> tuple[str, list]:
     """`section.key=v1,v2,...` -> (key, [values]); each value is read as YAML, like a --set value."""
     key, sep, values_text = text.partition("=")
     if not sep:
@@ -60,7 +65,7 @@ def parse_grid_option(text):
     return key.strip(), [config.read_value(item) for item in items]
 
 
-def read_sweep_section(raw):
+def read_sweep_section(raw: dict) -> tuple[Optional[str], list[tuple[str, Any]]]:
     """(name, [(key, values), ...]) from the config file's optional `sweep:` section."""
     section = raw.get("sweep") or {}
     if not isinstance(section, dict) or set(section) - {"name", "grid"}:
@@ -72,7 +77,7 @@ def read_sweep_section(raw):
     return section.get("name"), list(grid.items())
 
 
-def check_grid(items):
+def check_grid(items: Iterable[tuple[Any, Any]]) -> dict[str, list]:
     """Check the grid's shape (not its values, which config validates) and return it as a dict."""
     grid = {}
     for key, values in items:
@@ -91,7 +96,7 @@ def check_grid(items):
     return grid
 
 
-def check_frontier_grid(grid):
+def check_frontier_grid(grid: dict[str, list]) -> None:
     """--frontier's grid: loss.kl_weight alone, over at least two positive numbers (fixed β values)."""
     others = [key for key in grid if key != FRONTIER_KEY]
     if others:
@@ -110,7 +115,7 @@ def check_frontier_grid(grid):
                                  f"{len(values)}; list more, e.g. --grid {FRONTIER_KEY}=0.5,1,2.")
 
 
-def positive_number(value):
+def positive_number(value: Any) -> bool:
     """Whether a grid value is a finite number > 0; a string counts if it reads as one (YAML reads 1e-3 as text,
     and config accepts it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -122,7 +127,7 @@ def positive_number(value):
     return math.isfinite(number) and number > 0
 
 
-def frontier_request(args):
+def frontier_request(args: "argparse.Namespace") -> Optional[frontier.Request]:
     """--frontier's own options, checked before anything is trained: None without --frontier (whose
     options are then refused). Reads every --place folder (ConfigError if one is not a finished run or sweep)."""
     given = [flag for flag, value in (("--place", args.place), ("--target-distortion", args.target_distortion),
@@ -141,7 +146,7 @@ def frontier_request(args):
     return frontier.Request(placed, args.target_distortion, args.target_rate, args.command)
 
 
-def add_seeds(grid, seeds, first_seed):
+def add_seeds(grid: dict[str, list], seeds: int, first_seed: int) -> dict[str, list]:
     """--seeds N as a last grid key train.seed = first_seed, first_seed + 1, ...; with N = 1 the grid
     is unchanged, so a sweep folder made before --seeds existed is still the same sweep."""
     if seeds < 1:
@@ -155,7 +160,7 @@ def add_seeds(grid, seeds, first_seed):
     return {**grid, SEED_KEY: [first_seed + i for i in range(seeds)]}
 
 
-def make_label(settings):
+def make_label(settings: dict) -> str:
     """A readable folder name from the settings: the field names (sections only if ambiguous) and values."""
     names = [key.split(".")[1] for key in settings]
     if len(set(names)) < len(names):
@@ -167,7 +172,7 @@ def make_label(settings):
     return label
 
 
-def plan_runs(raw, grid):
+def plan_runs(raw: dict, grid: dict[str, list]) -> list[Run]:
     """Validate every combination with config's own validator, before anything is created or trained."""
     planned, seen, labels = [], {}, set()
     for picks in itertools.product(*(list(enumerate(values)) for values in grid.values())):
@@ -191,7 +196,7 @@ def plan_runs(raw, grid):
     return planned
 
 
-def make_plan(args):
+def make_plan(args: "argparse.Namespace") -> Plan:
     """Everything the sweep will do, fully validated; raises ConfigError and creates nothing."""
     if args.workers < 1:
         raise config.ConfigError(f"--workers must be >= 1, received {args.workers}.")
@@ -218,7 +223,8 @@ def make_plan(args):
     return Plan(base, grid, spec, folder, planned, args.workers, request)
 
 
-def sweep_folder(args, base, grid, yaml_name):
+def sweep_folder(args: "argparse.Namespace", base: config.Config, grid: dict[str, list],
+                 yaml_name: Optional[str]) -> tuple[dict, str]:
     """(spec, folder): what sweep.yaml records of the sweep of `grid`, and <output.dir>/sweep_<name>."""
     spec = {"grid": grid, "base": sweep_base(base.to_dict())}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:6]
@@ -232,7 +238,8 @@ def sweep_folder(args, base, grid, yaml_name):
     return spec, os.path.join(base.output.dir, f"sweep_{name}")
 
 
-def frontier_seeds(args, base, grid, yaml_name):
+def frontier_seeds(args: "argparse.Namespace", base: config.Config, grid: dict[str, list],
+                   yaml_name: Optional[str]) -> int:
     """--frontier's seeds when --seeds is not given: FRONTIER_SEEDS, except where the folder this command
     names already holds the plain sweep of this grid with one seed (its own default). That sweep is kept as
     it is, so --frontier added to its arguments trains nothing; its points have no error bars."""
@@ -245,7 +252,7 @@ def frontier_seeds(args, base, grid, yaml_name):
     return FRONTIER_SEEDS
 
 
-def sweep_base(cfg_dict):
+def sweep_base(cfg_dict: dict) -> dict:
     """The base config as sweep.yaml records it: every field, except where outputs go (not what the sweep means)."""
     base = config.with_defaults(cfg_dict)
     for key in ("dir", "run_name"):
@@ -253,14 +260,14 @@ def sweep_base(cfg_dict):
     return base
 
 
-def same_sweep(stored, wanted):
+def same_sweep(stored: Any, wanted: dict) -> bool:
     """Whether a sweep.yaml holds the wanted sweep; fields added since it was written count at their defaults."""
     if not isinstance(stored, dict) or not isinstance(stored.get("base"), dict):
         return False
     return {**stored, "base": sweep_base(stored["base"])} == wanted
 
 
-def prepare_folder(plan):
+def prepare_folder(plan: Plan) -> locks.RunLock:
     """Create the sweep folder, or check an existing one holds this very sweep; write each run's config.
     Returns the folder's lock (locks.lock_folder): one sweep at a time per folder, held until it ends."""
     spec_path = os.path.join(plan.folder, "sweep.yaml")
@@ -287,9 +294,9 @@ def prepare_folder(plan):
     return lock
 
 
-def config_path(plan, run):
+def config_path(plan: Plan, run: Run) -> str:
     return os.path.join(plan.folder, "configs", f"{run.label}.yaml")
 
 
-def log_path(plan, run):
+def log_path(plan: Plan, run: Run) -> str:
     return os.path.join(plan.folder, LOG_DIR, f"{run.label}.log")

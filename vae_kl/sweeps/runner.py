@@ -9,6 +9,8 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Optional, Union
 
 from vae_kl.process import (
     atomic,
@@ -17,10 +19,13 @@ from vae_kl.process import (
 from vae_kl.runs import folders, locks
 from vae_kl.sweeps import grid
 
+if TYPE_CHECKING:
+    from vae_kl.sweeps.executors import LocalExecutor, RayExecutor
+
 OWNER_WAIT_SECONDS = 60  # How long a run folder another live process holds is waited for.
 
 
-def clear_stillborn(run_dir):
+def clear_stillborn(run_dir: str) -> None:
     """Remove a run folder train.py was killed in before it wrote summary.json: it holds no results,
     and train.py would leave it alone and train into '<label>-2' instead. A folder a live process
     holds is being set up, not stillborn."""
@@ -29,7 +34,7 @@ def clear_stillborn(run_dir):
         shutil.rmtree(run_dir)
 
 
-def wait_for_owner(run_dir):
+def wait_for_owner(run_dir: str) -> Optional[str]:
     """Wait up to OWNER_WAIT_SECONDS for another process training in run_dir (say, the child of a sweep
     killed a moment ago, still saving its state) to let go. Returns its pid if it still holds the folder."""
     deadline = time.monotonic() + OWNER_WAIT_SECONDS
@@ -68,12 +73,13 @@ class Progress:
               flush=True)
 
 
-def format_seconds(seconds):
+def format_seconds(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def train_one(plan, run, executor, progress, train_script):
+def train_one(plan: grid.Plan, run: grid.Run, executor: Union["LocalExecutor", "RayExecutor"], progress: Progress,
+              train_script: str) -> tuple[str, float]:
     """Run train.py for one setting through the executor, its output appended to logs/<label>.log.
     Returns (status, seconds)."""
     run_dir = os.path.join(plan.folder, run.label)
@@ -95,7 +101,8 @@ def train_one(plan, run, executor, progress, train_script):
     return status, seconds
 
 
-def finished_futures(futures, poll_seconds=0.5):
+def finished_futures(futures: Iterable[concurrent.futures.Future],
+                     poll_seconds: float = 0.5) -> Iterator[concurrent.futures.Future]:
     """as_completed, waking every poll_seconds: a Ctrl-C that lands on another thread (Ray's, a pool's)
     only sets Python's flag, which the main thread acts on when it runs, not while blocked in a wait."""
     pending = set(futures)
@@ -105,7 +112,8 @@ def finished_futures(futures, poll_seconds=0.5):
         yield from done
 
 
-def run_all(plan, executor, train_script):
+def run_all(plan: grid.Plan, executor: Union["LocalExecutor", "RayExecutor"],
+            train_script: str) -> tuple[dict[str, str], dict[str, float]]:
     """Train the runs that are not finished yet, each as `python train_script --config <its config>`, through the
     executor (executors.LocalExecutor or RayExecutor). Returns ({label: status}, {label: wall seconds})."""
     statuses, todo = {}, []

@@ -20,9 +20,12 @@ import numbers
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional, Union
 
 import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
@@ -45,7 +48,7 @@ FINAL_METRICS = (
 )
 
 
-def flatten_settings(settings, prefix=""):
+def flatten_settings(settings: Optional[dict], prefix: str = "") -> dict:
     """{"loss": {"kl_weight": 1.0}} -> {"loss.kl_weight": 1.0}; flat dicts pass through unchanged."""
     flat = {}
     for key, value in (settings or {}).items():
@@ -57,7 +60,7 @@ def flatten_settings(settings, prefix=""):
     return flat
 
 
-def hparam_value(value):
+def hparam_value(value: Any) -> Union[bool, float, str]:
     """A setting as an HParams value. Numbers become float (so 1 in a grid and 1.0 in a validated config
     are the same value), None becomes "null", anything else that is not bool/str its str()."""
     if isinstance(value, (bool, np.bool_)):
@@ -69,13 +72,13 @@ def hparam_value(value):
     return value if isinstance(value, str) else str(value)
 
 
-def settings_markdown(settings):
+def settings_markdown(settings: Optional[dict]) -> str:
     """The flattened settings as a two-column markdown table (TensorBoard's Text tab renders it)."""
     rows = [f"| `{key}` | `{value!r}` |" for key, value in flatten_settings(settings).items()]
     return "\n".join(["| setting | value |", "|---|---|", *rows])
 
 
-def scalars_of(logs):
+def scalars_of(logs: Optional[dict]) -> dict[str, float]:
     """Numeric log entries as {key: float}. A vector (e.g. per-unit KL) becomes key/0, key/1, ...;
     strings and other non-numbers are skipped."""
     found = {}
@@ -91,7 +94,7 @@ def scalars_of(logs):
     return found
 
 
-def image_grid(rows):
+def image_grid(rows: Iterable[npt.ArrayLike]) -> np.ndarray:
     """Rows of images, each (N, H, W) or (N, H, W, C) in [0, 1], as one image (1, R*H, N*W, C):
     TensorBoard shows one image of a batch at a time, so a single grid reads best."""
     rows = [np.asarray(r, dtype="float32") for r in rows]
@@ -118,7 +121,7 @@ def _tags(event):
     return {value.tag for value in event.summary.value}
 
 
-def prune_after(folder, last_step):
+def prune_after(folder: str, last_step: int) -> set[str]:
     """Drop the events with step > last_step from the event files of `folder` (rewritten atomically,
     only when they hold such events). Returns the tags kept. Used on resume: a killed run may have
     logged an epoch that its checkpoint does not hold, and that epoch is trained and logged again."""
@@ -138,7 +141,7 @@ def prune_after(folder, last_step):
     return kept_tags
 
 
-def usable(log_dir):
+def usable(log_dir: str) -> bool:
     """Whether log_dir can take events: a folder, or a path whose parent is a folder that will hold it."""
     return os.path.isdir(log_dir) or (not os.path.lexists(log_dir) and os.path.isdir(os.path.dirname(log_dir)))
 
@@ -292,7 +295,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
         self._writers, self._started = None, False
 
 
-def final_metrics(validation, verdict=None):
+def final_metrics(validation: dict, verdict: Optional[dict] = None) -> dict[str, float]:
     """The HParams metric values from summary.json's `validation` and `collapse` entries: the
     FINAL_METRICS keys present in `validation`, and collapsed = 1.0/0.0 from verdict["detected"]."""
     values = {tag: float(validation[tag]) for tag, _, _ in FINAL_METRICS
@@ -302,7 +305,7 @@ def final_metrics(validation, verdict=None):
     return values
 
 
-def write_final_metrics(log_dir, metrics, step):
+def write_final_metrics(log_dir: str, metrics: dict[str, float], step: int) -> bool:
     """Write {tag: number} as scalars into <log_dir>/evaluation at `step` (the epochs completed), where
     the HParams dashboard looks up its metric columns; non-finite values are written as they are.
 
@@ -333,12 +336,12 @@ def write_final_metrics(log_dir, metrics, step):
     return False
 
 
-def write_run_evaluation(run_dir, validation, verdict, epochs):
+def write_run_evaluation(run_dir: str, validation: dict, verdict: Optional[dict], epochs: int) -> bool:
     """A finished run's β = 1 numbers (summary.json's validation and collapse) as its HParams metric columns."""
     return write_final_metrics(os.path.join(run_dir, RUN_SUBFOLDER), final_metrics(validation, verdict), epochs)
 
 
-def hparam_domain(values):
+def hparam_domain(values: Iterable[Any]) -> Optional[hp.Discrete]:
     """An hp.Discrete of the grid's values (numbers as float), or None when they mix types (e.g. a
     gaussian_sigma grid of 0.1 and "learned"): the dashboard then shows the values without a domain."""
     normalized = sorted({hparam_value(v) for v in values}, key=lambda v: (str(type(v)), v))
@@ -346,7 +349,8 @@ def hparam_domain(values):
     return hp.Discrete(normalized) if len(kinds) == 1 else None
 
 
-def write_sweep_hparams(sweep_folder, grid, metrics=FINAL_METRICS):
+def write_sweep_hparams(sweep_folder: str, grid: dict[str, list],
+                        metrics: Sequence[tuple[str, str, str]] = FINAL_METRICS) -> bool:
     """Write the HParams experiment config at the sweep folder's root (run "." for
     `tensorboard --logdir <sweep_folder>`).
 

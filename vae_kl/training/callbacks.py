@@ -3,6 +3,7 @@
 import math
 import os
 import time
+from typing import TYPE_CHECKING, Any, Optional
 
 import keras
 import numpy as np
@@ -13,12 +14,18 @@ from vae_kl.process import atomic, signals
 from vae_kl.reports import plots
 from vae_kl.runs import records
 
+if TYPE_CHECKING:
+    from vae_kl.spec import config
+    from vae_kl.tracking.mlflow_log import Tracker
+    from vae_kl.training.machine import Setup
+
 UNIT_LOG_EXAMPLES = 500  # Validation digits behind the per-epoch, per-unit KL and information.
 EARLY_EPOCHS = 3  # A collapse the watch sees in these first epochs is said to be usual at the start.
 WATCH_DRAWS = 2  # Noise draws of the per-epoch information (the final verdict averages evaluate's 8): cheaper.
 
 
-def run_callbacks(setup, model, run_dir, history, tracker=None):
+def run_callbacks(setup: "Setup", model: Any, run_dir: str, history: list, tracker: Optional["Tracker"] = None
+                  ) -> tuple["RunRecorder", "PhaseClock", list[keras.callbacks.Callback]]:
     """(recorder, clock, the run's callbacks in the order they must run).
 
     The order matters: the clock first (its epoch start closes the others' work); then TensorBoard's
@@ -33,7 +40,8 @@ def run_callbacks(setup, model, run_dir, history, tracker=None):
     return recorder, clock, [clock, watch, *tensorboard_callbacks(setup, model, run_dir, recorder), recorder, *tracked]
 
 
-def tensorboard_callbacks(setup, model, run_dir, recorder):
+def tensorboard_callbacks(setup: "Setup", model: Any, run_dir: str,
+                          recorder: "RunRecorder") -> list[keras.callbacks.Callback]:
     """[the TensorBoard logger] when output.tensorboard is on (event files in <run>/tensorboard), else []."""
     if not setup.cfg.output.tensorboard:
         return []
@@ -48,7 +56,7 @@ def tensorboard_callbacks(setup, model, run_dir, recorder):
         extra_fn=recorder.extra_logs)]
 
 
-def log_evaluation(cfg, run_dir, validation, verdict, epochs):
+def log_evaluation(cfg: "config.Config", run_dir: str, validation: dict, verdict: dict, epochs: int) -> None:
     """After the final evaluation: give the loggers the run's numbers and verdict (TensorBoard, when on)."""
     if cfg.output.tensorboard:
         from vae_kl.tracking import tensorboard_log  # As in tensorboard_callbacks.

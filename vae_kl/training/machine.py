@@ -11,10 +11,15 @@ import math
 import os
 import socket
 import threading
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Optional
 
 from vae_kl.choices import learning_rates
 from vae_kl.process import exits, signals
 from vae_kl.spec import config, plan
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # batch_shards: 0 uses two slices per CPU thread, at most this many (measured on 2 cores only: two slices
 # per core balance the cores' load better than one, docs/performance.md). Other processes busy on the same
@@ -23,14 +28,14 @@ SHARDS_PER_THREAD, MAX_AUTO_SHARDS = 2, 8
 JOIN_SECONDS = 300.0  # How long a multi_worker run waits for the other machines of $TF_CONFIG to connect.
 
 
-def available_threads():
+def available_threads() -> int:
     """CPU threads this run may use: TF_NUM_INTRAOP_THREADS when set (sweep.py gives each worker its
     share that way), otherwise every core the process may run on."""
     value = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else signals.available_cores()
 
 
-def resolve_batch_shards(requested):
+def resolve_batch_shards(requested: int) -> int:
     """train.batch_shards with 0 resolved: 1 on a GPU or a single CPU thread, else two slices per thread, up to 8."""
     if requested:
         return requested
@@ -42,7 +47,7 @@ def resolve_batch_shards(requested):
     return min(SHARDS_PER_THREAD * threads, MAX_AUTO_SHARDS)
 
 
-def configure_threads(shards):
+def configure_threads(shards: int) -> Optional[str]:
     """Split the CPU threads between the batch's slices: up to `shards` inter-op threads run the slices'
     ops at the same time, each op on threads // shards intra-op threads (at least one). On 2 cores,
     single-threaded slices running side by side beat whole-batch ops on two threads, which oneDNN's
@@ -62,7 +67,7 @@ def configure_threads(shards):
     return None
 
 
-def read_tf_config(environ=None):
+def read_tf_config(environ: Optional[Mapping[str, str]] = None) -> tuple[str, int, int]:
     """The task this process is in the cluster, from $TF_CONFIG (what MultiWorkerMirroredStrategy reads):
     (task type, index, number of workers). Raises config.ConfigError, one line, when it is missing or invalid."""
     example = ('e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -93,7 +98,7 @@ def read_tf_config(environ=None):
 
 
 @contextlib.contextmanager
-def ends_process_after(seconds, message):
+def ends_process_after(seconds: float, message: str) -> Iterator[None]:
     """End the process with `error: message` and exit status 4 (exits.fail_now) if the block has not finished
     after `seconds`. For calls into TensorFlow that wait without a timeout of their own; used before any run
     folder exists."""
@@ -109,7 +114,7 @@ def ends_process_after(seconds, message):
         timer.cancel()
 
 
-def check_own_port(environ=None):
+def check_own_port(environ: Optional[Mapping[str, str]] = None) -> None:
     """Refuse a multi_worker run whose own address in $TF_CONFIG has its port in use: TensorFlow's gRPC
     server would fail to start there with a traceback."""
     kind, index, _ = read_tf_config(environ)
@@ -125,7 +130,7 @@ def check_own_port(environ=None):
                                      f"give this task another port.")
 
 
-def make_strategy(distribute):
+def make_strategy(distribute: str) -> Optional["tf.distribute.Strategy"]:
     """The tf.distribute strategy train.distribute names, or None for one device (no TensorFlow import then).
 
     mirrored: MirroredStrategy over this machine's GPUs, or, without one, its logical CPU devices

@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any, Optional, Union
 
 import numpy as np
 import yaml
@@ -24,7 +26,7 @@ from vae_kl.tracking import mlflow_log
 from vae_kl.training import machine
 
 
-def check_before_tensorflow(cfg: config.Config):
+def check_before_tensorflow(cfg: config.Config) -> sources.DataShape:
     """Every check of the input that needs no TensorFlow, so that a bad value is refused in well under a
     second: data.path (sources.peek), a keras.datasets download, the run name, GECO's κ, the output folder,
     $TF_CONFIG. Returns sources.peek's answer."""
@@ -151,7 +153,7 @@ class RunFolder:
         return self.status
 
 
-def restore(run_dir: str, vae, history: list) -> None:
+def restore(run_dir: str, vae: Any, history: list) -> None:
     """Resume from the run's checkpoint, if it has one: fills history with its epochs' rows."""
     progress = records.load_checkpoint(run_dir, vae)
     if not progress:
@@ -170,7 +172,7 @@ def divergence_advice(cfg: config.Config) -> str:
         "lower train.learning_rate (for example 1e-4), or reduce loss.kl_weight."
 
 
-def in_float32(setup: machine.Setup, vae, build_vae):
+def in_float32(setup: machine.Setup, vae: Any, build_vae: Callable[[machine.Setup, str], Any]) -> Any:
     """The trained VAE with float32 arithmetic, to save and evaluate: itself, or under a mixed precision a float32
     twin (build_vae(setup, "float32")) holding its weights and Adam's state (mixed_float16's loss scale aside), so
     that model.keras holds the optimizer it was trained with (unbuilt, Keras would warn on every load)."""
@@ -185,11 +187,11 @@ def in_float32(setup: machine.Setup, vae, build_vae):
     return twin
 
 
-def save_model(run_dir: str, vae) -> None:
+def save_model(run_dir: str, vae: Any) -> None:
     atomic.atomic_save(os.path.join(run_dir, "model.keras"), vae.save)
 
 
-def complete(setup: machine.Setup, vae, run_dir: str, history: list, results: tuple, phases: dict) -> dict:
+def complete(setup: machine.Setup, vae: Any, run_dir: str, history: list, results: tuple, phases: dict) -> dict:
     """Mark the run complete with its β = 1 results (validation, verdict), timings, what GECO or capacity reached,
     and its TensorBoard evaluation; drop the checkpoint. Returns the summary. phases: seconds by phase."""
     from vae_kl.training import callbacks, targets  # Loaded with TensorFlow already.
@@ -211,7 +213,7 @@ def complete(setup: machine.Setup, vae, run_dir: str, history: list, results: tu
     return summary
 
 
-def check_list(name: str, value, kind, what: str) -> list:
+def check_list(name: str, value: Any, kind: Optional[type], what: str) -> list:
     """A list or tuple argument of train.run as a list, or a ConfigError naming what was expected."""
     if value is None:
         return []
@@ -220,7 +222,8 @@ def check_list(name: str, value, kind, what: str) -> list:
     return list(value)
 
 
-def load_config(config_or_path, overrides) -> tuple:
+def load_config(config_or_path: Union[str, os.PathLike, config.Config, dict, None],
+                overrides: Iterable[str]) -> tuple[config.Config, list[str]]:
     """(Config, notes) from what train.run or the command line was given: a path, a Config, a dict or None.
     A `sweep:` section (sweep.py's) is allowed and noted: train.py trains the base settings once."""
     if isinstance(config_or_path, config.Config):
@@ -242,7 +245,7 @@ def load_config(config_or_path, overrides) -> tuple:
     return cfg, notes
 
 
-def evaluate(setup: machine.Setup, vae, run_dir: str, history: list) -> tuple:
+def evaluate(setup: machine.Setup, vae: Any, run_dir: str, history: list) -> tuple[dict, dict]:
     """The run's β = 1 evaluation on its validation digits, its verdict and its figures: (validation, verdict)."""
     from vae_kl.evaluation import clock
     from vae_kl.process import signals

@@ -3,6 +3,7 @@
 """
 
 import math
+from typing import Any, Optional
 
 from vae_kl.parts.geco import GECO_LOG_BOUND, kl_weight_in_force
 
@@ -13,7 +14,7 @@ GECO_SETTLED_PERCENT = 2.0
 RATE_INFORMATION_GAP = 1.0
 
 
-def geco_result(vae, history: list, validation: dict) -> dict:
+def geco_result(vae: Any, history: list, validation: dict) -> dict:
     """What summary.json records of a GECO run: the β it ended with (the fixed λ to use for this distortion),
     κ, and the reconstruction reached in its last epoch of training and on the validation digits; with a note
     when that β is not the λ for κ: the multiplier still held at its start, at its bound after an epoch
@@ -30,7 +31,7 @@ def geco_result(vae, history: list, validation: dict) -> dict:
     return {**result, "note": note} if note else result
 
 
-def geco_note(result: dict, history: list, gap) -> str:
+def geco_note(result: dict, history: list, gap: Optional[float]) -> Optional[str]:
     """Why a GECO run's final β is not the λ for κ, or None when it is."""
     bounds = [(int(row["epoch"]), row["beta"] > 1) for row in history if isinstance(row.get("beta"), (int, float))
               and abs(math.log(row["beta"])) >= GECO_LOG_BOUND - 1e-3]
@@ -55,7 +56,7 @@ def geco_note(result: dict, history: list, gap) -> str:
     return None
 
 
-def capacity_result(vae, history: list, validation: dict) -> dict:
+def capacity_result(vae: Any, history: list, validation: dict) -> dict:
     """What summary.json records of a capacity run: C, the rate reached (training and validation KL) and
     the information the code carries, with a note when the two differ by more than RATE_INFORMATION_GAP."""
     information = validation.get("mutual_information_nats")
