@@ -4,6 +4,8 @@ refusal above --max-minutes, the progress lines, evaluate.py --digits, and Ctrl-
 import io
 import json
 import os
+import sys
+import types
 
 import pytest
 
@@ -11,6 +13,7 @@ import evaluate
 import train
 from conftest import quick_config
 from vae_kl.evaluation import bounds, clock
+from vae_kl.process.notebook import in_notebook
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +97,19 @@ def test_ctrl_c_during_the_evaluation_exits_130_with_the_run_unchanged(finished_
     monkeypatch.setattr(bounds, "importance_bounds", interrupted)
     assert evaluate.main(["--run", finished_run]) == 130
     assert summary_of(finished_run) == before
+
+
+def test_a_process_that_imported_ipykernel_is_no_notebook_and_gets_lines_not_a_bar(monkeypatch):
+    """nbclient (tests/test_notebook.py) imports ipykernel into the test process: that alone once switched the
+    clock to Keras's bar, writing nothing to its own stream. A notebook is a running kernel: its shell has one."""
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not in_notebook()
+    out = io.StringIO()
+    timer = clock.Clock(digits=10, k=10_000, out=out)
+    timer.calibrate(seconds_per_code=0.001, measured_on="timed on 1,000 codes")
+    timer.advance(10_001)
+    assert timer.bar is None and "10 % (1 of 10 digits)" in out.getvalue()
+    kernel_shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: kernel_shell))
+    assert in_notebook()

@@ -13,6 +13,7 @@ import sys
 import time
 
 from vae_kl.process import exits
+from vae_kl.process.notebook import in_notebook
 
 SHOW_AFTER_SECONDS = 5.0  # An evaluation estimated shorter than this runs without a word.
 LINES_AFTER_SECONDS = 60.0  # Outside a terminal, an evaluation estimated longer than this writes progress lines:
@@ -65,7 +66,7 @@ class Clock:
                 self.bar = keras.utils.Progbar(self.digits, unit_name="digit", interval=0.5)
 
     def interactive(self) -> bool:
-        return (hasattr(self.out, "isatty") and self.out.isatty()) or "ipykernel" in sys.modules
+        return (hasattr(self.out, "isatty") and self.out.isatty()) or in_notebook()
 
     def advance(self, codes: int) -> None:
         """codes more were decoded."""

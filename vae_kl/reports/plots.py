@@ -7,14 +7,15 @@ light (`gray_r`), as printed digits are; colour images (C = 3) as they are. Imag
 """
 
 import io
-import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import matplotlib
 
-if "ipykernel" not in sys.modules:  # A notebook keeps its inline backend (every figure here is closed once saved).
+from vae_kl.process.notebook import in_notebook
+
+if not in_notebook():  # A notebook keeps its inline backend (every figure here is closed once saved).
     matplotlib.use("Agg")  # No display on servers and CI, and no window per figure on a desktop.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
