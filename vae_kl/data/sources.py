@@ -71,7 +71,7 @@ class DataShape:
     image_shape: tuple  # (H, W, C)
     train_examples: int  # After train_on and limit.
     validation_examples: int
-    note: str = None  # A caveat about the numbers (auto's choice), or None.
+    note: Optional[str] = None  # A caveat about the numbers (auto's choice), or None.
 
 
 def peek(data_cfg: config.DataConfig) -> DataShape:

@@ -11,6 +11,7 @@ left in a terminal or a notebook, a line at every tenth elsewhere (a sweep's log
 import math
 import sys
 import time
+from typing import Optional, TextIO
 
 from vae_kl.process import exits
 from vae_kl.process.notebook import in_notebook
@@ -42,7 +43,8 @@ class Clock:
         hint: how to make it shorter, for the refusal ("evaluate fewer digits with --digits N").
     """
 
-    def __init__(self, digits: int, k: int, limit_minutes: float = None, hint: str = "", out=None):
+    def __init__(self, digits: int, k: int, limit_minutes: Optional[float] = None, hint: str = "",
+                 out: Optional[TextIO] = None):
         self.digits, self.k, self.limit_minutes, self.hint = digits, k, limit_minutes, hint
         self.out = out or sys.stdout
         self.total = digits * k + digits

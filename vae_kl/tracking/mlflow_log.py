@@ -21,6 +21,8 @@ import os
 import socket
 import time
 import urllib.parse
+from collections.abc import Sequence
+from typing import Optional
 
 from vae_kl.process import atomic, exits
 
@@ -93,7 +95,7 @@ def numbers(row: dict) -> dict:
 class Tracker:
     """One run folder's MLflow run. Every call after a failure of the store is a no-op (one warning is printed)."""
 
-    def __init__(self, output_dir: str, name: str, parent_run_id: str = None):
+    def __init__(self, output_dir: str, name: str, parent_run_id: Optional[str] = None):
         from mlflow.tracking import MlflowClient  # Only runs that track load MLflow (its import takes seconds).
 
         for chatter in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...": not the run's news.
@@ -122,14 +124,14 @@ class Tracker:
                       f"goes on without tracking, its folder holds every result.", flush=True)
         return None
 
-    def start(self, settings: dict, run_id: str = None, history: list = ()) -> str:
+    def start(self, settings: dict, run_id: Optional[str] = None, history: Sequence = ()) -> str:
         """Open the MLflow run (a new one, or run_id resumed), log the settings once, and the epochs of `history`
         the store lacks; returns the run's id (None when the store failed)."""
         self.run_id = self.attempt("starting the run", lambda: self.open(settings, run_id))
         self.log_epochs(history)
         return self.run_id
 
-    def open(self, settings: dict, run_id: str = None) -> str:
+    def open(self, settings: dict, run_id: Optional[str] = None) -> str:
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             self.logged = max((metric.step for metric in self.client.get_metric_history(run_id, "loss")), default=0)
